@@ -1,0 +1,258 @@
+"""Selection strategies: ISAL and the baselines it is compared with, one interface.
+
+Each strategy ranks the whole pool (lower score = label sooner), so the backend can
+order every task and the simulator can take any budget from the same ranking.
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .adapter import NonFiniteError, TaskAdapter
+from .gradients import HessianOperator, collect_batches, eval_mode, reference_gradient
+from .params import select_parameters
+from .scoring import influence
+from .stest import CG, Identity, make_solver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectionContext:
+    """What a strategy may look at. `labeled` and `reference` hold true labels."""
+
+    model: nn.Module
+    adapter: TaskAdapter
+    pool: Dataset
+    labeled: Dataset | None = None
+    reference: Dataset | None = None
+    device: torch.device | str = "cpu"
+    batch_size: int = 128
+    num_workers: int = 0
+    budget: int | None = None
+    progress: bool = False
+
+    def loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+@dataclass
+class Ranking:
+    """`order`: pool positions, first = label first. `scores`: per pool position, ascending = order."""
+
+    order: Tensor
+    scores: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def top(self, budget: int) -> Tensor:
+        return self.order[:check_budget(budget, len(self.order))]
+
+
+def check_budget(budget: int, pool_size: int) -> int:
+    if pool_size == 0:
+        raise ValueError("the pool is empty: there is nothing to select")
+    if budget < 1:
+        raise ValueError(f"budget must be at least 1, got {budget}")
+    if budget > pool_size:
+        raise ValueError(f"budget {budget} is larger than the pool ({pool_size} samples)")
+    return budget
+
+
+class Strategy(ABC):
+    name = "strategy"
+
+    def rank(self, ctx: SelectionContext) -> Ranking:
+        if len(ctx.pool) == 0:
+            raise ValueError("the pool is empty: there is nothing to rank")
+        return self._rank(ctx)
+
+    @abstractmethod
+    def _rank(self, ctx: SelectionContext) -> Ranking: ...
+
+
+class ScoreStrategy(Strategy):
+    """A strategy that gives each sample a score; the ranking sorts it ascending."""
+
+    def _rank(self, ctx):
+        scores = self.scores(ctx).float().cpu()
+        return Ranking(torch.argsort(scores, stable=True), scores)
+
+    @abstractmethod
+    def scores(self, ctx: SelectionContext) -> Tensor: ...
+
+
+@dataclass
+class Random(ScoreStrategy):
+    seed: int = 0
+    name = "random"
+
+    def scores(self, ctx):
+        return torch.rand(len(ctx.pool), generator=torch.Generator().manual_seed(self.seed))
+
+
+def _probabilities(ctx: SelectionContext) -> Tensor:
+    chunks = []
+    with eval_mode(ctx.model), torch.no_grad():
+        for batch in ctx.loader(ctx.pool):
+            inputs, _ = ctx.adapter.to_device(batch, torch.device(ctx.device))
+            outputs = ctx.adapter.forward(ctx.model, inputs)
+            ctx.adapter.check_finite(outputs, batch[2] if len(batch) > 2 else None)
+            chunks.append(ctx.adapter.probabilities(outputs).float().cpu())
+    out = torch.cat(chunks)
+    if not torch.isfinite(out).all():
+        raise NonFiniteError("model probabilities are NaN/inf")
+    return out
+
+
+class Entropy(ScoreStrategy):
+    name = "entropy"
+
+    def scores(self, ctx):
+        p = _probabilities(ctx)
+        return (p * p.clamp_min(1e-12).log()).sum(1)  # = -entropy: most uncertain first
+
+
+class Margin(ScoreStrategy):
+    name = "margin"
+
+    def scores(self, ctx):
+        top2 = _probabilities(ctx).topk(2, dim=1).values
+        return top2[:, 0] - top2[:, 1]
+
+
+class LeastConfidence(ScoreStrategy):
+    name = "least_confidence"
+
+    def scores(self, ctx):
+        return _probabilities(ctx).max(1).values
+
+
+@dataclass
+class Coreset(Strategy):
+    """k-center greedy (Sener & Savarese) on penultimate features.
+
+    Distances are computed chunk by chunk: memory O(N x chunk), never N x N. The first
+    `ctx.budget` picks are greedy; the rest of the pool follows by distance to the
+    chosen centres, farthest first.
+    """
+
+    chunk: int = 1024
+    name = "coreset"
+
+    def _rank(self, ctx):
+        pool = self._embed(ctx, ctx.pool)
+        min_dist = torch.full((len(pool),), float("inf"))
+        if ctx.labeled is not None and len(ctx.labeled) > 0:
+            for centres in self._embed(ctx, ctx.labeled).split(self.chunk):
+                min_dist = torch.minimum(min_dist, self._nearest(pool, centres))
+        budget = len(pool) if ctx.budget is None else min(ctx.budget, len(pool))
+        picked = []
+        chosen = torch.zeros(len(pool), dtype=torch.bool)
+        for _ in range(budget):
+            i = int(torch.argmax(torch.where(chosen, -1.0, min_dist)))
+            if not torch.isfinite(min_dist[i]):
+                i = int(torch.nonzero(~chosen)[0])  # no labeled set: start anywhere
+            picked.append(i)
+            chosen[i] = True
+            min_dist = torch.minimum(min_dist, self._nearest(pool, pool[i:i + 1]))
+        rest = torch.nonzero(~chosen).flatten()
+        rest = rest[torch.argsort(-min_dist[rest], stable=True)]
+        order = torch.cat([torch.tensor(picked, dtype=torch.long), rest])
+        scores = torch.empty(len(pool))
+        scores[order] = torch.arange(len(pool), dtype=torch.float32)
+        return Ranking(order, scores)
+
+    def _nearest(self, pool: Tensor, centres: Tensor) -> Tensor:
+        return torch.cat([torch.cdist(part, centres).min(1).values for part in pool.split(self.chunk)])
+
+    def _embed(self, ctx, dataset) -> Tensor:
+        chunks = []
+        with eval_mode(ctx.model), torch.no_grad():
+            for batch in ctx.loader(dataset):
+                inputs, _ = ctx.adapter.to_device(batch, torch.device(ctx.device))
+                chunks.append(ctx.adapter.embed(ctx.model, inputs).float().cpu())
+        features = torch.cat(chunks)
+        if not torch.isfinite(features).all():
+            raise NonFiniteError("model features are NaN/inf")
+        return features
+
+
+@dataclass
+class ISAL(ScoreStrategy):
+    """Influence on the reference loss: I(z) = -grad l(R)^T (H + damping I)^-1 G_z.
+
+    reference: "given" uses ctx.reference (the paper); "labeled" uses the current
+    labeled set (ISAL_v3). For ISAL_v2 pass the initial labeled set as ctx.reference.
+    hessian_samples caps how many labeled samples define H (seeded subset).
+    """
+
+    solver: Any = field(default_factory=CG)
+    params: Any = "weights"
+    top_k: int = 1
+    reference: str = "given"
+    hessian_samples: int | None = 1024
+    seed: int = 0
+    name = "isal"
+
+    def scores(self, ctx):
+        return self.influence(ctx)
+
+    def influence(self, ctx: SelectionContext) -> Tensor:
+        params = select_parameters(ctx.model, self.params)
+        reference = ctx.reference if self.reference == "given" else ctx.labeled
+        if reference is None or len(reference) == 0:
+            raise ValueError(f"ISAL needs a non-empty reference set (reference={self.reference!r})")
+        v = reference_gradient(ctx.model, ctx.adapter, ctx.loader(reference), params, ctx.device, ctx.progress)
+        if isinstance(self.solver, Identity):
+            s_test = v
+        else:
+            op = HessianOperator(ctx.model, ctx.adapter, params, self._hessian_batches(ctx))
+            solved = self.solver.solve(op, v)
+            log.info("s_test: %s", {k: v for k, v in solved.info.items() if k != "norms"})
+            s_test = solved.s_test
+        return influence(ctx.model, ctx.adapter, ctx.loader(ctx.pool), s_test, params, self.top_k,
+                         ctx.device, ctx.progress, num_samples=len(ctx.pool))
+
+    def _hessian_batches(self, ctx):
+        labeled = ctx.labeled
+        if labeled is None or len(labeled) == 0:
+            raise ValueError("ISAL needs a non-empty labeled set for the Hessian")
+        if self.hessian_samples and len(labeled) > self.hessian_samples:
+            pick = torch.randperm(len(labeled), generator=torch.Generator().manual_seed(self.seed))
+            labeled = Subset(labeled, pick[: self.hessian_samples].tolist())
+        return collect_batches(ctx.adapter, ctx.loader(labeled), ctx.device)
+
+
+def GradientSimilarity(**kwargs) -> ISAL:
+    """The paper's "Gradient Similarity" ablation: ISAL with H = I."""
+    return ISAL(solver=Identity(), **kwargs)
+
+
+STRATEGIES = ("random", "entropy", "margin", "least_confidence", "coreset", "gradsim", "isal")
+
+
+def make_strategy(name: str, *, seed: int = 0, solver: str = "cg", params: Any = "weights", top_k: int = 1,
+                  reference: str = "given", hessian_samples: int | None = 1024, **solver_kwargs) -> Strategy:
+    """A strategy by name, with ISAL's options (solver settings pass to make_solver)."""
+    if name == "random":
+        return Random(seed=seed)
+    if name == "entropy":
+        return Entropy()
+    if name == "margin":
+        return Margin()
+    if name == "least_confidence":
+        return LeastConfidence()
+    if name == "coreset":
+        return Coreset()
+    if name == "gradsim":
+        return GradientSimilarity(params=params, top_k=top_k, reference=reference)
+    if name == "isal":
+        return ISAL(solver=make_solver(solver, seed=seed, **solver_kwargs), params=params, top_k=top_k,
+                    reference=reference, hessian_samples=hessian_samples, seed=seed)
+    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
