@@ -1,0 +1,169 @@
+"""Training loop, schedule, prediction and checkpoints (tiny synthetic data, CPU)."""
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from isal_core.data import TensorDataset3
+from isal_core.models import small_cnn
+from isal_core.training import (
+    TrainConfig,
+    build_optimizer,
+    evaluate,
+    load_checkpoint,
+    milestone_epochs,
+    predict_logits,
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+    train_classifier,
+)
+
+
+def two_color_dataset(n=32, size=12, noise=0.1, seed=0):
+    """Class 0 reddish, class 1 bluish constant images: trivially separable."""
+    g = torch.Generator().manual_seed(seed)
+    colors = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]])
+    y = torch.arange(n) % 2
+    x = colors[y][:, :, None, None].expand(n, 3, size, size) + noise * torch.randn(n, 3, size, size, generator=g)
+    return TensorDataset3(x.contiguous(), y)
+
+
+def random_dataset(n=40, classes=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset3(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g))
+
+
+def fast_config(**kw):
+    base = dict(epochs=2, lr=0.05, batch_size=8, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _trained(seed, data_seed=1):
+    torch.manual_seed(123)  # identical init; only the training seed varies
+    model = small_cnn(3)
+    return train_classifier(model, random_dataset(seed=data_seed), fast_config(seed=seed), progress=False)
+
+
+def test_defaults_follow_paper_schedule():
+    cfg = TrainConfig()
+    assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (200, 0.1, 0.9, 5e-4, 128)
+    assert milestone_epochs(cfg) == [160]
+
+
+def test_lr_drops_at_80_percent_of_epochs():
+    cfg = TrainConfig(epochs=10, lr=0.1, gamma=0.1)
+    optimizer, scheduler = build_optimizer(small_cnn(2), cfg)
+    lrs = []
+    for _ in range(cfg.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:8] == pytest.approx([0.1] * 8) and lrs[8:] == pytest.approx([0.01] * 2)
+    assert milestone_epochs(TrainConfig(epochs=20, milestones=(0.5, 0.75))) == [10, 15]
+
+
+def test_seeded_training_is_reproducible():
+    a, b, c = _trained(seed=5), _trained(seed=5), _trained(seed=6)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["fc.weight"], sc["fc.weight"])  # the seed drives shuffling
+    assert not a.training  # returned in eval mode
+
+
+def test_small_cnn_fits_separable_data():
+    ds = two_color_dataset()
+    torch.manual_seed(0)
+    model = train_classifier(small_cnn(2), ds, fast_config(epochs=6), progress=False)
+    assert evaluate(model, ds) == 1.0
+    flipped = TensorDataset3(ds.x, 1 - ds.y)
+    assert evaluate(model, flipped) == 0.0
+
+
+def test_train_rejects_empty_unlabeled_and_nan():
+    with pytest.raises(ValueError, match="empty"):
+        train_classifier(small_cnn(2), TensorDataset3(torch.zeros(0, 3, 8, 8), torch.zeros(0)), fast_config())
+    ds = random_dataset(n=8)
+    ds.y[3] = -1
+    with pytest.raises(ValueError, match="unlabeled"):
+        train_classifier(small_cnn(3), ds, fast_config(), progress=False)
+
+    class NoLabelsAttr(Dataset):  # labels only visible per batch
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 8, 8), -1, i
+
+    with pytest.raises(ValueError, match="unlabeled"):
+        train_classifier(small_cnn(3), NoLabelsAttr(), fast_config(), progress=False)
+    bad = random_dataset(n=8)
+    bad.x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN/inf at epoch 1 step 1"):
+        train_classifier(small_cnn(3), bad, fast_config(batch_size=8), progress=False)
+
+
+def test_batch_of_one_is_not_fed_to_batchnorm():
+    # 9 items, batch 8 -> a trailing batch of 1 would crash BatchNorm in train mode
+    train_classifier(small_cnn(3), random_dataset(n=9), fast_config(epochs=1), progress=False)
+
+
+def test_predict_logits_and_evaluate():
+    ds = random_dataset(n=10)
+    torch.manual_seed(0)
+    model = small_cnn(3).eval()
+    logits = predict_logits(model, ds, "cpu", batch_size=3)
+    with torch.no_grad():
+        expected = model(ds.x)
+    assert logits.shape == (10, 3) and torch.allclose(logits, expected, atol=1e-5)
+    acc = evaluate(model, ds, batch_size=4)
+    assert acc == pytest.approx((expected.argmax(1) == ds.y).float().mean().item())
+    empty = TensorDataset3(torch.zeros(0, 3, 8, 8), torch.zeros(0))
+    assert predict_logits(model, empty, "cpu").shape == (0, 3)
+    with pytest.raises(ValueError):
+        evaluate(model, empty)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    ds = two_color_dataset(n=8)
+    torch.manual_seed(0)
+    model = train_classifier(small_cnn(2), ds, fast_config(epochs=1), progress=False)
+    meta = {"arch": "small_cnn", "num_classes": 2, "classes": ["red", "blue"], "mean": (0.5, 0.5, 0.5)}
+    path = tmp_path / "ckpt" / "model.pt"
+    save_checkpoint(path, model, meta)
+    save_checkpoint(path, model, meta)  # overwrite in place
+    assert os.listdir(path.parent) == ["model.pt"]  # no temp files left behind
+    loaded, meta2 = load_checkpoint(str(path))
+    assert meta2["classes"] == ["red", "blue"] and meta2["num_classes"] == 2
+    assert not loaded.training
+    assert torch.equal(predict_logits(loaded, ds, "cpu"), predict_logits(model, ds, "cpu"))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(ValueError, match="arch"):
+        save_checkpoint(tmp_path / "m.pt", small_cnn(2), {"num_classes": 2})
+    with pytest.raises(ValueError, match="JSON"):
+        save_checkpoint(tmp_path / "m.pt", small_cnn(2), {"arch": "small_cnn", "num_classes": 2, "x": object()})
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(ValueError, match="missing.pt"):
+        load_checkpoint(missing)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.pt"):
+        load_checkpoint(corrupt)
+
+
+def test_seed_and_device_helpers():
+    seed_everything(3)
+    a = torch.rand(3)
+    seed_everything(3)
+    assert torch.equal(a, torch.rand(3))
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device(None).type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
