@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -53,6 +54,7 @@ class CG:
     damping: float = REFERENCE_DAMPING
     max_iter: int = 50
     tol: float = 1e-5
+    callback: Callable[[int, Tensor], None] | None = None  # (iteration, x) after each step
     name = "cg"
 
     def solve(self, op: HessianOperator, v: Tensor) -> SolveResult:
@@ -76,6 +78,8 @@ class CG:
             alpha = rr / curvature
             x += alpha * p
             r -= alpha * ap
+            if self.callback is not None:
+                self.callback(it, x)
             rr_new = r.dot(r)
             if rr_new.sqrt() <= self.tol * v_norm:
                 rr = rr_new
@@ -109,6 +113,7 @@ class LiSSA:
     seed: int = 0
     backoff: int = 3
     divergence_factor: float = 10.0
+    callback: Callable[[int, Tensor], None] | None = None  # (chains done, running mean) after each chain
     name = "lissa"
 
     def solve(self, op: HessianOperator, v: Tensor) -> SolveResult:
@@ -135,6 +140,8 @@ class LiSSA:
             estimates.append(h / scale)
             scales.append(scale)
             norms.append(history)
+            if self.callback is not None:
+                self.callback(chain + 1, torch.stack(estimates).mean(0))
         s_test = torch.stack(estimates).mean(0)
         return SolveResult(s_test, {"solver": self.name, "scales": scales, "norms": norms})
 

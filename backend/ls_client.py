@@ -1,0 +1,232 @@
+"""The backend's only contact with the Label Studio API.
+
+A thin layer over label-studio-sdk, so that token handling (legacy `Token` keys
+and personal access tokens, which are JWT refresh tokens exchanged for
+short-lived access tokens), pagination and retries stay the SDK's business.
+Raw HTTP is used only where the SDK has no call: `GET /api/projects/<id>/next`
+and downloading task media. The SDK's own media helper
+(`label_studio_tools.core.utils.io.get_local_path`) is not used because it sends
+a personal access token unexchanged (401), has no timeout and writes non-atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from label_studio_sdk.client import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+__all__ = ["ApiError", "DownloadError", "LabelStudioAPI"]
+
+log = logging.getLogger(__name__)
+
+_CLOUD_SCHEMES = ("s3:", "gs:", "azure-blob:")
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+
+
+class DownloadError(RuntimeError):
+    """A task file could not be fetched; `status` is the HTTP status, or None (timeout, network)."""
+
+    def __init__(self, url: str, status: int | None = None, reason: str = ""):
+        self.url = url
+        self.status = status
+        what = f"HTTP {status}" if status is not None else "no response"
+        super().__init__(f"cannot download {url}: {what}" + (f" ({reason})" if reason else ""))
+
+
+class LabelStudioAPI:
+    """One Label Studio server as seen with one API key (legacy token or personal access token)."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = 30):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        # Our own httpx client (thread-safe, pooled) serves both the SDK and downloads.
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True)
+        # The trailing slash keeps a path prefix (https://host/ls/) in the SDK's
+        # token-refresh URL, which it builds with urljoin.
+        self.ls = LabelStudio(base_url=self.url + "/", api_key=api_key, timeout=timeout, httpx_client=self._http)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "LabelStudioAPI":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------
+    def iter_tasks(self, project_id: int, fields: str = "all", page_size: int = 1000) -> Iterator[dict]:
+        """Every task of a project as a JSON-ready dict (`id`, `data`, `annotations`, `predictions`, ...).
+
+        One page at a time, so memory stays flat however many tasks there are.
+        `fields="all"` is needed for annotations (with `result`, `was_cancelled`);
+        predictions come in the same response at no extra request. Tasks come in id
+        order. Data URIs of cloud storages are resolved by the server into
+        `/tasks/<id>/presign/...` URLs that `download` can fetch.
+        Listing is server-bound: about 55 s for 10k tasks on 2 cores.
+        Caveat: if the project has "retrieve predictions automatically" on, Label
+        Studio asks the connected ML backend for tasks without predictions while
+        listing them, i.e. this call can make the server call /predict.
+        """
+        for task in self.ls.tasks.list(project=project_id, fields=fields, page_size=page_size):
+            yield task.model_dump(mode="json")
+
+    def project_label_config(self, project_id: int) -> str:
+        """The project's labeling config XML (parse it with label_studio_sdk.label_interface.LabelInterface)."""
+        return self.ls.projects.get(id=project_id).label_config
+
+    def next_task(self, project_id: int) -> dict | None:
+        """The task Label Studio gives the calling user next, or None when none is left (HTTP 404).
+
+        It locks the task to the caller (the API key's user): a second call returns
+        the same task until it is annotated or skipped, so two calls are not two
+        choices. With "Uncertainty sampling" and `project.model_version` set, it is
+        the unlabeled task whose prediction of that version has the lowest score
+        (random among the lowest few when the project has more than one annotator).
+        The SDK has no call for this endpoint.
+        """
+        response = self.ls._client_wrapper.httpx_client.request(
+            f"api/projects/{int(project_id)}/next", method="GET")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ApiError(status_code=response.status_code, headers=dict(response.headers),
+                           body=_body(response))
+        return response.json()
+
+    # -- writing -------------------------------------------------------------
+    def write_predictions(self, project_id: int, predictions: Iterable[dict], chunk_size: int = 1000) -> int:
+        """Bulk-write `{task, result, score, model_version}` dicts; returns how many were created.
+
+        Uses the project's bulk import (hundreds per second on SQLite, far faster
+        than one POST per prediction), in chunks to bound request size and memory.
+        Scores are cast to float so numpy/torch scalars serialize.
+        Label Studio 1.23 answers 201 yet silently drops predictions that fail its
+        validation: a score outside [0, 1], or a result that does not fit the label
+        config (unknown from_name/to_name, a choice not in the config). An empty
+        result is accepted. So the return value can be smaller than the input; a
+        warning is logged when it is.
+        """
+        created = sent = 0
+        it = iter(predictions)
+        while chunk := [_clean_prediction(p) for p in islice(it, chunk_size)]:
+            response = self.ls.projects.import_predictions(id=project_id, request=chunk)
+            created += response.created if response.created is not None else len(chunk)
+            sent += len(chunk)
+        if created < sent:
+            log.warning("Label Studio kept %d of %d predictions for project %s; the rest failed its validation "
+                        "(score outside [0, 1] or a result that does not match the label config)",
+                        created, sent, project_id)
+        return created
+
+    def set_model_version(self, project_id: int, version: str, sampling: str | None = "Uncertainty sampling") -> None:
+        """Point the project at `version`: its predictions drive the Data Manager score column and `/next`.
+
+        "Uncertainty sampling" serves the lowest score first. Label Studio rejects
+        (ApiError 400) a version that has neither predictions nor a live model, so
+        write the predictions first. `sampling=None` leaves the sampling as it is.
+        """
+        kwargs: dict[str, Any] = {"model_version": version}
+        if sampling is not None:
+            kwargs["sampling"] = sampling
+        self.ls.projects.update(id=project_id, **kwargs)
+
+    # -- files ---------------------------------------------------------------
+    def absolute_url(self, url_or_path: str) -> str:
+        """Task data URL -> absolute URL (`/data/...`, `upload/...` and other paths are on this server)."""
+        u = url_or_path.strip()
+        if u.startswith(("http://", "https://")):
+            return u
+        if u.startswith(("upload/", "/upload/")):
+            u = "/data/" + u.lstrip("/")
+        return f"{self.url}/{u.lstrip('/')}"
+
+    def download(self, url_or_path: str, dest_dir: str | os.PathLike) -> Path:
+        """Fetch a task file into `dest_dir` and return its path; cached by URL.
+
+        The file is named by a hash of its absolute URL, so a second call costs no
+        request, and written to a temp file then os.replace'd, so readers never see
+        a partial file. Auth headers go only to this server's origin (never to third
+        parties; httpx also drops them on cross-origin redirects). Raises
+        DownloadError naming the URL and status (401 bad key, 403, 404 missing file
+        -- Label Studio also answers 404 when no local storage of the project covers
+        a /data/local-files/ path), or with status None on timeouts/network errors.
+        """
+        if url_or_path.startswith(_CLOUD_SCHEMES):
+            raise DownloadError(url_or_path, None, "raw cloud URI: use the presign URL Label Studio "
+                                "returns in task data (iter_tasks resolves them)")
+        url = self.absolute_url(url_or_path)
+        dest_dir = Path(dest_dir)
+        dest = dest_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
+        if dest.exists():
+            return dest
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        tmp = None
+        try:
+            headers = self._auth_headers() if _origin(url) == _origin(self.url) else {}
+            with self._http.stream("GET", url, headers=headers) as r:
+                if r.status_code != 200:
+                    raise DownloadError(url, r.status_code, r.reason_phrase)
+                fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".part")
+                with os.fdopen(fd, "wb") as f:
+                    for block in r.iter_bytes(1 << 16):
+                        f.write(block)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; other processes may read the cache
+            os.replace(tmp, dest)
+            tmp = None
+            return dest
+        except httpx.TimeoutException as e:
+            raise DownloadError(url, None, f"timed out after {self.timeout} s: {type(e).__name__}") from e
+        except httpx.HTTPError as e:
+            raise DownloadError(url, None, f"{type(e).__name__}: {e}") from e
+        except ApiError as e:  # a personal access token could not be exchanged
+            raise DownloadError(url, e.status_code, f"token refresh failed: {e.body}") from e
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+    def _auth_headers(self) -> dict[str, str]:
+        """The SDK's current Authorization header (`Token <key>`, or `Bearer <access>` for a PAT).
+
+        The SDK keeps the exchanged access token private; its client wrapper is the
+        one place that refreshes it when it expires.
+        """
+        return {"Authorization": self.ls._client_wrapper.get_headers()["Authorization"]}
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _suffix(url: str) -> str:
+    """File extension for the cache name (from ?d= of local-files URLs, else the path)."""
+    parts = urlsplit(url)
+    name = (parse_qs(parts.query).get("d") or [parts.path])[-1]
+    m = _SUFFIX.search(name)
+    return m.group(0).lower() if m else ""
+
+
+def _clean_prediction(p: dict) -> dict:
+    p = dict(p)
+    p["task"] = int(p["task"])
+    if p.get("score") is not None:
+        p["score"] = float(p["score"])
+    return p
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text

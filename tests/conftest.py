@@ -1,0 +1,33 @@
+"""Shared pytest fixtures.
+
+`label_studio`: one real Label Studio server per pytest session (first start
+runs migrations, so it is started lazily, only when an integration test asks).
+Tests that use it carry `@pytest.mark.integration`; deselect them with
+`-m "not integration"`.
+"""
+
+import pytest
+import torch
+
+# Small tensors on a loaded 2-core box: one intra-op thread avoids spin contention,
+# which otherwise makes tiny-model tests 100x slower at random.
+torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "integration: needs a real Label Studio server (started once per session)"
+    )
+
+
+@pytest.fixture(scope="session")
+def label_studio():
+    pytest.importorskip("label_studio", reason="label-studio is a dev dependency (requirements-dev.txt)")
+    pytest.importorskip("label_studio_sdk")
+    try:
+        from ls_server import LabelStudioServer
+    except ImportError:  # tests/ imported as a package
+        from tests.ls_server import LabelStudioServer
+
+    with LabelStudioServer() as server:
+        yield server
