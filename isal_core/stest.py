@@ -49,7 +49,12 @@ class Identity:
 
 @dataclass
 class CG:
-    """Conjugate gradient on (H + damping I) x = v, H over the operator's batches."""
+    """Conjugate gradient on (H + damping I) x = v, H over the operator's batches.
+
+    Deep nets' Hessians are indefinite; if a search direction has non-positive curvature
+    (damping too small) CG stops at the previous iterate with a warning, as truncated CG
+    does, and says so in info["stopped"]; at the first iteration it is an error.
+    """
 
     damping: float = REFERENCE_DAMPING
     max_iter: int = 50
@@ -67,14 +72,20 @@ class CG:
         r = v.clone()
         p = r.clone()
         rr = r.dot(r)
-        it = 0
+        it, stopped = 0, None
         for it in range(1, self.max_iter + 1):
             ap = op.hvp(p) + self.damping * p
             curvature = p.dot(ap)
-            if not torch.isfinite(curvature) or curvature <= 0:
-                raise SolverError(
-                    f"CG met non-positive curvature {float(curvature):.3g} at iteration {it}: "
-                    f"H + {self.damping} I is not positive definite here; raise the damping")
+            if not torch.isfinite(curvature):
+                raise SolverError(f"CG curvature is NaN/inf at iteration {it}")
+            if curvature <= 0:
+                message = (f"CG met non-positive curvature {float(curvature):.3g} at iteration {it}: "
+                           f"H + {self.damping:g} I is not positive definite here; raise the damping")
+                if it == 1:
+                    raise SolverError(message)
+                log.warning("%s; keeping the iterate before it (truncated CG)", message)
+                stopped = "negative curvature"
+                break
             alpha = rr / curvature
             x += alpha * p
             r -= alpha * ap
@@ -89,7 +100,7 @@ class CG:
         residual = float(rr.sqrt() / v_norm)
         if not torch.isfinite(x).all():
             raise SolverError("CG produced NaN/inf")
-        return SolveResult(x, {"solver": self.name, "iterations": it, "residual": residual})
+        return SolveResult(x, {"solver": self.name, "iterations": it, "residual": residual, "stopped": stopped})
 
 
 @dataclass

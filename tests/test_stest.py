@@ -100,3 +100,22 @@ def test_empty_reference_set_is_an_error(problem):
     op, *_ = problem
     with pytest.raises(ValueError, match="reference set is empty"):
         reference_gradient(op.model, op.adapter, [], select_parameters(op.model, "all"))
+
+
+class _Indefinite:
+    """An operator with one negative eigenvalue, to exercise CG's curvature guard."""
+
+    def __init__(self, eigenvalues):
+        self.matrix = torch.diag(torch.tensor(eigenvalues, dtype=torch.float64))
+
+    def hvp(self, v, batch=None):
+        return self.matrix @ v
+
+
+def test_cg_negative_curvature_is_reported_not_silent(caplog):
+    op = _Indefinite([5.0, 3.0, -4.0])
+    with pytest.raises(SolverError, match="non-positive curvature"):
+        CG(damping=0.5).solve(op, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    result = CG(damping=0.5).solve(op, torch.tensor([1.0, 1.0, 0.3], dtype=torch.float64))
+    assert result.info["stopped"] == "negative curvature" and "truncated CG" in caplog.text
+    assert torch.isfinite(result.s_test).all()
