@@ -1,0 +1,39 @@
+# One virtualenv (.venv) holds everything; every target installs what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench backend clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: local Label Studio + this backend on a CIFAR-10 demo project.
+demo: install
+	$(BIN)/python -m backend.demo
+
+## Every test, integration tests against a real Label Studio included.
+test: install
+	$(BIN)/python -m pytest -q
+
+## Unit tests only (no Label Studio server).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not integration"
+
+bench: install
+	$(BIN)/python -m bench.scoring
+	$(BIN)/python -m bench.stest
+	$(BIN)/python -m bench.writeback
+
+backend: install
+	$(BIN)/python -m backend
+
+clean:
+	rm -rf $(VENV) .pytest_cache .isal
