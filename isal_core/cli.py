@@ -12,6 +12,7 @@ import os
 import sys
 
 
+from . import simulate
 from .adapter import ClassificationAdapter
 from .data import DataError, ImageDataset, classification_transform, load_records
 from .models import build_model, model_choices
@@ -120,12 +121,18 @@ def _bench_parser(sub) -> None:
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
 
+def _simulate_parser(sub) -> None:
+    p = sub.add_parser("simulate", help="offline active-learning simulation: accuracy vs labels per strategy")
+    simulate.add_arguments(p)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="isal", description="Influence Selection for Active Learning")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
     _select_parser(sub)
     _bench_parser(sub)
+    _simulate_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(f"bench.{args.name}").main(args.rest)
         return 0
     try:
-        return select(args)
+        return simulate.run(args) if args.command == "simulate" else select(args)
     except (DataError, SolverError, ValueError, FloatingPointError) as exc:
         print(f"isal: error: {exc}", file=sys.stderr)
         return 2
