@@ -18,7 +18,7 @@ from .adapter import NonFiniteError, TaskAdapter
 from .gradients import HessianOperator, collect_batches, eval_mode, reference_gradient
 from .params import select_parameters
 from .scoring import influence
-from .stest import CG, Identity, make_solver
+from .stest import CG, Identity, SolveResult, make_solver
 
 log = logging.getLogger(__name__)
 
@@ -204,20 +204,28 @@ class ISAL(ScoreStrategy):
         return self.influence(ctx)
 
     def influence(self, ctx: SelectionContext) -> Tensor:
+        s_test = self.s_test(ctx).s_test
+        return influence(ctx.model, ctx.adapter, ctx.loader(ctx.pool), s_test,
+                         select_parameters(ctx.model, self.params), self.top_k,
+                         ctx.device, ctx.progress, num_samples=len(ctx.pool))
+
+    def s_test(self, ctx: SelectionContext) -> SolveResult:
+        """s_test = (H + damping I)^-1 grad l(R), over the parameters `self.params` selects.
+
+        Kept apart from the pool scoring so a caller (the ML backend) can save it and
+        score samples that arrive later with `scoring.influence`.
+        """
         params = select_parameters(ctx.model, self.params)
         reference = ctx.reference if self.reference == "given" else ctx.labeled
         if reference is None or len(reference) == 0:
             raise ValueError(f"ISAL needs a non-empty reference set (reference={self.reference!r})")
         v = reference_gradient(ctx.model, ctx.adapter, ctx.loader(reference), params, ctx.device, ctx.progress)
         if isinstance(self.solver, Identity):
-            s_test = v
-        else:
-            op = HessianOperator(ctx.model, ctx.adapter, params, self._hessian_batches(ctx))
-            solved = self.solver.solve(op, v)
-            log.info("s_test: %s", {k: v for k, v in solved.info.items() if k != "norms"})
-            s_test = solved.s_test
-        return influence(ctx.model, ctx.adapter, ctx.loader(ctx.pool), s_test, params, self.top_k,
-                         ctx.device, ctx.progress, num_samples=len(ctx.pool))
+            return SolveResult(v, {"solver": Identity.name})
+        op = HessianOperator(ctx.model, ctx.adapter, params, self._hessian_batches(ctx))
+        solved = self.solver.solve(op, v)
+        log.info("s_test: %s", {k: v for k, v in solved.info.items() if k != "norms"})
+        return solved
 
     def _hessian_batches(self, ctx):
         labeled = ctx.labeled
