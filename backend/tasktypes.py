@@ -1,0 +1,208 @@
+"""Label Studio JSON <-> engine, one class per kind of labeling task.
+
+A `TaskType` is what the backend knows about a labeling config: which object tag holds
+the media, how an annotation becomes a training target, how a model output becomes a
+Label Studio result, and which model/adapter/dataset the engine uses. Image
+classification (`<Image>` + one single-choice `<Choices>`) is the one kind built;
+detection (`<RectangleLabels>` on an `<Image>`, FCOS through the engine's detection
+adapter) would be a second subclass added to TASK_TYPES, with nothing else changing.
+
+Configs are parsed with label-studio-sdk's LabelInterface, so the backend reads them
+exactly as Label Studio does.
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from label_studio_sdk.label_interface import LabelInterface
+from torch import nn
+from torch.utils.data import Dataset
+
+from isal_core.adapter import ClassificationAdapter, TaskAdapter
+from isal_core.data import ImageDataset, ImageRecord, classification_transform
+from isal_core.models import build_model
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = "an <Image> with one single-choice <Choices> of at least two <Choice> values (image classification)"
+
+
+class UnsupportedConfig(ValueError):
+    """The labeling config is not one the backend can learn from; the message says why and what works."""
+
+
+class LabelError(ValueError):
+    """An annotation does not fit the labeling config (e.g. a choice the config does not list)."""
+
+
+class MissingMedia(ValueError):
+    """A task has no usable media URL under the object tag's data key."""
+
+
+class TaskType(ABC):
+    """One kind of labeling task: the translation between Label Studio and the engine."""
+
+    kind: str = "task"
+
+    @classmethod
+    @abstractmethod
+    def match(cls, interface: LabelInterface) -> "TaskType | None":
+        """This task type for the config, None if the config is not of this kind.
+
+        Raise UnsupportedConfig when the config is of this kind but unusable, so the
+        user reads the precise reason (e.g. multi-choice classification).
+        """
+
+    @abstractmethod
+    def to_meta(self) -> dict:
+        """JSON-able description, saved with every model version."""
+
+    @classmethod
+    @abstractmethod
+    def from_meta(cls, meta: dict) -> "TaskType": ...
+
+    @abstractmethod
+    def media_url(self, task: dict) -> str:
+        """The task's media URL/path; MissingMedia if absent."""
+
+    @abstractmethod
+    def target(self, result: list[dict]) -> Any:
+        """Training target from one annotation's `result`; None if it holds none for our
+        control; LabelError if it names something outside the config."""
+
+    @abstractmethod
+    def prediction(self, output: Any) -> list[dict]:
+        """A Label Studio `result` list from one sample's model output."""
+
+    @abstractmethod
+    def build_model(self, arch: str) -> nn.Module: ...
+
+    @abstractmethod
+    def adapter(self) -> TaskAdapter: ...
+
+    @abstractmethod
+    def dataset(self, records: list[ImageRecord], image_size: int, train: bool) -> Dataset: ...
+
+    @abstractmethod
+    def outputs(self, model: nn.Module, inputs: torch.Tensor) -> list[Any]:
+        """Per-sample model outputs for `prediction`, from one batch of inputs."""
+
+
+class ImageClassification(TaskType):
+    """`<Image name=I value="$key"/>` + `<Choices name=C toName=I>` with static single choices."""
+
+    kind = "image_classification"
+
+    def __init__(self, from_name: str, to_name: str, value_key: str, classes: list[str]):
+        self.from_name, self.to_name, self.value_key = from_name, to_name, value_key
+        self.classes = list(classes)
+        self.index = {c: i for i, c in enumerate(self.classes)}
+
+    @classmethod
+    def match(cls, interface):
+        choices = [c for c in interface.controls if c.tag == "Choices"]
+        if not choices:
+            return None
+        if len(choices) > 1:
+            raise UnsupportedConfig(
+                f"found {len(choices)} <Choices> ({', '.join(c.name for c in choices)}); the ISAL backend "
+                f"learns from exactly one. Supported: {SUPPORTED}")
+        control = choices[0]
+        objects = {o.name: o for o in interface.objects}
+        targets = [objects.get(n) for n in control.to_name]
+        if len(targets) != 1 or targets[0] is None or targets[0].tag != "Image":
+            names = ", ".join(f"<{objects[n].tag} name={n}>" if n in objects else f"missing '{n}'"
+                              for n in control.to_name)
+            raise UnsupportedConfig(
+                f"<Choices name=\"{control.name}\"> labels {names or 'nothing'}, not one <Image>. Supported: {SUPPORTED}")
+        if control.attr.get("choice", "single") not in ("single", "single-radio"):
+            raise UnsupportedConfig(
+                f"<Choices name=\"{control.name}\" choice=\"{control.attr['choice']}\"> is multi-label; the ISAL "
+                f"backend trains single-label classifiers. Supported: {SUPPORTED}")
+        labels = list(control.labels or [])
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise UnsupportedConfig(
+                f"<Choices name=\"{control.name}\"> has {len(labels)} distinct static <Choice> value(s) "
+                f"{labels}; dynamic or fewer than two choices cannot be learned. Supported: {SUPPORTED}")
+        image = targets[0]
+        value = image.value or ""
+        if not value.startswith("$") or len(value) < 2:
+            raise UnsupportedConfig(
+                f"<Image name=\"{image.name}\" value=\"{value}\"> does not read a task field ($field). "
+                f"Supported: {SUPPORTED}")
+        return cls(control.name, image.name, value[1:], labels)
+
+    def to_meta(self):
+        return {"kind": self.kind, "from_name": self.from_name, "to_name": self.to_name,
+                "value_key": self.value_key, "classes": self.classes}
+
+    @classmethod
+    def from_meta(cls, meta):
+        return cls(meta["from_name"], meta["to_name"], meta["value_key"], meta["classes"])
+
+    def media_url(self, task):
+        value = (task.get("data") or {}).get(self.value_key)
+        if not isinstance(value, str) or not value.strip():
+            raise MissingMedia(f"task {task.get('id')} has no image URL under data[{self.value_key!r}]")
+        return value
+
+    def target(self, result):
+        picked = [r for r in result or [] if r.get("from_name") == self.from_name and r.get("type") == "choices"]
+        if not picked:
+            return None
+        choices = (picked[-1].get("value") or {}).get("choices") or []
+        if len(choices) != 1:
+            raise LabelError(f"expected one choice from <Choices name=\"{self.from_name}\">, got {choices}")
+        if choices[0] not in self.index:
+            raise LabelError(f"label {choices[0]!r} is not in the labeling config (choices: {self.classes})")
+        return self.index[choices[0]]
+
+    def prediction(self, output):
+        return [{"from_name": self.from_name, "to_name": self.to_name, "type": "choices",
+                 "value": {"choices": [self.classes[int(output)]]}}]
+
+    def build_model(self, arch):
+        return build_model(arch, len(self.classes))
+
+    def adapter(self):
+        return ClassificationAdapter()
+
+    def dataset(self, records, image_size, train):
+        return ImageDataset(records, classification_transform(image_size, train=train))
+
+    def outputs(self, model, inputs):
+        with torch.no_grad():
+            return model(inputs).argmax(1).tolist()
+
+
+#: Task types tried in order; the first that matches the config wins.
+TASK_TYPES: tuple[type[TaskType], ...] = (ImageClassification,)
+_BY_KIND = {t.kind: t for t in TASK_TYPES}
+
+
+def parse_label_config(xml: str) -> TaskType:
+    """The TaskType for a labeling config, or UnsupportedConfig with a message for the user."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise UnsupportedConfig(f"the labeling config is empty. Supported: {SUPPORTED}")
+    try:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # the SDK raises its own XML/validation errors
+        raise UnsupportedConfig(f"the labeling config cannot be parsed: {exc}") from None
+    for task_type in TASK_TYPES:
+        found = task_type.match(interface)
+        if found is not None:
+            return found
+    tags = sorted({c.tag for c in interface.controls}) or ["no control tags"]
+    if "RectangleLabels" in tags:
+        raise UnsupportedConfig(f"object detection (<RectangleLabels>) is not supported yet. Supported: {SUPPORTED}")
+    raise UnsupportedConfig(f"the labeling config has {', '.join(tags)}. Supported: {SUPPORTED}")
+
+
+def task_type_from_meta(meta: dict) -> TaskType:
+    kind = meta.get("kind")
+    if kind not in _BY_KIND:
+        raise ValueError(f"unknown task type {kind!r} in saved metadata; known: {sorted(_BY_KIND)}")
+    return _BY_KIND[kind].from_meta(meta)
