@@ -141,6 +141,41 @@ class LabelStudioAPI:
             kwargs["sampling"] = sampling
         self.ls.projects.update(id=project_id, **kwargs)
 
+    # -- projects (the demo sets one up with these) ---------------------------
+    def create_project(self, title: str, label_config: str, **fields: Any) -> int:
+        return self.ls.projects.create(title=title, label_config=label_config, **fields).id
+
+    def find_project(self, title: str) -> int | None:
+        """Id of the first project with this exact title, or None."""
+        for p in self.ls.projects.list(title=title):
+            if p.title == title:
+                return p.id
+        return None
+
+    def add_local_storage(self, project_id: int, path: str | os.PathLike, title: str = "local files") -> int:
+        """Let the project's tasks read /data/local-files/?d=<rel> under `path` (else Label Studio answers 404).
+
+        `path` must lie under the server's LOCAL_FILES_DOCUMENT_ROOT. No sync: tasks are imported explicitly.
+        """
+        return self.ls.import_storage.local.create(project=project_id, path=str(path), title=title).id
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        """Create tasks from data dicts; returns their ids in order."""
+        response = self.ls.projects.import_tasks(id=project_id, request=tasks, return_task_ids=True)
+        return list(response.task_ids)
+
+    def create_annotation(self, task_id: int, result: list[dict]) -> int:
+        return self.ls.annotations.create(id=task_id, result=result).id
+
+    def connect_ml_backend(self, project_id: int, url: str, title: str = "ISAL", *,
+                           basic_auth: tuple[str, str] | None = None) -> int:
+        """Add an ML backend to the project (Label Studio calls its /health and /setup, and creates
+        a webhook to <url>/webhook for every project event); returns the backend's id."""
+        kwargs: dict[str, Any] = {}
+        if basic_auth:
+            kwargs.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+        return self.ls.ml.create(url=url, project=project_id, is_interactive=False, title=title, **kwargs).id
+
     # -- files ---------------------------------------------------------------
     def absolute_url(self, url_or_path: str) -> str:
         """Task data URL -> absolute URL (`/data/...`, `upload/...` and other paths are on this server)."""
