@@ -1,0 +1,302 @@
+"""A local Label Studio server: for the demo, the write-back benchmark and integration tests.
+
+`label-studio start` runs in its own process group on a loopback port (free by default)
+with SQLite in `data_dir`, so callers talk to the same server, database and auth code as
+users do. The first start of a data dir runs the database migrations (tens of seconds
+up to minutes on 2 cores); a restart takes seconds. With a kept data dir the login and
+token are saved in `data_dir/credentials.json` and reused on the next start, because
+Label Studio sets the user's token only when it creates the user.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+# Keep the server on loopback and silent towards the internet, let it reach ML
+# backends on 127.0.0.1 (blocked since 1.23.1), and serve files from files_root.
+_QUIET_LOOPBACK_ENV = {
+    "SENTRY_DSN": "",
+    "FRONTEND_SENTRY_DSN": "",
+    "LATEST_VERSION_CHECK": "false",
+    "COLLECT_ANALYTICS": "false",
+    "USE_DEFAULT_BANNED_SUBNETS": "false",
+    "ML_BLOCK_LOCAL_IP": "false",
+    "SSRF_PROTECTION_ENABLED": "false",
+    "LOCAL_FILES_SERVING_ENABLED": "true",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _label_studio_executable() -> str:
+    """The `label-studio` script of this Python's venv, not whatever is on PATH."""
+    exe = Path(sys.executable).with_name("label-studio")
+    if not exe.exists():
+        raise RuntimeError(f"{exe} not found: install requirements-dev.txt into this venv")
+    return str(exe)
+
+
+class LabelStudioServer:
+    """`with LabelStudioServer() as ls: ls.client().projects.list()`.
+
+    Attributes: url, legacy_token (40 hex, accepted as `Token <key>` because the
+    organisation is created with --enable-legacy-api-token), username, password,
+    data_dir, files_root (LOCAL_FILES_DOCUMENT_ROOT: a file at files_root/<rel>
+    is served as /data/local-files/?d=<rel> once a project has a local storage
+    whose path contains it), log_path.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | None = None,
+        port: int | None = None,
+        startup_timeout: float = 300.0,
+        username: str = "isal-test@example.com",
+        password: str = "isal-test-password",
+        keep_data: bool = False,
+    ):
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="isal-ls-")).resolve()
+        self.files_root = self.data_dir / "files"
+        self.log_path = self.data_dir / "server.log"
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.legacy_token = secrets.token_hex(20)
+        self.username = username
+        self.password = password
+        saved = self.data_dir / "credentials.json"
+        if saved.is_file():  # a kept data dir: its user already exists with these
+            creds = json.loads(saved.read_text())
+            self.username, self.password, self.legacy_token = creds["username"], creds["password"], creds["token"]
+        self.startup_timeout = startup_timeout
+        self.keep_data = keep_data
+        self.startup_seconds: float | None = None
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+        self._pat: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> "LabelStudioServer":
+        self.files_root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **_QUIET_LOOPBACK_ENV, "LOCAL_FILES_DOCUMENT_ROOT": str(self.files_root)}
+        # An API key in the test environment must not leak into the server.
+        for k in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL"):
+            env.pop(k, None)
+        cmd = [
+            _label_studio_executable(), "start",
+            "--no-browser",
+            "--internal-host", "127.0.0.1",
+            "--port", str(self.port),
+            "--data-dir", str(self.data_dir / "data"),
+            "--username", self.username,
+            "--password", self.password,
+            "--user-token", self.legacy_token,
+            "--enable-legacy-api-token",
+        ]
+        self._log = open(self.log_path, "ab")
+        t0 = time.monotonic()
+        self._proc = subprocess.Popen(
+            cmd, env=env, cwd=self.data_dir, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        atexit.register(self.stop)
+        print(f"[local_ls] starting Label Studio on {self.url} (pid {self._proc.pid}, log {self.log_path})",
+              flush=True)
+        try:
+            self._wait_ready(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        if self.keep_data or not self._own_dir:
+            creds = self.data_dir / "credentials.json"
+            creds.write_text(json.dumps({"username": self.username, "password": self.password,
+                                         "token": self.legacy_token}))
+            os.chmod(creds, 0o600)
+        print(f"[local_ls] ready after {self.startup_seconds:.1f} s", flush=True)
+        return self
+
+    def _wait_ready(self, t0: float) -> None:
+        """Ready = /health is UP *and* the user's token is accepted (the user is created at start)."""
+        last_report = t0
+        last_error = "no answer yet"
+        while True:
+            now = time.monotonic()
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"label-studio exited with code {self._proc.returncode} during startup:\n{self.log_tail()}")
+            if now - t0 > self.startup_timeout:
+                raise TimeoutError(
+                    f"label-studio not ready after {self.startup_timeout:.0f} s ({last_error}):\n{self.log_tail()}")
+            try:
+                r = requests.get(f"{self.url}/health", timeout=5)
+                if r.status_code == 200:
+                    r = requests.get(f"{self.url}/api/current-user/whoami",
+                                     headers={"Authorization": f"Token {self.legacy_token}"}, timeout=10)
+                    if r.status_code == 200:
+                        return
+                last_error = f"HTTP {r.status_code} from {r.url}"
+            except requests.RequestException as e:
+                last_error = type(e).__name__
+            if now - last_report >= 15:
+                print(f"[local_ls] waiting for Label Studio: {now - t0:.0f} s ({last_error})", flush=True)
+                last_report = now
+            time.sleep(1)
+
+    def stop(self) -> None:
+        """Terminate the whole process group, then kill it if it lingers."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    continue
+                # The leader is gone; make sure nothing else of its group survives.
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                break
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._own_dir and not self.keep_data and self.data_dir.exists():
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LabelStudioServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n_chars:].decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    # -- auth --------------------------------------------------------------
+    def personal_token(self) -> str:
+        """A personal access token (JWT refresh token) of the test user.
+
+        Created once and cached: the server answers 409 to a second create while a
+        token is valid, and lists existing tokens without their signature.
+        """
+        if self._pat is None:
+            self._pat = self.client("legacy").tokens.create().token
+        return self._pat
+
+    def token(self, token_kind: str = "legacy") -> str:
+        if token_kind == "legacy":
+            return self.legacy_token
+        if token_kind == "pat":
+            return self.personal_token()
+        raise ValueError(f"token_kind must be 'legacy' or 'pat', not {token_kind!r}")
+
+    def client(self, token_kind: str = "legacy"):
+        """An SDK client authenticated with the legacy token or a personal access token."""
+        from label_studio_sdk.client import LabelStudio
+
+        return LabelStudio(base_url=self.url, api_key=self.token(token_kind))
+
+
+class BackendProcess:
+    """The ML backend as users run it: `python -m backend` (gunicorn) in its own process group.
+
+    `env` adds to / overrides this process's environment (LABEL_STUDIO_URL, MODEL_DIR, ISAL_*).
+    start() returns once /health answers; stop() ends the whole group (master and workers).
+    """
+
+    def __init__(self, env: dict[str, str], port: int | None = None, log_path: str | os.PathLike | None = None,
+                 startup_timeout: float = 120.0):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="isal-backend-")) / "backend.log"
+        self.startup_timeout = startup_timeout
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> "BackendProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        repo = Path(__file__).resolve().parent.parent
+        self._proc = subprocess.Popen([sys.executable, "-m", "backend"], cwd=repo, env=self.env,
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        log.close()
+        atexit.register(self.stop)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                raise RuntimeError(f"the backend exited with code {code} during startup:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"the backend did not answer /health within {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        # SIGINT: gunicorn's quick shutdown (a running job is abandoned; its temp dir is cleaned at start)
+        for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # workers that outlived the master
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> "BackendProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n_chars:].decode(errors="replace")
+        except OSError:
+            return "(no log)"
