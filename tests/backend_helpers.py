@@ -1,0 +1,49 @@
+"""Shared by the backend tests: CIFAR-10 projects in a real Label Studio, and waiting on /status."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from backend.demo import CIFAR_ZIP, Image, choice_result, extract_cifar, label_config
+
+__all__ = ["CIFAR_ZIP", "Image", "choice_result", "label_config", "cifar_images", "create_cifar_project",
+           "wait_for_job"]
+
+
+def cifar_images(files_root: Path, n_train: int, n_test: int, seed: int = 0) -> tuple[str, list[Image]]:
+    """(subdir, images) extracted under files_root/subdir from ../shared/data/cifar10-jpg.zip."""
+    if not CIFAR_ZIP.is_file():
+        pytest.skip(f"{CIFAR_ZIP} not found (the shared CIFAR-10 JPG archive beside the repository)")
+    sub = f"cifar-{uuid.uuid4().hex[:8]}"
+    return sub, extract_cifar(Path(files_root) / sub, sub, n_train, n_test, seed)
+
+
+def create_cifar_project(ls, files_root: Path, sub: str, images: list[Image], title: str,
+                         extra_tasks: list[dict] = ()) -> tuple[int, dict[int, Image], list[int]]:
+    """Project (SDK) whose tasks are the images (test split flagged `isal_reference`), plus extra_tasks.
+
+    Returns (project id, {task id: image} for the image tasks, ids of the extra tasks).
+    """
+    project = ls.projects.create(title=title, label_config=label_config())
+    ls.import_storage.local.create(project=project.id, path=str(Path(files_root) / sub), title=sub)
+    data = [{"image": f"/data/local-files/?d={im.rel}", "isal_reference": im.split == "test"} for im in images]
+    data += list(extra_tasks)
+    ids = list(ls.projects.import_tasks(id=project.id, request=data, return_task_ids=True).task_ids)
+    assert len(ids) == len(data)
+    return project.id, dict(zip(ids, images)), ids[len(images):]
+
+
+def wait_for_job(get_status, project_id: int, jobs_started: int = 1, timeout: float = 300) -> dict:
+    """Poll /status until `jobs_started` jobs have started and none runs or waits; returns the status."""
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = get_status(project_id)
+        job = status["job"]
+        if job["jobs_started"] >= jobs_started and job["state"] == "idle" and not job["pending"]:
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"job of project {project_id} still running after {timeout} s: {status}")

@@ -1,0 +1,408 @@
+"""The backend's HTTP layer with Flask's test client, and one job against a real Label Studio.
+
+Everything above the `integration` marker runs without Label Studio: the protocol's
+error paths, auth, the untrained answers, score encoding, and job coalescing (with a
+stand-in job function, since what is tested is when jobs run, not what they do).
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.app import create_app
+from backend.jobs import JobError
+from backend.scores import UNSCORABLE_SCORE, encode, influence_scale
+from backend.settings import EngineSettings, Settings
+from backend.tasktypes import parse_label_config
+from backend.versions import Registry
+from isal_core.models import build_model
+from isal_core.params import select_parameters
+
+try:
+    from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+except ImportError:  # tests/ imported as a package
+    from tests.backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+
+CONFIG = ('<View><Image name="image" value="$image"/>'
+          '<Choices name="label" toName="image"><Choice value="cat"/><Choice value="dog"/></Choices></View>')
+PROJECT = "7.1700000000"
+
+
+def make_app(tmp_path, run_job=None, **settings):
+    engine = EngineSettings(**settings.pop("engine", {}))
+    return create_app(Settings(model_dir=str(tmp_path / "models"), engine=engine, **settings), run_job=run_job)
+
+
+@pytest.fixture
+def client(tmp_path):
+    app = make_app(tmp_path)
+    c = app.test_client()
+    assert c.post("/setup", json={"project": PROJECT, "schema": CONFIG}).status_code == 200
+    return c
+
+
+def test_health(tmp_path):
+    r = make_app(tmp_path).test_client().get("/health")
+    assert r.status_code == 200 and r.json["status"] == "UP"
+
+
+@pytest.mark.parametrize("schema, says", [
+    ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
+     '<Label value="cell"/></RectangleLabels></View>', "object detection (<RectangleLabels>) is not supported yet"),
+    ('<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/>'
+     '<Choice value="b"/></Choices></View>', "not one <Image>"),
+    (CONFIG.replace('toName="image"', 'toName="image" choice="multiple"'), "multi-label"),
+    (CONFIG.replace('<Choice value="dog"/>', ""), "fewer than two choices"),
+    ("<View><Image name=", "cannot be parsed"),
+    ("", "empty"),
+])
+def test_setup_rejects_unsupported_configs_with_a_readable_400(tmp_path, schema, says):
+    c = make_app(tmp_path).test_client()
+    r = c.post("/setup", json={"project": PROJECT, "schema": schema})
+    assert r.status_code == 400
+    assert says in r.json["error"]
+    # Label Studio shows only "400 Client Error: <reason phrase> for url ...": the reason carries the message.
+    assert r.status.startswith("400 Unsupported labeling config") and says.split("(")[0].strip() in r.status
+    # The project was not registered.
+    assert c.post("/predict", json={"project": PROJECT, "tasks": []}).status_code == 404
+
+
+def test_setup_registers_the_project_and_answers_untrained(tmp_path, client):
+    r = client.post("/setup", json={"project": PROJECT, "schema": CONFIG, "hostname": "http://ls:8080",
+                                    "access_token": "abc", "extra_params": None})
+    assert r.json == {"model_version": "untrained"}
+    saved = json.loads((tmp_path / "models" / "7" / "project.json").read_text())
+    assert saved["label_config"] == CONFIG and saved["task_type"]["classes"] == ["cat", "dog"]
+    assert "abc" not in (tmp_path / "models" / "7" / "project.json").read_text()  # tokens stay in memory
+    # A restarted backend still knows the project.
+    again = make_app(tmp_path).test_client()
+    assert again.get("/status?project=7").json["model_version"] == "untrained"
+
+
+@pytest.mark.parametrize("route", ["/setup", "/predict", "/webhook", "/train"])
+@pytest.mark.parametrize("body, says", [
+    ('{"project": "7.1", "tasks": [', "not valid JSON"),
+    ("", "empty"),
+    ("[1, 2]", "must be a JSON object"),
+])
+def test_malformed_json_is_a_400(client, route, body, says):
+    r = client.post(route, data=body, content_type="application/json")
+    assert r.status_code == 400 and says in r.json["error"]
+
+
+@pytest.mark.parametrize("route, payload", [
+    ("/predict", {"project": "999.1700000000", "tasks": [{"id": 1, "data": {"image": "x.jpg"}}]}),
+    ("/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 999}, "annotation": {"id": 1}}),
+    ("/webhook", {"action": "START_TRAINING", "project": {"id": 999}}),
+    ("/train", {"project": "999.1700000000"}),
+])
+def test_unknown_project_is_a_404_that_says_what_to_do(client, route, payload):
+    r = client.post(route, json=payload)
+    assert r.status_code == 404
+    assert "project 999 is not connected" in r.json["error"] and "/setup" in r.json["error"]
+
+
+@pytest.mark.parametrize("payload, says", [
+    ({"tasks": []}, "no `project`"),
+    ({"project": "abc", "tasks": []}, "not a Label Studio project reference"),
+    ({"project": PROJECT, "tasks": {"id": 1}}, "`tasks` must be a list"),
+])
+def test_bad_predict_payloads_are_400(client, payload, says):
+    r = client.post("/predict", json=payload)
+    assert r.status_code == 400 and says in r.json["error"]
+
+
+def test_webhook_without_action_is_400_and_other_actions_are_ignored(client):
+    assert client.post("/webhook", json={"project": {"id": 7}}).status_code == 400
+    r = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}})
+    assert r.status_code == 200 and r.json["status"] == "ignored"
+
+
+def test_basic_auth_is_enforced_when_set(tmp_path):
+    c = make_app(tmp_path, basic_auth_user="ls", basic_auth_pass="s3cret").test_client()
+    r = c.get("/health")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
+    assert "BASIC_AUTH_USER" in r.json["error"]
+    assert c.get("/health", auth=("ls", "wrong")).status_code == 401
+    assert c.post("/setup", json={"project": PROJECT, "schema": CONFIG}).status_code == 401
+    assert c.get("/health", auth=("ls", "s3cret")).status_code == 200
+    assert c.post("/setup", json={"project": PROJECT, "schema": CONFIG}, auth=("ls", "s3cret")).status_code == 200
+
+
+def test_basic_auth_needs_both_halves():
+    with pytest.raises(ValueError, match="BASIC_AUTH_USER and BASIC_AUTH_PASS"):
+        Settings(basic_auth_user="ls")
+
+
+def test_predict_before_training_answers_untrained_for_every_task(client):
+    tasks = [{"id": 1, "data": {"image": "/data/upload/7/a.jpg"}}, {"id": 2, "data": {"text": "no image"}},
+             {"id": 3, "data": {"image": "/data/upload/7/c.jpg"}}]
+    r = client.post("/predict", json={"project": PROJECT, "tasks": tasks, "label_config": CONFIG,
+                                      "params": {"context": None}})
+    assert r.status_code == 200
+    results = r.json["results"]
+    assert len(results) == 3
+    assert all(x["model_version"] == "untrained" and x["result"] == [] and x["score"] == 0.5 for x in results)
+    assert "error" not in results[0] and "error" not in results[2]
+    assert "task 2 has no image URL under data['image']" in results[1]["error"]
+
+
+# ---------------------------------------------------------------------------
+# a trained version, built on disk without Label Studio
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """Images hosted outside Label Studio (absolute http URLs in task data are a real use case)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), influences=(-2.0, 0.5, 1.0)):
+    """A real model version (untrained weights, random s_test) written the way a job writes it."""
+    store = Registry(model_dir).get(project_id)
+    task_type = parse_label_config(CONFIG)
+    store.register(CONFIG, task_type)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 2).eval()
+    dim = sum(p.numel() for _, p in select_parameters(model, "weights"))
+    s_test = torch.randn(dim) * 1e-3
+    job = store.next_job_number()
+    version = f"isal-{project_id}-{job}-test"
+    meta = {"version": version, "job": job, "sigma": influence_scale(influences), "task_type": task_type.to_meta(),
+            "params": "weights", "top_k": 1, "arch": "small_cnn", "num_classes": 2, "image_size": 32,
+            "counts": {"labeled": 4, "reference": 2, "unlabeled": len(task_ids)}, "reference_source": "isal_reference",
+            "top_task": task_ids[int(np.argmin(influences))]}
+    staging = store.staging_dir(version)
+    store.write_version(staging, model, meta, s_test, list(task_ids), list(influences), [0, 1, 0])
+    return store.publish(staging)
+
+
+def test_predict_with_a_model_scores_each_task_or_says_why_not(tmp_path, file_server):
+    www, url = file_server
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(www / "new.jpg")
+    (www / "broken.jpg").write_bytes(b"not a jpeg")
+    version = publish_version(tmp_path / "models")
+    c = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40).test_client()
+    tasks = [
+        {"id": 2, "data": {"image": "/data/upload/7/known.jpg"}},  # scored by the job: no download
+        {"id": 50, "data": {"caption": "no image"}},
+        {"id": 51, "data": {"image": f"{url}/new.jpg"}},  # arrived after the job: scored now
+        {"id": 52, "data": {"image": f"{url}/missing.jpg"}},  # 404
+        {"id": 53, "data": {"image": f"{url}/broken.jpg"}},  # not an image
+        {"id": 1, "data": {"image": "/data/upload/7/top.jpg"}},
+    ]
+    r = c.post("/predict", json={"project": PROJECT, "tasks": tasks})
+    assert r.status_code == 200, r.json
+    res = r.json["results"]
+    assert len(res) == len(tasks) and all(x["model_version"] == version.name for x in res)
+    sigma = version.sigma
+    assert res[0]["score"] == pytest.approx(encode([0.5], sigma)[0])
+    assert res[0]["result"][0]["value"]["choices"] == ["dog"]
+    assert res[5]["score"] == pytest.approx(encode([-2.0], sigma)[0]) and res[5]["score"] < res[0]["score"]
+    assert res[1]["score"] == UNSCORABLE_SCORE and "no image URL" in res[1]["error"] and res[1]["result"] == []
+    assert "error" not in res[2] and 0.0 < res[2]["score"] < 1.0
+    assert res[2]["result"][0]["value"]["choices"][0] in ("cat", "dog")
+    assert res[3]["score"] == UNSCORABLE_SCORE and "HTTP 404" in res[3]["error"]
+    assert res[4]["score"] == UNSCORABLE_SCORE and "cannot decode image" in res[4]["error"]
+    status = c.get("/status?project=7").json
+    assert status["model_version"] == version.name and status["top_task"] == 1
+    assert c.get("/versions?project=7").json["versions"] == [version.name]
+
+
+def test_a_restart_loads_the_newest_complete_version(tmp_path):
+    models = tmp_path / "models"
+    older = publish_version(models)
+    newer = publish_version(models)
+    assert newer.meta["job"] > older.meta["job"]
+    # An interrupted job leaves a temp dir; a torn version dir lacks files: neither is loaded.
+    (models / "7" / ".tmp-isal-7-99-x").mkdir()
+    torn = models / "7" / "isal-7-99-torn"
+    torn.mkdir()
+    (torn / "meta.json").write_text(json.dumps({**newer.meta, "version": "isal-7-99-torn", "job": 99}))
+    c = make_app(tmp_path).test_client()
+    assert c.get("/status?project=7").json["model_version"] == newer.name
+    assert not (models / "7" / ".tmp-isal-7-99-x").exists()
+
+
+# ---------------------------------------------------------------------------
+# score encoding
+
+
+def test_score_encoding_is_strictly_monotone_and_in_the_unit_interval():
+    rng = np.random.default_rng(0)
+    influences = np.concatenate([rng.normal(0, 3e-4, 5000), [-1e3, -1.0, 0.0, 1.0, 1e3]])
+    sigma = influence_scale(influences)
+    assert sigma == pytest.approx(np.std(influences))
+    scores = encode(influences, sigma)
+    assert np.all((scores >= 0.0) & (scores <= 1.0)) and np.all(np.isfinite(scores))
+    order = np.argsort(influences, kind="stable")
+    assert np.all(np.diff(scores[order]) >= 0)  # never reverses ISAL's order
+    typical = np.sort(influences[np.abs(influences / sigma) < 30])
+    assert np.all(np.diff(encode(typical, sigma)) > 0)  # and strictly, where influences differ
+    assert encode([0.0], sigma)[0] == 0.5
+    assert encode([-30 * sigma], sigma)[0] > 0.0  # the helpful end never collapses to 0
+    assert influence_scale([0.2, 0.2]) > 0 and influence_scale([]) == 1.0 and influence_scale([-4.0]) == 4.0
+    with pytest.raises(ValueError):
+        encode([1.0], 0.0)
+
+
+# ---------------------------------------------------------------------------
+# when jobs run
+
+
+class GatedJob:
+    """A stand-in job that blocks until released and records how many run at once."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.runs = 0
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, project_id, set_phase):
+        with self._lock:
+            self.runs += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        self.started.set()
+        set_phase("training")
+        self.gate.wait(30)
+        with self._lock:
+            self.active -= 1
+        return {"model_version": None, "counts": {}}
+
+
+def test_annotation_storm_coalesces_into_one_running_and_one_pending_job(tmp_path):
+    job = GatedJob()
+    app = make_app(tmp_path, run_job=job, engine={"retrain_every": 3})
+    c = app.test_client()
+    c.post("/setup", json={"project": PROJECT, "schema": CONFIG})
+    r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    assert r.status_code == 202 and r.json["job"] == "started"
+    assert job.started.wait(10)
+
+    def fire(i):
+        action = "START_TRAINING" if i % 20 == 0 else ("ANNOTATION_CREATED", "ANNOTATION_UPDATED",
+                                                        "ANNOTATIONS_DELETED")[i % 3]
+        return app.test_client().post("/webhook", json={"action": action, "project": {"id": 7},
+                                                        "annotation": {"id": i}}).status_code
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(fire, range(200)))
+    assert time.monotonic() - t0 < 20  # replies do not wait for the job
+    assert set(codes) <= {200, 202}
+    status = c.get("/status?project=7").json["job"]
+    assert status["state"] == "running" and status["pending"] is True and status["phase"] == "training"
+    assert status["jobs_started"] == 1 and status["requests_coalesced"] > 0
+    job.gate.set()
+    assert app.extensions["isal"].jobs.wait_idle(7, 30)
+    assert job.runs == 2 and job.max_active == 1
+    assert c.get("/status?project=7").json["job"]["jobs_started"] == 2
+
+
+def test_annotation_events_trigger_a_job_every_retrain_every(tmp_path):
+    job = GatedJob()
+    job.gate.set()
+    app = make_app(tmp_path, run_job=job, engine={"retrain_every": 3})
+    c = app.test_client()
+    c.post("/setup", json={"project": PROJECT, "schema": CONFIG})
+    hook = {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "annotation": {"id": 1}, "task": {"id": 1}}
+    assert [c.post("/webhook", json=hook).status_code for _ in range(2)] == [200, 200]
+    assert job.runs == 0 and c.get("/status?project=7").json["job"]["events_since_request"] == 2
+    r = c.post("/webhook", json=hook)
+    assert r.status_code == 202 and r.json["job"] == "started"
+    assert app.extensions["isal"].jobs.wait_idle(7, 10) and job.runs == 1
+
+
+def test_a_failing_job_is_reported_and_the_server_keeps_serving(tmp_path):
+    def broken(project_id, set_phase):
+        raise JobError("Label Studio refused the backend's API key (HTTP 401)")
+
+    app = make_app(tmp_path, run_job=broken)
+    c = app.test_client()
+    c.post("/setup", json={"project": PROJECT, "schema": CONFIG})
+    assert c.post("/train", json={"project": PROJECT}).status_code == 202
+    assert app.extensions["isal"].jobs.wait_idle(7, 10)
+    status = c.get("/status?project=7").json
+    assert "HTTP 401" in status["last_error"] and status["job"]["last_job"]["status"] == "failed"
+    assert status["model_version"] == "untrained"
+    assert c.get("/health").status_code == 200
+    assert c.post("/predict", json={"project": PROJECT, "tasks": [{"id": 1, "data": {"image": "a"}}]}).status_code == 200
+
+
+# ---------------------------------------------------------------------------
+# a real job against a real Label Studio
+
+
+@pytest.mark.integration
+def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_studio, tmp_path):
+    ls = label_studio.client()
+    sub, images = cifar_images(label_studio.files_root, 50, 10, seed=2)
+    missing = [{"image": f"/data/local-files/?d={sub}/train/cat/gone-{i}.jpg", "isal_reference": False}
+               for i in range(3)]
+    pid, by_task, extra = create_cifar_project(ls, label_studio.files_root, sub, images, "bad input",
+                                               extra_tasks=missing + [{"image": "", "note": "no image"}])
+    train = [t for t, im in by_task.items() if im.split == "train"]
+    for t, im in by_task.items():
+        if im.split == "test" or t in train[:20]:
+            ls.annotations.create(id=t, result=choice_result(im.label))
+    ls.annotations.create(id=train[20], result=choice_result("zebra"))  # not in the config
+    ls.annotations.create(id=extra[0], result=choice_result("cat"))  # labeled, but its image is gone
+    ls.annotations.create(id=extra[1], result=choice_result("dog"))
+
+    settings = {"label_studio_url": label_studio.url, "label_studio_api_key": label_studio.legacy_token,
+                "engine": {"epochs": 2, "retrain_every": 0}}
+    app = make_app(tmp_path, **settings)
+    c = app.test_client()
+    assert c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config}).status_code == 200
+    assert c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 202
+    status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, timeout=300)
+    assert status["last_error"] is None, status
+    v1 = status["model_version"]
+    assert v1.startswith(f"isal-{pid}-")
+    warnings = status["warnings"]
+    assert warnings["image_download_failed"]["count"] == 3 and "404" in warnings["image_download_failed"]["examples"][0]
+    assert warnings["label_outside_config"]["count"] == 1 and "'zebra'" in warnings["label_outside_config"]["examples"][0]
+    assert warnings["no_image"]["count"] == 1
+    assert status["counts"] == {"labeled": 20, "reference": 10, "unlabeled": 29, "reference_unlabeled": 0,
+                                "skipped": 5}
+    by_id = {t.id: t for t in ls.tasks.list(project=pid, fields="all")}
+    scored = [t for t in by_id.values() if any(p.model_version == v1 for p in t.predictions)]
+    assert len(scored) == 29 and extra[2] not in {t.id for t in scored}
+
+    # The same MODEL_DIR with a key Label Studio refuses: the job fails, v1 stays and is served.
+    bad = make_app(tmp_path, **{**settings, "label_studio_api_key": "0" * 40}).test_client()
+    assert bad.get(f"/status?project={pid}").json["model_version"] == v1
+    assert bad.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 202
+    status = wait_for_job(lambda p: bad.get(f"/status?project={p}").json, pid, timeout=120)
+    assert status["model_version"] == v1 and "401" in status["last_error"], status
+    assert status["job"]["last_job"]["status"] == "failed"
+    assert bad.get("/health").status_code == 200
+    one = next(t for t in scored)
+    r = bad.post("/predict", json={"project": f"{pid}.0", "tasks": [one.model_dump(mode="json")]})
+    assert r.status_code == 200 and r.json["results"][0]["model_version"] == v1
+    assert ls.projects.get(id=pid).model_version == v1
