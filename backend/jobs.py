@@ -334,9 +334,7 @@ class Trainer:
             store.write_version(staging, model, meta, solved.s_test, task_ids, influences, outputs)
 
             set_phase("writing predictions")
-            predictions = ({"task": tid, "result": task_type.prediction(out), "score": float(s),
-                            "model_version": version} for tid, out, s in zip(task_ids, outputs, scores))
-            created = write_back(api, pid, version, predictions)
+            created = write_back(api, pid, version, prediction_stream(task_type, version, task_ids, outputs, scores))
             if created < len(task_ids):
                 warnings.add("predictions_dropped", "-", f"Label Studio kept {created} of {len(task_ids)} predictions")
                 meta["warnings"] = warnings.as_dict()
@@ -429,7 +427,13 @@ def describe_api_error(exc: ApiError) -> str:
     return f"Label Studio API error HTTP {exc.status_code}: {body}"
 
 
-def write_back(api: LabelStudioAPI, project_id: int, version: str, predictions, chunk_size: int = 1000) -> int:
+def prediction_stream(task_type: TaskType, version: str, task_ids, outputs, scores):
+    """One Label Studio prediction per task, generated lazily (10k tasks never sit in a list)."""
+    for tid, out, score in zip(task_ids, outputs, scores):
+        yield {"task": int(tid), "result": task_type.prediction(out), "score": float(score), "model_version": version}
+
+
+def write_back(api: LabelStudioAPI, project_id: int, version: str, predictions, chunk_size: int = 10_000) -> int:
     """The backend's write path: bulk-write predictions of `version`, then make it the project's version.
 
     `predictions` may be a generator (memory stays flat). Returns how many Label Studio

@@ -105,11 +105,17 @@ class LabelStudioAPI:
         return response.json()
 
     # -- writing -------------------------------------------------------------
-    def write_predictions(self, project_id: int, predictions: Iterable[dict], chunk_size: int = 1000) -> int:
+    def write_predictions(self, project_id: int, predictions: Iterable[dict], chunk_size: int = 10_000,
+                          request_timeout: float = 900) -> int:
         """Bulk-write `{task, result, score, model_version}` dicts; returns how many were created.
 
         Uses the project's bulk import (hundreds per second on SQLite, far faster
         than one POST per prediction), in chunks to bound request size and memory.
+        Chunks are large because each import request also recounts the annotation and
+        prediction counters of EVERY task of the project (Label Studio 1.23's default
+        import path), a cost that grows with the project: measured here on 10k tasks,
+        1,000 per request gave 150-180 tasks/s, one request of 10,000 about 750.
+        No retries (a retried import would duplicate predictions) and a long timeout.
         Scores are cast to float so numpy/torch scalars serialize.
         Label Studio 1.23 answers 201 yet silently drops predictions that fail its
         validation: a score outside [0, 1], or a result that does not fit the label
@@ -119,8 +125,9 @@ class LabelStudioAPI:
         """
         created = sent = 0
         it = iter(predictions)
+        options = {"timeout": float(max(self.timeout, request_timeout)), "max_retries": 0}
         while chunk := [_clean_prediction(p) for p in islice(it, chunk_size)]:
-            response = self.ls.projects.import_predictions(id=project_id, request=chunk)
+            response = self.ls.projects.import_predictions(id=project_id, request=chunk, request_options=options)
             created += response.created if response.created is not None else len(chunk)
             sent += len(chunk)
         if created < sent:

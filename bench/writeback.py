@@ -1,0 +1,84 @@
+"""Write-back throughput: the backend's own write path into a real local Label Studio.
+
+    python -m bench.writeback [--tasks 10000] [--chunk-size 10000]
+
+Starts Label Studio (backend.local_ls, throwaway SQLite data dir), imports N tasks into
+a 10-class image classification project, then times `backend.jobs.write_back` fed by
+`backend.jobs.prediction_stream` (what a training job calls after scoring the pool):
+bulk prediction import in chunks, then the project's model_version + "Uncertainty
+sampling". Prints tasks/s, the peak RSS of this process during the write and its growth
+over the baseline (the stream is lazy, so it should stay flat), checks that Label Studio
+kept every prediction, and ends with one line of JSON. Target: >= 500 tasks/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from backend.demo import CIFAR_CLASSES, label_config
+from backend.jobs import prediction_stream, write_back
+from backend.local_ls import LabelStudioServer
+from backend.ls_client import LabelStudioAPI
+from backend.scores import encode, influence_scale
+from backend.tasktypes import parse_label_config
+
+from .common import PeakMemory
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--chunk-size", type=int, default=10_000, help="predictions per bulk import request")
+    args = ap.parse_args(argv)
+
+    with LabelStudioServer() as server, LabelStudioAPI(server.url, server.legacy_token, timeout=300) as api:
+        config = label_config()
+        task_type = parse_label_config(config)
+        pid = api.create_project("bench writeback", config)
+        t0 = time.perf_counter()
+        task_ids: list[int] = []
+        for start in range(0, args.tasks, 2000):
+            n = min(2000, args.tasks - start)
+            task_ids += api.import_tasks(pid, [{"image": f"/data/upload/{pid}/img_{start + i:06d}.jpg"}
+                                               for i in range(n)])
+        print(f"imported {len(task_ids)} tasks in {time.perf_counter() - t0:.1f} s")
+
+        rng = np.random.default_rng(0)
+        influences = rng.normal(0.0, 1e-3, len(task_ids))
+        scores = encode(influences, influence_scale(influences))
+        outputs = rng.integers(0, len(CIFAR_CLASSES), len(task_ids)).tolist()
+        version = "isal-bench-1"
+        baseline = rss_mb()
+        with PeakMemory(torch.device("cpu")) as mem:
+            start = time.perf_counter()
+            created = write_back(api, pid, version, prediction_stream(task_type, version, task_ids, outputs, scores),
+                                 chunk_size=args.chunk_size)
+            seconds = time.perf_counter() - start
+        project = api.ls.projects.get(id=pid)
+        kept = project.total_predictions_number
+        rate = len(task_ids) / seconds
+        print(f"wrote {created} predictions in {seconds:.1f} s: {rate:.0f} tasks/s (chunk {args.chunk_size})")
+        print(f"peak RSS {mem.peak_mb:.0f} MB, baseline {baseline:.0f} MB, growth {mem.peak_mb - baseline:.1f} MB")
+        print(f"Label Studio holds {kept} predictions; project model_version {project.model_version!r}, "
+              f"sampling {project.sampling!r}")
+        ok = created == kept == len(task_ids) and project.model_version == version
+        summary = {"bench": "writeback", "tasks": len(task_ids), "chunk_size": args.chunk_size,
+                   "seconds": round(seconds, 2), "tasks_per_s": round(rate, 1), "peak_rss_mb": round(mem.peak_mb, 1),
+                   "rss_growth_mb": round(mem.peak_mb - baseline, 1), "kept": kept, "target_tasks_per_s": 500,
+                   "ok": bool(ok and rate >= 500)}
+        print(json.dumps(summary))
+        return summary
+
+
+if __name__ == "__main__":
+    main()
