@@ -56,7 +56,8 @@ RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out"
 
 
 class SimulationConfig(BaseModel):
-    """One simulation protocol; the defaults are the CPU protocol (configs/cifar10-cpu.json)."""
+    """One simulation protocol. The defaults are CPU-sized (the shape of configs/cifar10-cpu.json
+    without its subsets); configs/ holds the calibrated CPU protocol and the paper's."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,7 +68,7 @@ class SimulationConfig(BaseModel):
     rounds: PositiveInt = Field(6, description="trained models per run, the initial one included")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     arch: str = "small_cnn"
-    epochs: PositiveInt = 15
+    epochs: PositiveInt = 10
     lr: float = Field(0.1, gt=0)
     batch_size: PositiveInt = 128
     image_size: PositiveInt = 32
@@ -119,13 +120,15 @@ class SimulationConfig(BaseModel):
 
 
 def load_config(path: str | None = None, **overrides) -> SimulationConfig:
-    """A JSON protocol file (or the defaults), with `overrides` that are not None on top."""
+    """A JSON protocol file (or the defaults), with `overrides` that are not None on top.
+    Keys starting with "_" are notes for the reader and are ignored."""
     values = {}
     if path:
         try:
             values = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read config {path}: {exc}") from exc
+        values = {k: v for k, v in values.items() if not k.startswith("_")}  # "_note": comments
         values.setdefault("out", f"runs/{Path(path).stem}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return SimulationConfig(**values)
@@ -326,10 +329,9 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
                 model = _model_of(sim, models, name, state, seed, r - 1)
             state.add(r, sim.select(strategy, model, state.labeled(r - 1), seed, r - 1), time.perf_counter() - start)
             state.save()
-        start = time.perf_counter()
         model, metric, seconds = _train_and_evaluate(sim, models, state.labeled(r), seed, r)
         models.save(name, model, round=r)
-        row = state.finish(r, metric, seconds if seconds is not None else time.perf_counter() - start)
+        row = state.finish(r, metric, seconds)
         state.save()
         results.append(row)
         log.info("%s seed %d round %d: %d labels, metric %.4f (%.1f s)", strategy, seed, r, row["labels"], metric,
@@ -338,8 +340,8 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
 
 
 def _train_and_evaluate(sim: Simulation, models: Checkpoints, labeled: list[int], seed: int, round_: int):
-    """(model, metric, seconds or None = measure now). Round 1 is the same for every
-    strategy of a seed, so it is trained once and its cost is reported for each."""
+    """(model, metric, seconds). Round 1 is the same for every strategy of a seed, so it
+    is trained once and its cost is reported for each."""
     if round_ == 1:
         cached = models.load(f"initial-{seed}", sim.device, seed=seed)
         if cached is not None:
@@ -347,9 +349,10 @@ def _train_and_evaluate(sim: Simulation, models: Checkpoints, labeled: list[int]
     start = time.perf_counter()
     model = sim.train(labeled, seed, round_)
     metric = sim.evaluate(model)
+    seconds = time.perf_counter() - start
     if round_ == 1:
-        models.save(f"initial-{seed}", model, seed=seed, metric=metric, seconds=time.perf_counter() - start)
-    return model, metric, None
+        models.save(f"initial-{seed}", model, seed=seed, metric=metric, seconds=seconds)
+    return model, metric, seconds
 
 
 def _model_of(sim: Simulation, models: Checkpoints, name: str, state: RunState, seed: int, round_: int) -> nn.Module:
@@ -371,7 +374,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     def opt(flag, help_, **kw):
         key = flag[2:].replace("-", "_")
-        p.add_argument(flag, default=None, help=f"{help_} (default: {d[key]})", **kw)
+        default = ",".join(map(str, d[key])) if isinstance(d[key], list) else d[key]
+        p.add_argument(flag, default=None, help=f"{help_} (default: {default})", **kw)
 
     p.add_argument("--config", help="JSON protocol file (configs/*.json); flags override it")
     opt("--data", "folder or zip with train/<class>/ and test/<class>/ (none: shared CIFAR-10 zip, else download)")

@@ -72,7 +72,7 @@ def test_every_strategy_writes_one_row_per_round(dataset, tmp_path):
         assert row["boxes"] == ""
         assert 0.0 <= float(row["metric"]) <= 1.0 and float(row["seconds"]) >= 0
     for seed in ("0", "1"):  # one initial set and one round-1 model per seed, shared by all strategies
-        assert len({r["metric"] for r in rows if r["seed"] == seed and r["round"] == "1"}) == 1
+        assert len({(r["metric"], r["seconds"]) for r in rows if r["seed"] == seed and r["round"] == "1"}) == 1
         assert len({json.dumps(selections(out, s, int(seed))[0]) for s in SIM_STRATEGIES}) == 1
     for strategy in SIM_STRATEGIES:  # each round adds `step` new images
         first, second = selections(out, strategy)
@@ -127,6 +127,8 @@ def test_raising_rounds_computes_only_the_new_round(dataset, tmp_path, monkeypat
     counter.calls.clear()
     simulate(config(dataset, out, rounds=3, seeds=[0, 1]))  # nothing left to do
     assert counter.calls == [] and read_lines(out) == after
+    straight = simulate(config(dataset, tmp_path / "straight", rounds=3, seeds=[0, 1]))
+    assert selections(out, "isal", 1) == selections(straight, "isal", 1)  # ranked by the reloaded model
 
 
 def test_interrupted_run_resumes_where_it_stopped(dataset, tmp_path):
