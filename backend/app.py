@@ -23,10 +23,10 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from isal_core.data import ImageDecodeError, ImageRecord, open_image
+from isal_core.data import ImageRecord
 
-from .jobs import ANNOTATION_EVENTS, TRAIN_EVENT, JobError, JobManager, Trainer
-from .ls_client import DownloadError, LabelStudioAPI
+from .jobs import ANNOTATION_EVENTS, TRAIN_EVENT, JobError, JobManager, Trainer, fetch_images
+from .ls_client import LabelStudioAPI
 from .scores import UNSCORABLE_SCORE, UNTRAINED_SCORE
 from .settings import Settings
 from .tasktypes import MissingMedia, UnsupportedConfig, parse_label_config
@@ -118,7 +118,7 @@ class Backend:
     def _predict_with(self, version: ModelVersion, project_id: int, tasks: list) -> list[dict]:
         task_type = version.task_type
         results: list[dict | None] = [None] * len(tasks)
-        todo: list[tuple[int, int, Path]] = []
+        todo: list[tuple[int, int, str]] = []
 
         def unscorable(i, why):
             results[i] = {"result": [], "score": UNSCORABLE_SCORE, "model_version": version.name, "error": why}
@@ -134,20 +134,23 @@ class Backend:
                               "score": float(version.encode([influence])[0]), "model_version": version.name}
                 continue
             try:
-                url = task_type.media_url(task)
-                path = self.api_for(project_id).download(url, self.registry.cache_dir)
-                todo.append((i, task["id"], path))
-            except (MissingMedia, DownloadError, JobError) as exc:
+                todo.append((i, task["id"], task_type.media_url(task)))
+            except MissingMedia as exc:
                 unscorable(i, str(exc))
-                log.warning("project %s: /predict cannot score task %s: %s", project_id, task.get("id"), exc)
         if todo:
+            try:
+                api = self.api_for(project_id)
+                paths = fetch_images(api, [url for _, _, url in todo], self.registry.cache_dir,
+                                     self.settings.engine.download_workers)
+            except JobError as exc:
+                paths = [exc] * len(todo)
             usable = []
-            for i, tid, path in todo:
-                try:
-                    open_image(str(path))
+            for (i, tid, _), path in zip(todo, paths):
+                if isinstance(path, Path):
                     usable.append((i, tid, path))
-                except ImageDecodeError as exc:
-                    unscorable(i, str(exc))
+                else:
+                    unscorable(i, str(path))
+                    log.warning("project %s: /predict cannot score task %s: %s", project_id, tid, path)
             if usable:
                 dataset = task_type.dataset([ImageRecord(str(tid), str(p)) for _, tid, p in usable],
                                             int(version.meta.get("image_size", 32)), train=False)
@@ -195,6 +198,7 @@ class Backend:
             "counts": meta.get("counts", {}),
             "last_error": jobs["last_error"],
             "reference_source": meta.get("reference_source"),
+            "reference_note": meta.get("reference_note"),
             "top_task": meta.get("top_task"),
             "top_score": meta.get("top_score"),
             "sigma": meta.get("sigma"),

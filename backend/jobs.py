@@ -270,11 +270,16 @@ class Trainer:
             raise JobError(f"need at least {e.min_labeled} labeled tasks with a usable image to train, have "
                            f"{len(labeled)} (skipped: {dict(warnings.counts) or 'none'})")
         reference_source = REFERENCE_FLAG
+        reference_note = f"{len(reference)} labeled tasks flagged \"{REFERENCE_FLAG}\": true"
         if not reference:
             l1, created = store.first_labeled_set([i.task_id for i in labeled])
             in_l1 = set(l1)
             reference = [i for i in labeled if i.task_id in in_l1]
             reference_source = "first_labeled_set"
+            reference_note = (f"no labeled task is flagged \"{REFERENCE_FLAG}\": true, so the reference set is the "
+                              f"first labeled set L1 ({len(reference)} of its {len(l1)} tasks usable), saved "
+                              f"{'now' if created else 'by an earlier job'} in reference_l1.json; it is also "
+                              "trained on. Flag a labeled, representative set for better selection.")
             (log.warning if created else log.info)(
                 "project %s: no labeled task has data.%s = true; the reference set is the first labeled set "
                 "L1 (%d tasks%s). Flag a labeled, representative set with \"%s\": true for better selection.",
@@ -325,7 +330,7 @@ class Trainer:
             "image_size": e.image_size, "strategy": e.strategy, "solver": e.solver, "damping": e.damping,
             "params": e.params, "top_k": e.top_k, "epochs": e.epochs, "seed": e.seed,
             "solver_info": {k: v for k, v in solved.info.items() if k != "norms"},
-            "sigma": sigma, "counts": counts, "reference_source": reference_source,
+            "sigma": sigma, "counts": counts, "reference_source": reference_source, "reference_note": reference_note,
             "top_task": task_ids[top], "top_score": float(scores[top]), "top_influence": float(influences[top]),
             "warnings": warnings.as_dict(),
         }
@@ -350,7 +355,8 @@ class Trainer:
                         "; ".join(info["examples"]))
         return {
             "model_version": published.name, "counts": counts, "warnings": warnings.as_dict(),
-            "reference_source": reference_source, "top_task": meta["top_task"], "top_score": meta["top_score"],
+            "reference_source": reference_source, "reference_note": reference_note,
+            "top_task": meta["top_task"], "top_score": meta["top_score"],
             "sigma": sigma, "predictions_written": created, "solver_info": meta["solver_info"],
             "timings_s": {k: round(t[k] - t[p], 2) for p, k in zip(
                 ["start", "read", "download", "train", "s_test", "score"],
@@ -389,29 +395,36 @@ class Trainer:
         return labeled, reference, pool, flagged_unlabeled
 
     def _download(self, api: LabelStudioAPI, items: list[Item], warnings: Warnings) -> None:
-        """Fetch and decode-check every item's image in parallel; set item.path or count a warning."""
+        """Set item.path for every image that downloads and decodes; count the others. 401/403 fail the job."""
+        got = fetch_images(api, [i.url for i in items], self.cache_dir, self.engine.download_workers)
+        for item, path in zip(items, got):
+            if isinstance(path, Path):
+                item.path = path
+            elif isinstance(path, DownloadError) and path.status in (401, 403):
+                raise JobError(f"Label Studio refused the backend's API key (HTTP {path.status}) for {path.url}: "
+                               "set LABEL_STUDIO_API_KEY to a valid legacy token or personal access token")
+            elif isinstance(path, DownloadError):
+                warnings.add("image_download_failed", item.task_id, str(path))
+            else:
+                warnings.add("image_undecodable", item.task_id, str(path))
 
-        def fetch(item: Item):
-            try:
-                path = api.download(item.url, self.cache_dir)
-                open_image(str(path))
-                return item, path, None
-            except DownloadError as exc:
-                return item, None, exc
-            except ImageDecodeError as exc:
-                return item, None, exc
 
-        with ThreadPoolExecutor(self.engine.download_workers, thread_name_prefix="isal-download") as pool:
-            for item, path, exc in pool.map(fetch, items):
-                if exc is None:
-                    item.path = path
-                elif isinstance(exc, DownloadError) and exc.status in (401, 403):
-                    raise JobError(f"Label Studio refused the backend's API key (HTTP {exc.status}) for {exc.url}: "
-                                   "set LABEL_STUDIO_API_KEY to a valid legacy token or personal access token")
-                elif isinstance(exc, DownloadError):
-                    warnings.add("image_download_failed", item.task_id, str(exc))
-                else:
-                    warnings.add("image_undecodable", item.task_id, str(exc))
+def fetch_images(api: LabelStudioAPI, urls: list[str], cache_dir: Path, workers: int) -> list:
+    """Download (cached) and decode-check each URL in parallel: a Path, or the DownloadError /
+    ImageDecodeError that says why not, per URL, in order."""
+
+    def fetch(url: str):
+        try:
+            path = api.download(url, cache_dir)
+            open_image(str(path))
+            return path
+        except (DownloadError, ImageDecodeError) as exc:
+            return exc
+
+    if len(urls) <= 1:
+        return [fetch(u) for u in urls]
+    with ThreadPoolExecutor(min(workers, len(urls)), thread_name_prefix="isal-download") as pool:
+        return list(pool.map(fetch, urls))
 
 
 def describe_api_error(exc: ApiError) -> str:

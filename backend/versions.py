@@ -116,8 +116,12 @@ class ModelVersion:
         return task_type_from_meta(self.meta["task_type"])
 
     @classmethod
-    def open(cls, path: Path, device: str = "auto") -> "ModelVersion":
-        """Read and check a version dir (all files present, meta parses); ValueError if not."""
+    def open(cls, path: Path, device: str = "auto", verify: bool = False) -> "ModelVersion":
+        """Read and check a version dir (all files present, meta parses); ValueError if not.
+
+        `verify` also deserializes the checkpoint, s_test and scores (no model is built,
+        so it is safe in the gunicorn master before the fork).
+        """
         missing = [f for f in VERSION_FILES if not (path / f).is_file() or (path / f).stat().st_size == 0]
         if missing:
             raise ValueError(f"model version {path} is incomplete: missing {missing}")
@@ -128,6 +132,14 @@ class ModelVersion:
             task_type_from_meta(meta["task_type"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"model version {path} has a bad meta.json: {exc!r}") from None
+        if verify:
+            try:
+                torch.load(path / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+                torch.load(path / "s_test.pt", map_location="cpu", weights_only=True)["s_test"]
+                with np.load(path / "scores.npz") as z:
+                    z["task_ids"], z["influence"], z["output"]
+            except Exception as exc:
+                raise ValueError(f"model version {path} has unreadable files: {type(exc).__name__}: {exc}") from None
         return cls(path, meta, device)
 
     def load(self) -> dict:
@@ -211,7 +223,7 @@ class ProjectStore:
         self.current = None
         for version in self.versions(good_only=False):
             try:
-                self.current = ModelVersion.open(self.root / version, self.device)
+                self.current = ModelVersion.open(self.root / version, self.device, verify=True)
                 break
             except ValueError as exc:
                 log.warning("project %s: skipping model version %s: %s", self.id, version, exc)

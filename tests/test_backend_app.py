@@ -240,9 +240,21 @@ def test_a_restart_loads_the_newest_complete_version(tmp_path):
     torn = models / "7" / "isal-7-99-torn"
     torn.mkdir()
     (torn / "meta.json").write_text(json.dumps({**newer.meta, "version": "isal-7-99-torn", "job": 99}))
+    # A version whose files are all there but whose checkpoint is garbage is skipped too.
+    corrupt = publish_version(models)
+    (corrupt.path / "model.pt").write_bytes(b"\x00" * 64)
     c = make_app(tmp_path).test_client()
     assert c.get("/status?project=7").json["model_version"] == newer.name
     assert not (models / "7" / ".tmp-isal-7-99-x").exists()
+    r = c.post("/predict", json={"project": PROJECT, "tasks": [{"id": 3, "data": {"image": "/data/x.jpg"}}]})
+    assert r.json["results"][0]["model_version"] == newer.name
+
+
+def test_the_first_labeled_set_is_saved_once(tmp_path):
+    store = Registry(tmp_path / "models").get(7)
+    assert store.first_labeled_set([5, 3, 4]) == ([3, 4, 5], True)
+    assert store.first_labeled_set([3, 4, 5, 6, 7]) == ([3, 4, 5], False)
+    assert Registry(tmp_path / "models").get(7).first_labeled_set([9]) == ([3, 4, 5], False)
 
 
 # ---------------------------------------------------------------------------
@@ -406,3 +418,34 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
     r = bad.post("/predict", json={"project": f"{pid}.0", "tasks": [one.model_dump(mode="json")]})
     assert r.status_code == 200 and r.json["results"][0]["model_version"] == v1
     assert ls.projects.get(id=pid).model_version == v1
+
+
+@pytest.mark.integration
+def test_without_reference_tasks_the_first_labeled_set_is_the_reference(label_studio, tmp_path):
+    ls = label_studio.client()
+    sub, images = cifar_images(label_studio.files_root, 30, 0, seed=3)
+    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "no reference")
+    ids = list(by_task)
+    for t in ids[:10]:
+        ls.annotations.create(id=t, result=choice_result(by_task[t].label))
+    app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
+                   engine={"epochs": 1, "retrain_every": 0})
+    c = app.test_client()
+    c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})
+
+    def train(n):
+        assert c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 202
+        status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, jobs_started=n, timeout=300)
+        assert status["last_error"] is None, status
+        return status
+
+    status = train(1)
+    assert status["reference_source"] == "first_labeled_set" and "first labeled set L1" in status["reference_note"]
+    assert status["counts"]["reference"] == 10 and status["counts"]["labeled"] == 10
+    saved = json.loads((tmp_path / "models" / str(pid) / "reference_l1.json").read_text())["task_ids"]
+    assert saved == sorted(ids[:10])
+    for t in ids[10:13]:
+        ls.annotations.create(id=t, result=choice_result(by_task[t].label))
+    status = train(2)
+    assert status["counts"]["reference"] == 10 and status["counts"]["labeled"] == 13  # L1 stays L1
+    assert "saved by an earlier job" in status["reference_note"]
