@@ -102,10 +102,11 @@ def plot_curves(rows: list[dict], path: Path, cost: str = "labels", title: str =
         x = [p.cost for p in curve]
         seeds = max(p.seeds for p in curve)
         line, = ax.plot(x, [100 * p.mean for p in curve], marker="o", ms=3, label=f"{name} ({seeds} seeds)")
-        ax.fill_between(x, [100 * p.low for p in curve], [100 * p.high for p in curve], color=line.get_color(), alpha=0.15)
+        ax.fill_between(x, [100 * p.low for p in curve], [100 * p.high for p in curve], color=line.get_color(),
+                        alpha=0.15)
     ax.set_xlabel(f"number of {cost}")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "mean over seeds, band = min-max")
+    ax.set_title(f"{title}\nmean over seeds, band = min-max" if title else "mean over seeds, band = min-max")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, field_validator,
+                      model_validator)
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -61,7 +62,7 @@ class SimulationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str | None = Field(None, description="folder or zip with train/ and test/ (default: the shared CIFAR-10 zip, else a download)")
+    data: str | None = Field(None, description="folder or zip with train/ and test/; default: shared CIFAR-10 zip")
     strategies: list[str] = Field(default_factory=lambda: ["random", "coreset", "gradsim", "isal"])
     initial: PositiveInt = 500
     step: PositiveInt = 500
@@ -72,8 +73,8 @@ class SimulationConfig(BaseModel):
     lr: float = Field(0.1, gt=0)
     batch_size: PositiveInt = 128
     image_size: PositiveInt = 32
-    pool_subset: PositiveInt | None = Field(None, description="train images the run may label (seeded subset); default all")
-    test_subset: PositiveInt | None = Field(None, description="evaluation images (seeded subset of test minus R); default all")
+    pool_subset: PositiveInt | None = Field(None, description="train images the run may label (seeded subset)")
+    test_subset: PositiveInt | None = Field(None, description="evaluation images (seeded subset of test minus R)")
     reference_size: NonNegativeInt = Field(1000, description="ISAL's reference set R, taken from the test split")
     solver: str = "cg"
     damping: NonNegativeFloat = REFERENCE_DAMPING
@@ -370,7 +371,8 @@ def _model_of(sim: Simulation, models: Checkpoints, name: str, state: RunState, 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`isal simulate` options; every one overrides the --config file (defaults: SimulationConfig)."""
-    d = {k: f.default if f.default_factory is None else f.default_factory() for k, f in SimulationConfig.model_fields.items()}
+    fields = SimulationConfig.model_fields.items()
+    d = {k: f.default if f.default_factory is None else f.default_factory() for k, f in fields}
 
     def opt(flag, help_, **kw):
         key = flag[2:].replace("-", "_")
