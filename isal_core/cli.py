@@ -19,7 +19,7 @@ from .models import build_model, model_choices
 from .params import PARAMETER_SETS
 from .stest import REFERENCE_DAMPING, SOLVERS, SolverError
 from .strategies import STRATEGIES, SelectionContext, check_budget, make_strategy
-from .training import TrainConfig, load_checkpoint, resolve_device, save_checkpoint, train_classifier
+from .training import TrainConfig, load_checkpoint, resolve_device, save_checkpoint, seed_everything, train_classifier
 
 log = logging.getLogger("isal")
 
@@ -78,6 +78,7 @@ def select(args) -> int:
     transform = classification_transform(image_size)
     labeled = ImageDataset(labeled_records, transform)
     if model is None:
+        seed_everything(args.seed)  # the initial weights too, not only the shuffling
         model = build_model(args.arch, len(classes))
         config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                              device=str(device), num_workers=args.workers)

@@ -1,8 +1,8 @@
 """Supervised training, prediction and checkpoints for the active-learning loop.
 
 Every round of active learning retrains the classifier on the labeled set, so training
-is seeded end to end (init, shuffling, augmentation) to make rounds comparable and
-results reproducible.
+is seeded (shuffling, augmentation) to make rounds comparable and results reproducible.
+The initial weights are drawn when the model is built: call seed_everything first.
 """
 
 from __future__ import annotations

@@ -84,3 +84,10 @@ def test_bad_inputs_are_named(folders, tmp_path, capsys):
 def test_console_entry_point_runs(folders, tmp_path):
     result = subprocess.run([sys.executable, "-m", "isal_core.cli", "select", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--reference" in result.stdout
+
+
+def test_training_from_scratch_is_reproducible(folders, tmp_path):
+    _, out = run(folders, tmp_path, "--strategy", "isal")
+    first = [(r["id"], r["influence"]) for r in read(out)]
+    _, out = run(folders, tmp_path, "--strategy", "isal")
+    assert [(r["id"], r["influence"]) for r in read(out)] == first
