@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     exact = CG(damping=args.damping, tol=1e-8, max_iter=200).solve(op, v)
     print(f"converged CG: {exact.info['iterations']} iterations, residual {exact.info['residual']:.1e}, {time.perf_counter() - start:.1f} s (not timed below)")
-    cosine = lambda x: float(F.cosine_similarity(x.flatten(), exact.s_test.flatten(), dim=0))
+    cosine = lambda x: float(F.cosine_similarity(x.double().flatten(), exact.s_test.double().flatten(), dim=0))
 
     start = time.perf_counter()
     ref = LiSSA(damping=args.damping, scale=1e4, depth=args.depth, repeats=args.repeats, batch_size=1).solve(op, v)
