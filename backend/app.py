@@ -316,6 +316,7 @@ def create_app(settings: Settings | None = None, *, run_job=None) -> Flask:
     @app.post("/train")
     def train():
         data = _json_body()
+        log.info("POST /train (Label Studio's \"Start training\") for project %s", data.get("project"))
         data, status = backend.webhook({"action": TRAIN_EVENT, "project": data.get("project")})
         return json_response(data, status)
 

@@ -237,7 +237,7 @@ class BackendProcess:
                  startup_timeout: float = 120.0):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        self.env = {"PYTHONFAULTHANDLER": "1", **os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="isal-backend-")) / "backend.log"
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen | None = None
@@ -270,8 +270,11 @@ class BackendProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        # SIGINT: gunicorn's quick shutdown (a running job is abandoned; its temp dir is cleaned at start)
-        for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        # SIGTERM: gunicorn's graceful stop (measured 4-7 s here; its quick stop, SIGINT, waited
+        # 10 s and more for the worker's idle threads). A running job is abandoned; its temp dir
+        # is removed at the next start. A process still there gets SIGABRT, which makes Python's
+        # faulthandler (PYTHONFAULTHANDLER, set in start) write every thread's stack to the log.
+        for sig, grace in ((signal.SIGTERM, 20), (signal.SIGABRT, 5), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
