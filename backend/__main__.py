@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+from pydantic import ValidationError
+
 from .settings import Settings
 
 
@@ -22,7 +24,10 @@ def gunicorn_command(settings: Settings) -> list[str]:
 
 
 def main() -> None:
-    settings = Settings()  # validate the environment before handing over
+    try:
+        settings = Settings()  # validate the environment before handing over
+    except ValidationError as exc:
+        sys.exit(f"ISAL backend: bad setting in the environment:\n{exc}")
     # Idle OpenMP threads sleep instead of spinning: the backend shares the CPU with its web
     # threads and, often, Label Studio; spinning made small-CNN training 10x slower on 2 busy cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -255,6 +255,10 @@ def create_app(settings: Settings | None = None, *, run_job=None) -> Flask:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("backend").setLevel(settings.log_level)
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    if settings.workers > 1:
+        log.warning("WORKERS=%d: jobs are coalesced per worker process, so two workers can train the same "
+                    "project at once and /status shows one worker's view; WORKERS=1 is recommended",
+                    settings.workers)
     backend = Backend(settings, run_job)
     app = Flask("isal_backend")
     app.extensions["isal"] = backend

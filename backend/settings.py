@@ -43,6 +43,15 @@ class EngineSettings(BaseSettings):
     seed: int = Field(0, description="seed of training, Hessian subset and solver")
     download_workers: int = Field(8, ge=1, description="parallel image downloads per job")
 
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        from isal_core.models import model_choices
+
+        if v not in model_choices():
+            raise ValueError(f"ISAL_ARCH {v!r} is not a known model; e.g. small_cnn, resnet18_cifar, resnet18")
+        return v
+
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:

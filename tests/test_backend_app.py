@@ -449,3 +449,20 @@ def test_without_reference_tasks_the_first_labeled_set_is_the_reference(label_st
     status = train(2)
     assert status["counts"]["reference"] == 10 and status["counts"]["labeled"] == 13  # L1 stays L1
     assert "saved by an earlier job" in status["reference_note"]
+
+
+def test_settings_come_from_the_environment_and_bad_values_are_refused(monkeypatch):
+    monkeypatch.setenv("PORT", "9191")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "abc")
+    monkeypatch.setenv("ISAL_EPOCHS", "3")
+    monkeypatch.setenv("ISAL_RETRAIN_EVERY", "0")
+    s = Settings()
+    assert (s.port, s.label_studio_api_key, s.engine.epochs, s.engine.retrain_every) == (9191, "abc", 3, 0)
+    assert (s.engine.arch, s.engine.image_size, s.engine.strategy, s.engine.solver, s.engine.damping,
+            s.engine.params, s.engine.seed) == ("small_cnn", 32, "isal", "cg", 100.0, "weights", 0)
+    for name, value in [("ISAL_STRATEGY", "entropy"), ("ISAL_SOLVER", "svd"), ("ISAL_ARCH", "nope"),
+                        ("ISAL_EPOCHS", "0")]:
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ValueError, match=name.removeprefix("ISAL_").lower()):
+                Settings()
