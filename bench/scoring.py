@@ -8,6 +8,7 @@ images; prints images/s, their ratios and peak memory, then one line of JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 
 import torch
@@ -71,6 +72,14 @@ def main(argv=None) -> dict:
     subset = torch.utils.data.Subset(pool, range(args.loop))
     loop_scores = record("reference_loop", lambda: influence_loop(model, adapter, subset, directions["weights"], sets["weights"], device=device), args.loop)
     agreement = float((all_scores[: args.loop] - loop_scores).norm() / loop_scores.norm())
+    # Who is closer to the exact value? A float64 copy of the model scores the first samples.
+    n64 = min(32, args.loop)
+    model64 = copy.deepcopy(model).double()
+    params64 = select_parameters(model64, "weights")
+    exact = influence(model64, adapter, DataLoader(TensorDataset3(pool.x[:n64].double(), pool.y[:n64]), batch_size=n64),
+                      directions["weights"].double(), params64, device=device).double()
+    err = lambda x: float((x[:n64].double() - exact).norm() / exact.norm())
+    error64 = {"isal_all_weights": err(all_scores), "reference_loop": err(loop_scores)}
 
     rate = {k: v["images_per_s"] for k, v in results.items()}
     ratios = {
@@ -83,9 +92,11 @@ def main(argv=None) -> dict:
     growth = results["isal_last_layer_2x_pool"]["peak_mb"] / results["isal_last_layer"]["peak_mb"]
     print(f"peak memory, pool x2 over pool x1 (last layer): {growth:.2f}")
     print(f"relative difference ISAL vs loop on {args.loop} samples: {agreement:.2e}")
+    print(f"relative error against float64 on {n64} samples: ISAL {error64['isal_all_weights']:.2e}, "
+          f"loop {error64['reference_loop']:.2e}")
     summary = {"bench": "scoring", "device": str(device), "model": args.model, "pool": args.pool,
                "images_per_s": rate, "ratios": ratios, "peak_mb": {k: v["peak_mb"] for k, v in results.items()},
-               "memory_growth_2x_pool": growth, "loop_agreement": agreement}
+               "memory_growth_2x_pool": growth, "loop_agreement": agreement, "error_vs_float64": error64}
     print(json.dumps(summary))
     return summary
 
