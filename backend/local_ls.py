@@ -53,6 +53,25 @@ def _label_studio_executable() -> str:
     return str(exe)
 
 
+def stop_group(proc: subprocess.Popen, steps) -> None:
+    """Signal a process group step by step (signal, seconds to wait) until its leader exits,
+    then SIGKILL whatever of the group is left (children that outlived the leader)."""
+    for sig, grace in steps:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class LabelStudioServer:
     """`with LabelStudioServer() as ls: ls.client().projects.list()`.
 
@@ -164,21 +183,7 @@ class LabelStudioServer:
         """Terminate the whole process group, then kill it if it lingers."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    continue
-                # The leader is gone; make sure nothing else of its group survives.
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                break
+            stop_group(proc, ((signal.SIGTERM, 20), (signal.SIGKILL, 10)))
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -274,20 +279,7 @@ class BackendProcess:
         # 10 s and more for the worker's idle threads). A running job is abandoned; its temp dir
         # is removed at the next start. A process still there gets SIGABRT, which makes Python's
         # faulthandler (PYTHONFAULTHANDLER, set in start) write every thread's stack to the log.
-        for sig, grace in ((signal.SIGTERM, 20), (signal.SIGABRT, 5), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # workers that outlived the master
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(proc, ((signal.SIGTERM, 20), (signal.SIGABRT, 5), (signal.SIGKILL, 10)))
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
