@@ -1,8 +1,9 @@
 """Classifier architectures for the engine.
 
-Influence scoring works on the final linear layer, so every model here ends in a single
-`nn.Linear` (found by `last_linear`). In-place activations are switched off because
-gradient capture (autograd hooks) needs layer outputs left unmodified.
+Every model here ends in a single `nn.Linear` (found by `last_linear`): it is the `last`
+parameter set and its input is the coreset baseline's feature vector. In-place
+activations are switched off so hooks a user adds see layer outputs intact; the
+engine's own scoring tolerates them either way (tests/test_influence.py has one).
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
 
 
 def _no_inplace(model: nn.Module) -> nn.Module:
-    # torchvision uses e.g. Hardswish(inplace=True) straight after a Linear (mobilenet_v3);
-    # that breaks backward hooks on the Linear. The memory saving is not worth it here.
+    # torchvision uses e.g. Hardswish(inplace=True) straight after a Linear (mobilenet_v3),
+    # which would overwrite that Linear's output under a user's backward hook.
     for module in model.modules():
         if hasattr(module, "inplace"):
             module.inplace = False
