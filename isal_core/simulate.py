@@ -2,9 +2,15 @@
 
 The dataset has `train/<class>/*` and `test/<class>/*` (a folder or a zip). For each seed,
 a random initial set of the train split is labeled (the same for every strategy, as in
-the paper); each round trains a model from scratch on the labeled set (seed
-seed*1000+round), measures its test accuracy, lets the strategy rank the rest of the
-pool, and "labels" the top `step` by revealing their true labels.
+the paper); each round trains a model from scratch on the labeled set, measures its test
+accuracy, lets the strategy rank the rest of the pool, and "labels" the top `step` by
+revealing their true labels.
+
+Training and ranking depend on the labeled *set*, never on the order it was labeled in:
+both see it sorted by train-split index, and both are seeded with the run's seed (every
+round alike). That is what the Label Studio backend does too (one ISAL_SEED; tasks in id
+order, which the headless Label Studio simulation makes the train-split order), so a run
+through Label Studio reproduces the offline one task for task.
 
 The test split is cut once (split seed 0, the same for every seed and strategy) into
 ISAL's reference set R (`reference_size` images, with labels, as the paper's code uses a
@@ -235,8 +241,9 @@ class Simulation:
         return self.universe(seed)[:self.config.initial]
 
     def pool(self, seed: int, labeled: list[int]) -> list[int]:
+        """The unlabeled images of this seed's universe, sorted by train-split index."""
         taken = set(labeled)
-        return [i for i in self.universe(seed) if i not in taken]
+        return sorted(i for i in self.universe(seed) if i not in taken)
 
     def check_plan(self) -> None:
         """Fail before any training when the pool cannot feed every round."""
@@ -254,32 +261,33 @@ class Simulation:
             raise DataError(f"{c.rounds} rounds need {need} labels ({c.initial} + {c.rounds - 1} x {c.step}) "
                             f"but the pool holds {size} train images; lower rounds or step")
 
-    def train(self, labeled: list[int], seed: int, round_: int) -> nn.Module:
+    def train(self, labeled: list[int], seed: int) -> nn.Module:
+        """A model trained from scratch on the labeled set (any order: it is sorted), seeded with `seed`."""
         c = self.config
-        config = TrainConfig(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, seed=seed * 1000 + round_,
+        config = TrainConfig(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, seed=seed,
                              device=str(self.device), num_workers=c.workers)
         seed_everything(config.seed)  # train_classifier seeds too, but only after the weights are drawn
         model = build_model(c.arch, len(self.data.classes))
-        return train_classifier(model, self.dataset(labeled, train=True), config, progress=c.progress)
+        return train_classifier(model, self.dataset(sorted(labeled), train=True), config, progress=c.progress)
 
     def evaluate(self, model: nn.Module) -> float:
         return evaluate(model, self.dataset(self.data.evaluation, "test"), self.device, self.config.batch_size)
 
-    def rank(self, strategy: str, model: nn.Module, labeled: list[int], seed: int, round_: int) -> list[int]:
-        """The unlabeled pool after round `round_` (whose model this is), best first, as
-        train-split indices. The strategy's own randomness is seeded seed*1000+round_."""
+    def rank(self, strategy: str, model: nn.Module, labeled: list[int], seed: int) -> list[int]:
+        """The unlabeled pool (given the labeled set the model was trained on), best first, as
+        train-split indices. The strategy's own randomness is seeded with `seed`."""
         c = self.config
         pool = self.pool(seed, labeled)
         ctx = SelectionContext(
-            model=model, adapter=self.adapter, pool=self.dataset(pool), labeled=self.dataset(labeled),
+            model=model, adapter=self.adapter, pool=self.dataset(pool), labeled=self.dataset(sorted(labeled)),
             reference=self._reference(strategy, seed), device=self.device, batch_size=c.batch_size,
             num_workers=c.workers, budget=min(c.step, len(pool)), progress=c.progress)
-        ranking = sim_strategy(strategy, c, seed * 1000 + round_).rank(ctx)
+        ranking = sim_strategy(strategy, c, seed).rank(ctx)
         return [pool[i] for i in ranking.order.tolist()]
 
-    def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int, round_: int) -> list[int]:
-        """The `step` images to label for round `round_ + 1`."""
-        order = self.rank(strategy, model, labeled, seed, round_)
+    def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int) -> list[int]:
+        """The `step` images to label next."""
+        order = self.rank(strategy, model, labeled, seed)
         return order[:check_budget(self.config.step, len(order))]
 
     def _reference(self, strategy: str, seed: int) -> ImageDataset | None:
@@ -328,7 +336,7 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
             start = time.perf_counter()
             if model is None:
                 model = _model_of(sim, models, name, state, seed, r - 1)
-            state.add(r, sim.select(strategy, model, state.labeled(r - 1), seed, r - 1), time.perf_counter() - start)
+            state.add(r, sim.select(strategy, model, state.labeled(r - 1), seed), time.perf_counter() - start)
             state.save()
         model, metric, seconds = _train_and_evaluate(sim, models, state.labeled(r), seed, r)
         models.save(name, model, round=r)
@@ -348,7 +356,7 @@ def _train_and_evaluate(sim: Simulation, models: Checkpoints, labeled: list[int]
         if cached is not None:
             return cached[0], cached[1]["metric"], cached[1]["seconds"]
     start = time.perf_counter()
-    model = sim.train(labeled, seed, round_)
+    model = sim.train(labeled, seed)
     metric = sim.evaluate(model)
     seconds = time.perf_counter() - start
     if round_ == 1:
@@ -362,7 +370,7 @@ def _model_of(sim: Simulation, models: Checkpoints, name: str, state: RunState, 
     if found is not None:
         return found[0]
     log.warning("no checkpoint of %s round %d: retraining it (seeded, so the same model)", name, round_)
-    return sim.train(state.labeled(round_), seed, round_)
+    return sim.train(state.labeled(round_), seed)
 
 
 # ---------------------------------------------------------------------------

@@ -106,9 +106,9 @@ class CountTraining:
         self.calls = []
         original = Simulation.train
 
-        def train(sim, labeled, seed, round_):
-            self.calls.append((seed, round_, len(labeled)))
-            return original(sim, labeled, seed, round_)
+        def train(sim, labeled, seed):
+            self.calls.append((seed, len(labeled)))
+            return original(sim, labeled, seed)
 
         monkeypatch.setattr(Simulation, "train", train)
 
@@ -120,7 +120,7 @@ def test_raising_rounds_computes_only_the_new_round(dataset, tmp_path, monkeypat
     counter = CountTraining(monkeypatch)
     simulate(config(dataset, out, rounds=3, seeds=[0, 1]))
     # one training per (strategy, seed), all of round 3; round 2's models come from checkpoints
-    assert sorted(counter.calls) == sorted([(0, 3, 18), (1, 3, 18)] * 2)
+    assert sorted(counter.calls) == sorted([(0, 18), (1, 18)] * 2)
     after = read_lines(out)
     assert after[:len(before)] == before and len(after) == len(before) + 4
     assert sorted(r["round"] for r in read_rows(out)).count("3") == 4
