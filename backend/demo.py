@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .local_ls import BackendProcess, LabelStudioServer, free_port
 from .ls_client import LabelStudioAPI
+from .tasktypes import choice_result, classification_config
 
 REPO = Path(__file__).resolve().parent.parent
 CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpg.zip"
@@ -32,13 +33,7 @@ PROJECT_TITLE = "ISAL demo: CIFAR-10"
 
 
 def label_config(classes=CIFAR_CLASSES) -> str:
-    choices = "".join(f'<Choice value="{c}"/>' for c in classes)
-    return (f'<View><Image name="image" value="$image" zoom="true"/>'
-            f'<Choices name="label" toName="image" choice="single" showInline="true">{choices}</Choices></View>')
-
-
-def choice_result(label: str) -> list[dict]:
-    return [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
+    return classification_config(classes)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import torch
 from label_studio_sdk.label_interface import LabelInterface
@@ -176,6 +177,18 @@ class ImageClassification(TaskType):
     def outputs(self, model, inputs):
         with torch.no_grad():
             return model(inputs).argmax(1).tolist()
+
+
+def classification_config(classes: list[str]) -> str:
+    """The labeling config ImageClassification reads: `$image` and one single choice per class, in order."""
+    choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
+    return (f'<View><Image name="image" value="$image" zoom="true"/>'
+            f'<Choices name="label" toName="image" choice="single" showInline="true">{choices}</Choices></View>')
+
+
+def choice_result(label: str) -> list[dict]:
+    """An annotation `result` choosing `label` in classification_config."""
+    return [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
 
 
 #: Task types tried in order; the first that matches the config wins.

@@ -80,7 +80,7 @@ def _zip_handle(archive: str) -> zipfile.ZipFile:
         return handle
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
     split = _split_zip(path)
     if split is None:
         with open(path, "rb") as f:
@@ -98,7 +98,7 @@ def open_image(path: str) -> Image.Image:
     easy to find.
     """
     try:
-        data = _read_bytes(path)
+        data = read_bytes(path)
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return img.convert("RGB")

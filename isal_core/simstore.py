@@ -31,6 +31,7 @@ RESULT_COLUMNS = ("strategy", "seed", "round", "labels", "boxes", "metric", "sec
 
 def write_atomic(path: Path, text: str) -> None:
     """Temp file + fsync + rename: a reader never sees half a file, a crash never leaves one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(text)

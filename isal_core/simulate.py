@@ -411,6 +411,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt("--workers", "data-loading worker processes", type=int)
     opt("--out", "run directory (with --config: runs/<config name>); rerun to resume")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    ls = p.add_argument_group("headless Label Studio run (strategies isal, isal_l1, gradsim; see backend.simulate)")
+    ls.add_argument("--label-studio", metavar="local|URL",
+                    help="play the protocol through Label Studio and the ISAL backend: 'local' starts one under "
+                         "<out>/label-studio; a URL must be a server on this machine (default --out: "
+                         "the offline one + '-label-studio')")
+    ls.add_argument("--api-key", help="with a URL: a token of that server (default: LABEL_STUDIO_API_KEY)")
+    ls.add_argument("--files-root", help="with a URL: that server's LOCAL_FILES_DOCUMENT_ROOT (images go there)")
 
 
 def _names(text: str) -> list[str]:
@@ -428,9 +435,19 @@ def run(args: argparse.Namespace) -> int:
     fields = set(SimulationConfig.model_fields) - {"progress"}
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     config = load_config(args.config, **overrides, progress=False if args.quiet else None)
+    if args.label_studio and args.out is None:
+        config = config.model_copy(update={"out": config.out.rstrip("/") + "-label-studio"})
     try:
         with logging_redirect_tqdm():
-            out = simulate(config)
+            if args.label_studio:
+                from backend.simulate import SimulationError, simulate_label_studio  # Label Studio: the backend's
+
+                try:
+                    out = simulate_label_studio(config, args.label_studio, args.api_key, args.files_root)
+                except SimulationError as exc:
+                    raise ValueError(str(exc)) from exc
+            else:
+                out = simulate(config)
     except KeyboardInterrupt:
         print(f"\ninterrupted: rerun the same command to resume from {config.out}")
         return 130

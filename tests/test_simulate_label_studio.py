@@ -1,0 +1,89 @@
+"""`isal simulate --label-studio`: the offline protocol played through a real Label Studio and
+the backend under gunicorn selects the same images in the same order, and resumes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backend.ls_client import LabelStudioAPI
+from backend.simulate import SimulationError, check_strategies, simulate_label_studio
+from isal_core.simulate import SimulationConfig, simulate
+
+try:
+    from test_simulate import make_dataset, read_rows, selections
+except ImportError:  # tests/ imported as a package
+    from tests.test_simulate import make_dataset, read_rows, selections
+
+pytestmark = pytest.mark.integration
+
+STRATEGIES = ["isal", "isal_l1"]
+
+
+def tiny(data, out, **kw) -> SimulationConfig:
+    """CPU, fixed seeds, deterministic training: 6 initial labels + 4 per round, 3 models."""
+    base = dict(data=str(data), out=str(out), strategies=STRATEGIES, initial=6, step=4, rounds=3, seeds=[0],
+                epochs=2, batch_size=8, image_size=16, reference_size=6, hessian_samples=64, progress=False)
+    return SimulationConfig(**{**base, **kw})
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_label_studio_run_selects_what_the_offline_run_selects(label_studio, tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data")
+    offline = simulate(tiny(data, tmp_path / "offline"))
+
+    # Through Label Studio, first two rounds only, then a third that is interrupted after
+    # two of its four annotations: the rerun must read those back and go on.
+    run = tmp_path / "ls"
+    args = (label_studio.url, label_studio.legacy_token, str(label_studio.files_root))
+    simulate_label_studio(tiny(data, run, rounds=2), *args)
+    assert [len(a) for a in selections(run, "isal")] == [6, 4]
+
+    calls = {"n": 0}
+    original = LabelStudioAPI.create_annotation
+
+    def flaky(self, task_id, result):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupt("killed mid-round")
+        return original(self, task_id, result)
+
+    monkeypatch.setattr(LabelStudioAPI, "create_annotation", flaky)
+    with pytest.raises(Interrupt):
+        simulate_label_studio(tiny(data, run), *args)
+    monkeypatch.setattr(LabelStudioAPI, "create_annotation", original)
+    simulate_label_studio(tiny(data, run), *args)
+
+    for strategy in STRATEGIES:
+        expected, got = selections(offline, strategy), selections(run, strategy)
+        assert [len(a) for a in got] == [6, 4, 4] and len({i for a in got for i in a}) == 14
+        assert got == expected, strategy  # same images, same order, every round
+    metric = {(r["strategy"], r["round"]): float(r["metric"]) for r in read_rows(offline)}
+    for r in read_rows(run):  # the backend's published models score what the offline models score
+        assert float(r["metric"]) == pytest.approx(metric[(r["strategy"], r["round"])], abs=1e-6)
+    assert len(read_rows(run)) == 6 and (run / "savings.md").exists() and (run / "curves.png").exists()
+
+    # Label Studio holds the annotations: initial + both rounds, plus R for isal only.
+    link = json.loads((run / "state" / "isal-0.label-studio.json").read_text())
+    tasks = list(label_studio.client().tasks.list(project=link["project"], fields="all", page_size=500))
+    annotated = [t for t in tasks if t.annotations]
+    assert len(annotated) == 14 + 6 and all(len(t.annotations) == 1 for t in annotated)
+
+
+def test_label_studio_run_refuses_what_it_cannot_do(label_studio, tmp_path):
+    data = make_dataset(tmp_path / "data", train=4, test=4)
+    small = dict(strategies=["isal"], initial=2, step=2, reference_size=2)
+    with pytest.raises(ValueError, match="run random offline"):
+        check_strategies(tiny(data, tmp_path / "a", strategies=["isal", "random"]))
+    with pytest.raises(ValueError, match="--api-key"):
+        simulate_label_studio(tiny(data, tmp_path / "b", **small), "http://127.0.0.1:9", None, None)
+    # a run directory whose project the server does not have cannot resume there
+    out = tmp_path / "c"
+    (out / "state").mkdir(parents=True)
+    (out / "state" / "isal-0.label-studio.json").write_text(json.dumps({"url": "elsewhere", "project": 999999}))
+    with pytest.raises(SimulationError, match="does not have"):
+        simulate_label_studio(tiny(data, out, **small),
+                              label_studio.url, label_studio.legacy_token, str(label_studio.files_root))
