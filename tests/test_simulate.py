@@ -113,6 +113,16 @@ class CountTraining:
         monkeypatch.setattr(Simulation, "train", train)
 
 
+def test_model_and_ranking_depend_on_the_labeled_set_not_its_order(dataset, tmp_path):
+    """What the Label Studio run relies on: the backend sees labeled tasks in id order."""
+    sim = Simulation(config(dataset, tmp_path / "unused"))
+    labeled = sim.initial(0) + sim.pool(0, sim.initial(0))[:4]
+    shuffled = labeled[::-1]
+    a, b = sim.train(labeled, 0), sim.train(shuffled, 0)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert sim.rank("isal", a, labeled, 0) == sim.rank("isal", b, shuffled, 0)
+
+
 def test_raising_rounds_computes_only_the_new_round(dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
     simulate(config(dataset, out, rounds=2, seeds=[0, 1]))
