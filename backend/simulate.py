@@ -306,6 +306,10 @@ def simulate_label_studio(config: SimulationConfig, label_studio: str = "local",
     """Run (or resume) every (strategy, seed) run of `config` through Label Studio; returns
     the run directory (the offline run's files, plus backend/ and label-studio/)."""
     check_strategies(config)
+    key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
+    if label_studio != "local" and not (key and files_root):
+        raise ValueError("--label-studio URL needs --api-key (or LABEL_STUDIO_API_KEY) and --files-root "
+                         "(that server's LOCAL_FILES_DOCUMENT_ROOT)")
     sim = Simulation(config, data)
     sim.check_plan()
     out = Path(config.out)
@@ -316,10 +320,6 @@ def simulate_label_studio(config: SimulationConfig, label_studio: str = "local",
         local = LabelStudioServer(data_dir=out / "label-studio", keep_data=True).start()
         server = Server(local.url, local.legacy_token, local.files_root)
     else:
-        key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
-        if not key or not files_root:
-            raise ValueError("--label-studio URL needs --api-key (or LABEL_STUDIO_API_KEY) and --files-root "
-                             "(that server's LOCAL_FILES_DOCUMENT_ROOT)")
         server = Server(label_studio.rstrip("/"), key, Path(files_root).resolve())
     try:
         results = ResultsFile(out / "results.csv")

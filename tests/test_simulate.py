@@ -284,7 +284,8 @@ def test_bad_config_values_are_refused():
 # command line and protocol files
 
 
-def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys):
+def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"initial": 6, "step": 6, "rounds": 2, "seeds": [0], "epochs": 1, "batch_size": 8,
                                "image_size": 16, "reference_size": 6, "hessian_samples": 16}))
@@ -296,6 +297,11 @@ def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["identity"]["epochs"] == 1
     assert main(args + ["--step", "500"]) == 2
     assert "step 500 is larger than the unlabeled pool" in capsys.readouterr().err
+    # --label-studio plays the backend, which ranks by influence only; a URL needs its key
+    assert main(args + ["--label-studio", "local"]) == 2
+    assert "run random offline" in capsys.readouterr().err
+    assert main([*args[:6], "isal", *args[7:], "--label-studio", "http://127.0.0.1:9"]) == 2
+    assert "needs --api-key" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["cifar10-cpu", "cifar10-paper"])
