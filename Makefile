@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench backend clean
+.PHONY: install demo test test-fast bench backend simulate simulate-label-studio clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ bench: install
 	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.stest
 	$(BIN)/python -m bench.writeback
+
+## The CPU protocol on CIFAR-10 (about an hour on 2 cores; rerun to resume): runs/cifar10-cpu/
+simulate: install
+	$(BIN)/isal simulate --config configs/cifar10-cpu.json
+
+## ISAL's part of it again, through a local Label Studio and the backend: runs/cifar10-cpu-label-studio/
+simulate-label-studio: install
+	$(BIN)/isal simulate --config configs/cifar10-cpu.json --strategies isal --label-studio local
 
 backend: install
 	$(BIN)/python -m backend
