@@ -47,9 +47,9 @@ from isal_core.simstore import ResultsFile, RunState, check_config, write_atomic
 from isal_core.simulate import Simulation, SimulationConfig, SimulationData
 from isal_core.training import load_checkpoint
 
-from .jobs import REFERENCE_FLAG
+from .jobs import REFERENCE_FLAG, describe_api_error
 from .local_ls import BackendProcess, LabelStudioServer
-from .ls_client import LabelStudioAPI
+from .ls_client import ApiError, LabelStudioAPI
 from .tasktypes import choice_result, classification_config
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ def create_project(api: LabelStudioAPI, sim: Simulation, strategy: str, seed: in
     files = {("test", i): r for i, r in export_images(data, "test", reference, folder).items()}
     files.update({("train", i): r for i, r in export_images(data, "train", universe, folder).items()})
     pid = api.create_project(title, classification_config(classes),
-                             description="ISAL headless simulation: tasks are annotated with their true labels.")
+                             description=f"ISAL headless simulation ({strategy}, seed {seed}, run directory "
+                                         f"{sim.config.out}): tasks are annotated with their true labels.")
     api.add_local_storage(pid, folder, title="simulation images")
 
     def task(split: str, i: int, annotated: bool, flagged: bool) -> dict:
@@ -180,6 +181,12 @@ class LabelStudioSimulation:
         self.model_dir = out / "backend" / self.name
 
     def run(self, results: ResultsFile, bar) -> None:
+        try:
+            self._run(results, bar)
+        except ApiError as exc:
+            raise SimulationError(describe_api_error(exc)) from None
+
+    def _run(self, results: ResultsFile, bar) -> None:
         results.restore(self.state)
         rounds = self.sim.config.rounds
         if all(self.state.finished(r) for r in range(1, rounds + 1)):
@@ -209,7 +216,7 @@ class LabelStudioSimulation:
                     f"{self.server.url} does not have ({exc}); use the same server, or another --out") from None
         if self.state.has(2):
             raise SimulationError(f"{self.state.path} holds rounds but {self.link_path} is missing; use another --out")
-        title = f"ISAL sim {self.out.name} {self.name} {time.strftime('%Y%m%d-%H%M%S')}"
+        title = f"ISAL sim {self.name} {time.strftime('%Y%m%d-%H%M%S')}"[:50]  # Label Studio's limit
         pid = create_project(api, self.sim, self.strategy, self.seed, self.server, title)
         write_atomic(self.link_path, json.dumps({"url": self.server.url, "project": pid, "title": title}) + "\n")
         log.info("%s: created Label Studio project %d (%s)", self.name, pid, title)

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     _simulate_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Label Studio request drowns the rest
     if args.command == "bench":
         import importlib
 
