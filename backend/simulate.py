@@ -136,8 +136,8 @@ def create_project(api: LabelStudioAPI, sim: Simulation, strategy: str, seed: in
 
     def task(split: str, i: int, annotated: bool, flagged: bool) -> dict:
         records = data.train if split == "train" else data.test
-        t = {"data": {"image": f"/data/local-files/?d={sub}/{files[(split, i)]}", INDEX_KEY: {"split": split, "index": i},
-                      REFERENCE_FLAG: flagged}}
+        url = f"/data/local-files/?d={sub}/{files[(split, i)]}"
+        t = {"data": {"image": url, INDEX_KEY: {"split": split, "index": i}, REFERENCE_FLAG: flagged}}
         if annotated:
             t["annotations"] = [{"result": choice_result(classes[records[i].label])}]
         return t
