@@ -179,6 +179,8 @@ class LabelStudioSimulation:
         self.state = RunState.load(out / "state" / f"{self.name}.json", strategy, seed, sim.initial(seed))
         self.link_path = out / "state" / f"{self.name}.label-studio.json"
         self.model_dir = out / "backend" / self.name
+        self.index: dict[int, int] = {}  # task id -> train index, read when the run starts
+        self.annotated: list[tuple[int, int]] = []  # (annotation id, train index) at that time
 
     def run(self, results: ResultsFile, bar) -> None:
         try:
@@ -194,6 +196,10 @@ class LabelStudioSimulation:
             return
         with LabelStudioAPI(self.server.url, self.server.api_key, timeout=120) as api:
             pid = self._project(api)
+            # Read once per invocation (every task with all its predictions is a heavy listing): the
+            # task -> image map never changes, and annotations this driver did not make itself can
+            # only belong to the first round it has to finish (an interrupted one).
+            self.index, self.annotated = task_indices(api, pid)
             env = backend_env(self.sim.config, self.strategy, self.seed, self.server, self.model_dir)
             log_path = self.out / "backend" / f"{self.name}.log"
             with BackendProcess(env, log_path=log_path) as backend:
@@ -248,11 +254,10 @@ class LabelStudioSimulation:
     def _annotate(self, api: LabelStudioAPI, pid: int, r: int) -> list[int]:
         """Play the annotator for round r: what Label Studio serves next, labeled truly, `step` times.
         Annotations made before an interruption count first, in the order they were made."""
-        index, annotated = task_indices(api, pid)
+        index = self.index
         before = set(self.state.labeled(r - 1))
-        added = [i for _, i in sorted(annotated) if i not in before]
-        labels = {i: rec.label for i, rec in enumerate(self.sim.data.train)}
-        classes = self.sim.data.classes
+        added = [i for _, i in sorted(self.annotated) if i not in before]
+        train, classes = self.sim.data.train, self.sim.data.classes
         budget = min(self.sim.config.step, len(index) - len(before))
         while len(added) < budget:
             task = api.next_task(pid)
@@ -263,7 +268,7 @@ class LabelStudioSimulation:
             if i is None or i in before or i in added:
                 raise SimulationError(f"Label Studio served task {task['id']} (train index {i}), which is not an "
                                       f"unlabeled task of this run; is someone else annotating project {pid}?")
-            api.create_annotation(task["id"], choice_result(classes[labels[i]]))
+            api.create_annotation(task["id"], choice_result(classes[train[i].label]))
             added.append(i)
         return added
 
