@@ -17,7 +17,6 @@ RUN pip install -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY isal_core isal_core
 COPY backend backend
-COPY bench bench
 RUN pip install --no-deps . && mkdir -p /data/models
 
 VOLUME ["/data/models"]

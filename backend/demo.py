@@ -8,8 +8,8 @@ backend, and prints the URL and login. Label some images, press "Start training"
 the project's Settings > Model (or label ISAL_RETRAIN_EVERY of them), and the Label
 Stream / "Label All Tasks" serves the most helpful image first. Ctrl-C stops both.
 
-Images come from ../shared/data/cifar10-jpg.zip (train/<class>/*.jpg, test/<class>/*.jpg)
-when it exists, else from torchvision's CIFAR10(download=True).
+Images come from isal_core.cifar10: ../shared/data/cifar10-jpg.zip when it exists, else
+torchvision's CIFAR-10 download.
 """
 from __future__ import annotations
 
@@ -18,17 +18,19 @@ import os
 import random
 import signal
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from isal_core.atomic import atomic_write
+from isal_core.cifar10 import CLASSES, cifar10_root
+from isal_core.data import load_records, read_bytes
 
 from .local_ls import BackendProcess, LabelStudioServer, free_port
 from .ls_client import LabelStudioAPI
 from .tasktypes import choice_result, classification_config
 
 REPO = Path(__file__).resolve().parent.parent
-CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpg.zip"
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_CLASSES = list(CLASSES)
 PROJECT_TITLE = "ISAL demo: CIFAR-10"
 
 
@@ -44,46 +46,28 @@ class Image:
 
 
 def extract_cifar(dest: Path, rel_prefix: str, n_train: int, n_test: int, seed: int = 0,
-                  zip_path: Path = CIFAR_ZIP) -> list[Image]:
+                  root: str | None = None) -> list[Image]:
     """Write n_train train-split and n_test test-split CIFAR-10 images under dest (= files_root/rel_prefix).
 
-    Deterministic for a seed: class-balanced picks (round robin over the classes).
+    Deterministic for a seed: class-balanced picks (round robin over the classes). The
+    images come from isal_core.cifar10 (the shared zip, else torchvision's download).
     """
-    dest.mkdir(parents=True, exist_ok=True)
+    root = root or cifar10_root()
     rng = random.Random(seed)
     out: list[Image] = []
-    if zip_path.is_file():
-        with zipfile.ZipFile(zip_path) as z:
-            names = [n for n in z.namelist() if n.lower().endswith(".jpg")]
-            for split, n in (("train", n_train), ("test", n_test)):
-                by_class = {c: sorted(x for x in names if x.startswith(f"{split}/{c}/")) for c in CIFAR_CLASSES}
-                for pool in by_class.values():
-                    rng.shuffle(pool)
-                for k in range(n):
-                    c = CIFAR_CLASSES[k % len(CIFAR_CLASSES)]
-                    member = by_class[c][k // len(CIFAR_CLASSES)]
-                    target = dest / member
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if not target.exists():
-                        target.write_bytes(z.read(member))
-                    out.append(Image(f"{rel_prefix}/{member}", c, split))
-        return out
-    from torchvision.datasets import CIFAR10  # fallback: downloads ~170 MB once
-
-    root = dest.parent / ".cifar10-download"
     for split, n in (("train", n_train), ("test", n_test)):
-        data = CIFAR10(str(root), train=split == "train", download=True)
-        idx = {c: [i for i, y in enumerate(data.targets) if y == ci] for ci, c in enumerate(CIFAR_CLASSES)}
-        for pool in idx.values():
+        classes, records = load_records(f"{root}/{split}")
+        by_class = {c: [r for r in records if r.label == i] for i, c in enumerate(classes)}
+        for pool in by_class.values():
             rng.shuffle(pool)
         for k in range(n):
-            c = CIFAR_CLASSES[k % len(CIFAR_CLASSES)]
-            i = idx[c][k // len(CIFAR_CLASSES)]
-            member = f"{split}/{c}/{i:05d}.jpg"
+            c = classes[k % len(classes)]
+            record = by_class[c][k // len(classes)]
+            member = f"{split}/{record.id}"
             target = dest / member
-            target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
-                data[i][0].save(target, quality=95)
+                with atomic_write(target, "wb") as f:
+                    f.write(read_bytes(record.path))
             out.append(Image(f"{rel_prefix}/{member}", c, split))
     return out
 

@@ -72,7 +72,78 @@ def stop_group(proc: subprocess.Popen, steps) -> None:
         pass
 
 
-class LabelStudioServer:
+class ManagedProcess:
+    """A server process in its own process group, logging to a file, stopped with the whole group.
+
+    Subclasses give the command (`start`), what "ready" means (`_not_ready`: None when
+    ready, else why not) and how to stop (`stop_steps`).
+    """
+
+    name = "process"
+    stop_steps: tuple = ((signal.SIGTERM, 20), (signal.SIGKILL, 10))
+    log_path: Path
+    startup_timeout: float
+
+    def _spawn(self, cmd: list[str], env: dict, cwd) -> float:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        atexit.register(self.stop)
+        return time.monotonic()
+
+    def _wait_ready(self, t0: float, poll: float, report_every: float | None = None) -> None:
+        """Until `_not_ready()` is None; stops the process and raises if it exits or times out."""
+        last_report, why = t0, "no answer yet"
+        try:
+            while True:
+                now = time.monotonic()
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with code {self._proc.returncode} during startup:\n"
+                                       f"{self.log_tail()}")
+                if now - t0 > self.startup_timeout:
+                    raise TimeoutError(f"{self.name} not ready after {self.startup_timeout:.0f} s ({why}):\n"
+                                       f"{self.log_tail()}")
+                why = self._not_ready()
+                if why is None:
+                    return
+                if report_every and now - last_report >= report_every:
+                    print(f"[local_ls] waiting for {self.name}: {now - t0:.0f} s ({why})", flush=True)
+                    last_report = now
+                time.sleep(poll)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _not_ready(self) -> str | None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        proc, self._proc = getattr(self, "_proc", None), None
+        if proc is not None:
+            stop_group(proc, self.stop_steps)
+
+    def running(self) -> bool:
+        return getattr(self, "_proc", None) is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if getattr(self, "_proc", None) else None
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n_chars:].decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class LabelStudioServer(ManagedProcess):
     """`with LabelStudioServer() as ls: ls.client().projects.list()`.
 
     Attributes: url, legacy_token (40 hex, accepted as `Token <key>` because the
@@ -81,6 +152,8 @@ class LabelStudioServer:
     is served as /data/local-files/?d=<rel> once a project has a local storage
     whose path contains it), log_path.
     """
+
+    name = "label-studio"
 
     def __init__(
         self,
@@ -108,7 +181,6 @@ class LabelStudioServer:
         self.keep_data = keep_data
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
-        self._log = None
         self._pat: str | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -129,20 +201,10 @@ class LabelStudioServer:
             "--user-token", self.legacy_token,
             "--enable-legacy-api-token",
         ]
-        self._log = open(self.log_path, "ab")
-        t0 = time.monotonic()
-        self._proc = subprocess.Popen(
-            cmd, env=env, cwd=self.data_dir, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        atexit.register(self.stop)
+        t0 = self._spawn(cmd, env, self.data_dir)
         print(f"[local_ls] starting Label Studio on {self.url} (pid {self._proc.pid}, log {self.log_path})",
               flush=True)
-        try:
-            self._wait_ready(t0)
-        except BaseException:
-            self.stop()
-            raise
+        self._wait_ready(t0, poll=1, report_every=15)
         self.startup_seconds = time.monotonic() - t0
         if self.keep_data or not self._own_dir:
             creds = self.data_dir / "credentials.json"
@@ -152,59 +214,24 @@ class LabelStudioServer:
         print(f"[local_ls] ready after {self.startup_seconds:.1f} s", flush=True)
         return self
 
-    def _wait_ready(self, t0: float) -> None:
+    def _not_ready(self) -> str | None:
         """Ready = /health is UP *and* the user's token is accepted (the user is created at start)."""
-        last_report = t0
-        last_error = "no answer yet"
-        while True:
-            now = time.monotonic()
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"label-studio exited with code {self._proc.returncode} during startup:\n{self.log_tail()}")
-            if now - t0 > self.startup_timeout:
-                raise TimeoutError(
-                    f"label-studio not ready after {self.startup_timeout:.0f} s ({last_error}):\n{self.log_tail()}")
-            try:
-                r = requests.get(f"{self.url}/health", timeout=5)
+        try:
+            r = requests.get(f"{self.url}/health", timeout=5)
+            if r.status_code == 200:
+                r = requests.get(f"{self.url}/api/current-user/whoami",
+                                 headers={"Authorization": f"Token {self.legacy_token}"}, timeout=10)
                 if r.status_code == 200:
-                    r = requests.get(f"{self.url}/api/current-user/whoami",
-                                     headers={"Authorization": f"Token {self.legacy_token}"}, timeout=10)
-                    if r.status_code == 200:
-                        return
-                last_error = f"HTTP {r.status_code} from {r.url}"
-            except requests.RequestException as e:
-                last_error = type(e).__name__
-            if now - last_report >= 15:
-                print(f"[local_ls] waiting for Label Studio: {now - t0:.0f} s ({last_error})", flush=True)
-                last_report = now
-            time.sleep(1)
+                    return None
+            return f"HTTP {r.status_code} from {r.url}"
+        except requests.RequestException as e:
+            return type(e).__name__
 
     def stop(self) -> None:
-        """Terminate the whole process group, then kill it if it lingers."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            stop_group(proc, ((signal.SIGTERM, 20), (signal.SIGKILL, 10)))
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        """Terminate the whole process group (then kill it if it lingers); drop a throwaway data dir."""
+        super().stop()
         if self._own_dir and not self.keep_data and self.data_dir.exists():
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "LabelStudioServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def log_tail(self, n_chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n_chars:].decode(errors="replace")
-        except OSError:
-            return "(no log)"
 
     # -- auth --------------------------------------------------------------
     def personal_token(self) -> str:
@@ -231,7 +258,7 @@ class LabelStudioServer:
         return LabelStudio(base_url=self.url, api_key=self.token(token_kind))
 
 
-class BackendProcess:
+class BackendProcess(ManagedProcess):
     """The ML backend as users run it: `python -m backend` (gunicorn) in its own process group.
 
     `env` adds to / overrides this process's environment (LABEL_STUDIO_URL, MODEL_DIR, ISAL_*).
@@ -247,51 +274,22 @@ class BackendProcess:
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen | None = None
 
+    name = "the backend"
+    # SIGTERM: gunicorn's graceful stop (measured 4-7 s here; its quick stop, SIGINT, waited
+    # 10 s and more for the worker's idle threads). A running job is abandoned; its temp dir
+    # is removed at the next start. A process still there gets SIGABRT, which makes Python's
+    # faulthandler (PYTHONFAULTHANDLER, set in __init__) write every thread's stack to the log.
+    stop_steps = ((signal.SIGTERM, 20), (signal.SIGABRT, 5), (signal.SIGKILL, 10))
+
     def start(self) -> "BackendProcess":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
         repo = Path(__file__).resolve().parent.parent
-        self._proc = subprocess.Popen([sys.executable, "-m", "backend"], cwd=repo, env=self.env,
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        log.close()
-        atexit.register(self.stop)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                raise RuntimeError(f"the backend exited with code {code} during startup:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise TimeoutError(f"the backend did not answer /health within {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+        t0 = self._spawn([sys.executable, "-m", "backend"], self.env, repo)
+        self._wait_ready(t0, poll=0.3)
+        return self
 
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        # SIGTERM: gunicorn's graceful stop (measured 4-7 s here; its quick stop, SIGINT, waited
-        # 10 s and more for the worker's idle threads). A running job is abandoned; its temp dir
-        # is removed at the next start. A process still there gets SIGABRT, which makes Python's
-        # faulthandler (PYTHONFAULTHANDLER, set in start) write every thread's stack to the log.
-        stop_group(proc, ((signal.SIGTERM, 20), (signal.SIGABRT, 5), (signal.SIGKILL, 10)))
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> "BackendProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def log_tail(self, n_chars: int = 4000) -> str:
+    def _not_ready(self) -> str | None:
         try:
-            return self.log_path.read_bytes()[-n_chars:].decode(errors="replace")
-        except OSError:
-            return "(no log)"
+            status = requests.get(f"{self.url}/health", timeout=2).status_code
+            return None if status == 200 else f"HTTP {status}"
+        except requests.RequestException as e:
+            return type(e).__name__

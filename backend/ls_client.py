@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -24,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from label_studio_sdk.client import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
+
+from isal_core.atomic import atomic_write
 
 __all__ = ["ApiError", "DownloadError", "LabelStudioAPI"]
 
@@ -198,7 +199,7 @@ class LabelStudioAPI:
         """Fetch a task file into `dest_dir` and return its path; cached by URL.
 
         The file is named by a hash of its absolute URL, so a second call costs no
-        request, and written to a temp file then os.replace'd, so readers never see
+        request, and written atomically (isal_core.atomic), so readers never see
         a partial file. Auth headers go only to this server's origin (never to third
         parties; httpx also drops them on cross-origin redirects). Raises
         DownloadError naming the URL and status (401 bad key, 403, 404 missing file
@@ -213,20 +214,14 @@ class LabelStudioAPI:
         dest = dest_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
         if dest.exists():
             return dest
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        tmp = None
         try:
             headers = self._auth_headers() if _origin(url) == _origin(self.url) else {}
             with self._http.stream("GET", url, headers=headers) as r:
                 if r.status_code != 200:
                     raise DownloadError(url, r.status_code, r.reason_phrase)
-                fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".part")
-                with os.fdopen(fd, "wb") as f:
+                with atomic_write(dest, "wb") as f:
                     for block in r.iter_bytes(1 << 16):
                         f.write(block)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; other processes may read the cache
-            os.replace(tmp, dest)
-            tmp = None
             return dest
         except httpx.TimeoutException as e:
             raise DownloadError(url, None, f"timed out after {self.timeout} s: {type(e).__name__}") from e
@@ -234,9 +229,6 @@ class LabelStudioAPI:
             raise DownloadError(url, None, f"{type(e).__name__}: {e}") from e
         except ApiError as e:  # a personal access token could not be exchanged
             raise DownloadError(url, e.status_code, f"token refresh failed: {e.body}") from e
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
     def _auth_headers(self) -> dict[str, str]:
         """The SDK's current Authorization header (`Token <key>`, or `Bearer <access>` for a PAT).

@@ -7,50 +7,32 @@ a few dozen epochs, conjugate gradient on the damped Hessian of at most 1024 sam
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from isal_core.params import PARAMETER_SETS
-from isal_core.stest import REFERENCE_DAMPING, SOLVERS
+from isal_core.settings import EngineSettings as Engine
 
 #: Strategies the backend serves. Both are influence functions, so a saved s_test scores
 #: tasks that arrive after the job (see backend.scores); "gradsim" is ISAL with H = I.
 BACKEND_STRATEGIES = ("isal", "gradsim")
+ENV_PREFIX = "ISAL_"
 
 
-class EngineSettings(BaseSettings):
-    """ISAL_* knobs: what a training job trains and how it ranks the pool."""
+class EngineSettings(Engine, BaseSettings):
+    """ISAL_<FIELD> for every engine setting (isal_core.settings, the one schema and its
+    defaults), plus what only the backend has: the strategy it serves, its seed, and
+    when and how jobs run. An ISAL_ variable that names no setting is an error."""
 
-    model_config = SettingsConfigDict(env_prefix="ISAL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True)
 
-    arch: str = Field("small_cnn", description="classifier: small_cnn, resnet18_cifar or a torchvision name")
-    epochs: int = Field(30, ge=1, description="training epochs per job (from scratch every job)")
-    batch_size: int = Field(64, ge=1, description="training and scoring batch size")
-    lr: float = Field(0.05, gt=0, description="SGD learning rate (momentum 0.9, wd 5e-4, x0.1 at 80%)")
-    image_size: int = Field(32, ge=8, description="images are resized to image_size x image_size")
     strategy: str = Field("isal", description="isal (influence with the damped Hessian) or gradsim (H = I)")
-    solver: str = Field("cg", description="s_test solver: cg, lissa or identity")
-    damping: float = Field(REFERENCE_DAMPING, ge=0, description="damping added to the Hessian")
-    params: str = Field("weights", description="parameters influence is taken over: weights, last, all, or names")
-    top_k: int = Field(1, ge=1, description="pseudo-label top-k for the expected gradient (1 = argmax)")
-    hessian_samples: int = Field(1024, ge=1, description="labeled samples that define the Hessian (seeded subset)")
-    cg_iters: int = Field(50, ge=1, description="conjugate-gradient iteration cap")
+    seed: int = Field(0, description="seed of training, the Hessian subset and the solver")
     retrain_every: int = Field(40, ge=0, description="annotation events per automatic retrain; 0 = only START_TRAINING")
     min_labeled: int = Field(2, ge=1, description="fewest usable labeled tasks a job trains on")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    seed: int = Field(0, description="seed of training, Hessian subset and solver")
     download_workers: int = Field(8, ge=1, description="parallel image downloads per job")
-
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, v: str) -> str:
-        from isal_core.models import model_choices
-
-        if v not in model_choices():
-            raise ValueError(f"ISAL_ARCH {v!r} is not a known model; e.g. small_cnn, resnet18_cifar, resnet18")
-        return v
 
     @field_validator("strategy")
     @classmethod
@@ -59,19 +41,16 @@ class EngineSettings(BaseSettings):
             raise ValueError(f"ISAL_STRATEGY must be one of {BACKEND_STRATEGIES}, not {v!r}")
         return v
 
-    @field_validator("solver")
+    @model_validator(mode="before")
     @classmethod
-    def _solver(cls, v: str) -> str:
-        if v not in SOLVERS:
-            raise ValueError(f"ISAL_SOLVER must be one of {sorted(SOLVERS)}, not {v!r}")
-        return v
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError(f"ISAL_PARAMS must be one of {PARAMETER_SETS} or comma-separated parameter names")
-        return v.strip()
+    def _no_unknown_variables(cls, values):
+        unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX)
+                         and k[len(ENV_PREFIX):].lower() not in cls.model_fields)
+        if unknown:
+            known = ", ".join(ENV_PREFIX + k.upper() for k in cls.model_fields)
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)} in the environment (misspelled?); "
+                             f"known: {known}")
+        return values
 
 
 class Settings(BaseSettings):

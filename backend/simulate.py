@@ -41,28 +41,27 @@ import requests
 import torch
 from tqdm.auto import tqdm
 
-from isal_core.data import ImageRecord, read_bytes
+from isal_core.atomic import write_text
+from isal_core.checkpoints import load_checkpoint
+from isal_core.errors import ConfigError
+from isal_core.simconfig import SimulationConfig
+from isal_core.simdata import SimulationData
 from isal_core.simreport import write_report
-from isal_core.simstore import ResultsFile, RunState, check_config, write_atomic
-from isal_core.simulate import Simulation, SimulationConfig, SimulationData
-from isal_core.training import load_checkpoint
+from isal_core.simstore import ResultsFile, RunState, check_config
+from isal_core.simulate import Simulation
 
-from .jobs import REFERENCE_FLAG, describe_api_error
+from .errors import SimulationError, describe_api_error
 from .local_ls import BackendProcess, LabelStudioServer
 from .ls_client import ApiError, LabelStudioAPI
-from .tasktypes import choice_result, classification_config
+from .sim_project import INDEX_KEY, create_project, task_indices
+from .tasktypes import choice_result
 
 log = logging.getLogger(__name__)
 
 #: Simulation strategy -> the backend's ISAL_STRATEGY. isal_l1 is ISAL with no flagged
 #: reference task, where the backend falls back to the first labeled set L1.
 LS_STRATEGIES = {"isal": "isal", "isal_l1": "isal", "gradsim": "gradsim"}
-INDEX_KEY = "isal_sim"  # task data: {"split": "train"|"test", "index": i} in the dataset's split
 JOB_TIMEOUT = 6 * 3600.0
-
-
-class SimulationError(RuntimeError):
-    """The Label Studio run cannot go on; the message says why and what to check."""
 
 
 @dataclass
@@ -82,7 +81,7 @@ def backend_env(config: SimulationConfig, strategy: str, seed: int, server: Serv
         "ISAL_BATCH_SIZE": str(config.batch_size), "ISAL_IMAGE_SIZE": str(config.image_size),
         "ISAL_STRATEGY": LS_STRATEGIES[strategy], "ISAL_SOLVER": config.solver, "ISAL_DAMPING": repr(config.damping),
         "ISAL_PARAMS": config.params, "ISAL_TOP_K": str(config.top_k),
-        "ISAL_HESSIAN_SAMPLES": str(config.hessian_samples or 2**31 - 1), "ISAL_SEED": str(seed),
+        "ISAL_HESSIAN_SAMPLES": str(config.hessian_samples), "ISAL_SEED": str(seed),
         "ISAL_DEVICE": config.device, "ISAL_RETRAIN_EVERY": "0", "ISAL_MIN_LABELED": "1",
         # the same intra-op thread count as this process, so float reductions run alike
         "OMP_NUM_THREADS": str(torch.get_num_threads()), "THREADS": "4", "LOG_LEVEL": "INFO",
@@ -92,78 +91,8 @@ def backend_env(config: SimulationConfig, strategy: str, seed: int, server: Serv
 def check_strategies(config: SimulationConfig) -> None:
     other = [s for s in config.strategies if s not in LS_STRATEGIES]
     if other:
-        raise ValueError(f"the Label Studio simulation plays the ISAL backend, which ranks by influence: strategies "
+        raise ConfigError(f"the Label Studio simulation plays the ISAL backend, which ranks by influence: strategies "
                          f"{', '.join(LS_STRATEGIES)}; run {', '.join(other)} offline (without --label-studio)")
-
-
-# ---------------------------------------------------------------------------
-# the project
-
-
-def export_images(data: SimulationData, split: str, indices: list[int], folder: Path) -> dict[int, str]:
-    """Copy the images (bytes unchanged, so both runs decode the same pixels) to
-    folder/<split>/<index><ext>; returns {index: path relative to folder}."""
-    records = data.train if split == "train" else data.test
-    rel = {}
-    for i in indices:
-        record: ImageRecord = records[i]
-        name = f"{split}/{i:06d}{Path(record.path).suffix.lower() or '.jpg'}"
-        target = folder / name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(read_bytes(record.path))
-            os.replace(tmp, target)
-        rel[i] = name
-    return rel
-
-
-def create_project(api: LabelStudioAPI, sim: Simulation, strategy: str, seed: int, server: Server, title: str) -> int:
-    """A project holding this run's images: R first (flagged, annotated; isal/gradsim only),
-    then the seed's universe in train-split order, its initial set annotated."""
-    data, classes = sim.data, sim.data.classes
-    sub = f"isal-sim/{title.replace(' ', '_')}"
-    folder = server.files_root / sub
-    universe = sorted(sim.universe(seed))
-    initial = set(sim.initial(seed))
-    reference = data.reference if strategy in ("isal", "gradsim") else []
-    files = {("test", i): r for i, r in export_images(data, "test", reference, folder).items()}
-    files.update({("train", i): r for i, r in export_images(data, "train", universe, folder).items()})
-    pid = api.create_project(title, classification_config(classes),
-                             description=f"ISAL headless simulation ({strategy}, seed {seed}, run directory "
-                                         f"{sim.config.out}): tasks are annotated with their true labels.")
-    api.add_local_storage(pid, folder, title="simulation images")
-
-    def task(split: str, i: int, annotated: bool, flagged: bool) -> dict:
-        records = data.train if split == "train" else data.test
-        url = f"/data/local-files/?d={sub}/{files[(split, i)]}"
-        t = {"data": {"image": url, INDEX_KEY: {"split": split, "index": i}, REFERENCE_FLAG: flagged}}
-        if annotated:
-            t["annotations"] = [{"result": choice_result(classes[records[i].label])}]
-        return t
-
-    tasks = [task("test", i, True, True) for i in reference] + [task("train", i, i in initial, False) for i in universe]
-    ids = []
-    for start in range(0, len(tasks), 2000):  # Label Studio recounts the project per request: few, large ones
-        ids += api.import_tasks(pid, tasks[start:start + 2000])
-    if len(ids) != len(tasks) or ids != sorted(ids):
-        raise SimulationError(f"Label Studio returned {len(ids)} task ids for {len(tasks)} tasks, or out of order; "
-                              "the simulation relies on task ids following the import order")
-    return pid
-
-
-def task_indices(api: LabelStudioAPI, pid: int) -> tuple[dict[int, int], list[tuple[int, int]]]:
-    """({task id: train index}, [(annotation id, train index)] of annotated train tasks)."""
-    index, annotated = {}, []
-    for t in api.iter_tasks(pid):
-        where = (t.get("data") or {}).get(INDEX_KEY) or {}
-        if where.get("split") != "train":
-            continue
-        index[t["id"]] = where["index"]
-        live = [a["id"] for a in t.get("annotations") or [] if not a.get("was_cancelled")]
-        if live:
-            annotated.append((min(live), where["index"]))
-    return index, annotated
 
 
 # ---------------------------------------------------------------------------
@@ -223,8 +152,8 @@ class LabelStudioSimulation:
         if self.state.has(2):
             raise SimulationError(f"{self.state.path} holds rounds but {self.link_path} is missing; use another --out")
         title = f"ISAL sim {self.name} {time.strftime('%Y%m%d-%H%M%S')}"[:50]  # Label Studio's limit
-        pid = create_project(api, self.sim, self.strategy, self.seed, self.server, title)
-        write_atomic(self.link_path, json.dumps({"url": self.server.url, "project": pid, "title": title}) + "\n")
+        pid = create_project(api, self.sim, self.strategy, self.seed, self.server.files_root, title)
+        write_text(self.link_path, json.dumps({"url": self.server.url, "project": pid, "title": title}) + "\n")
         log.info("%s: created Label Studio project %d (%s)", self.name, pid, title)
         return pid
 
@@ -320,7 +249,7 @@ def simulate_label_studio(config: SimulationConfig, label_studio: str = "local",
     check_strategies(config)
     key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
     if label_studio != "local" and not (key and files_root):
-        raise ValueError("--label-studio URL needs --api-key (or LABEL_STUDIO_API_KEY) and --files-root "
+        raise ConfigError("--label-studio URL needs --api-key (or LABEL_STUDIO_API_KEY) and --files-root "
                          "(that server's LOCAL_FILES_DOCUMENT_ROOT)")
     sim = Simulation(config, data)
     sim.check_plan()

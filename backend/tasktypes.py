@@ -1,11 +1,12 @@
 """Label Studio JSON <-> engine, one class per kind of labeling task.
 
 A `TaskType` is what the backend knows about a labeling config: which object tag holds
-the media, how an annotation becomes a training target, how a model output becomes a
-Label Studio result, and which model/adapter/dataset the engine uses. Image
-classification (`<Image>` + one single-choice `<Choices>`) is the one kind built;
-detection (`<RectangleLabels>` on an `<Image>`, FCOS through the engine's detection
-adapter) would be a second subclass added to TASK_TYPES, with nothing else changing.
+the media, how an annotation becomes a training target, how one of the engine's
+predictions becomes a Label Studio result, and which engine adapter (isal_core) learns
+the task. Everything about the model (building, training, loss, predictions) is the
+adapter's. Image classification (`<Image>` + one single-choice `<Choices>`) is the one
+kind built; detection (`<RectangleLabels>` on an `<Image>`) is a second subclass added
+to TASK_TYPES plus its engine adapter, with nothing else changing.
 
 Configs are parsed with label-studio-sdk's LabelInterface, so the backend reads them
 exactly as Label Studio does.
@@ -17,14 +18,10 @@ from abc import ABC, abstractmethod
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-import torch
 from label_studio_sdk.label_interface import LabelInterface
-from torch import nn
-from torch.utils.data import Dataset
 
 from isal_core.adapter import ClassificationAdapter, TaskAdapter
-from isal_core.data import ImageDataset, ImageRecord, classification_transform
-from isal_core.models import build_model
+from isal_core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +73,11 @@ class TaskType(ABC):
 
     @abstractmethod
     def prediction(self, output: Any) -> list[dict]:
-        """A Label Studio `result` list from one sample's model output."""
+        """A Label Studio `result` list from one sample's prediction (the adapter's `predict`)."""
 
     @abstractmethod
-    def build_model(self, arch: str) -> nn.Module: ...
-
-    @abstractmethod
-    def adapter(self) -> TaskAdapter: ...
-
-    @abstractmethod
-    def dataset(self, records: list[ImageRecord], image_size: int, train: bool) -> Dataset: ...
-
-    @abstractmethod
-    def outputs(self, model: nn.Module, inputs: torch.Tensor) -> list[Any]:
-        """Per-sample model outputs for `prediction`, from one batch of inputs."""
+    def adapter(self, settings: ModelSettings) -> TaskAdapter:
+        """The engine adapter that learns this task with these model settings."""
 
 
 class ImageClassification(TaskType):
@@ -165,18 +153,8 @@ class ImageClassification(TaskType):
         return [{"from_name": self.from_name, "to_name": self.to_name, "type": "choices",
                  "value": {"choices": [self.classes[int(output)]]}}]
 
-    def build_model(self, arch):
-        return build_model(arch, len(self.classes))
-
-    def adapter(self):
-        return ClassificationAdapter()
-
-    def dataset(self, records, image_size, train):
-        return ImageDataset(records, classification_transform(image_size, train=train))
-
-    def outputs(self, model, inputs):
-        with torch.no_grad():
-            return model(inputs).argmax(1).tolist()
+    def adapter(self, settings):
+        return ClassificationAdapter(settings.arch, len(self.classes), settings.image_size)
 
 
 def classification_config(classes: list[str]) -> str:

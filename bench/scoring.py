@@ -19,7 +19,7 @@ from isal_core.data import TensorDataset3
 from isal_core.models import build_model
 from isal_core.params import select_parameters
 from isal_core.scoring import influence, influence_loop
-from isal_core.training import resolve_device
+from isal_core.runtime import resolve_device
 
 from .common import describe, timed
 

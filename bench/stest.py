@@ -20,8 +20,10 @@ from isal_core.data import TensorDataset3
 from isal_core.gradients import HessianOperator, collect_batches, reference_gradient
 from isal_core.models import build_model
 from isal_core.params import select_parameters
-from isal_core.stest import CG, REFERENCE_DAMPING, LiSSA
-from isal_core.training import TrainConfig, resolve_device, train_classifier
+from isal_core.runtime import resolve_device
+from isal_core.settings import REFERENCE_DAMPING, TrainSettings
+from isal_core.stest import CG, LiSSA
+from isal_core.training import train
 
 from .common import describe
 
@@ -52,7 +54,8 @@ def main(argv=None) -> dict:
     reference = TensorDataset3(torch.randn(args.reference, 3, 32, 32, generator=g), torch.randint(0, 10, (args.reference,), generator=g))
     loader = lambda ds: torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
     if args.train_epochs:
-        train_classifier(model, labeled, TrainConfig(epochs=args.train_epochs, lr=0.05, batch_size=64, device=str(device)), progress=False)
+        train(model, ClassificationAdapter(), labeled, TrainSettings(epochs=args.train_epochs, lr=0.05, batch_size=64),
+              device=device)
     params = select_parameters(model, "weights")
     v = reference_gradient(model, adapter, loader(reference), params, device)
     op = HessianOperator(model, adapter, params, collect_batches(adapter, loader(labeled), device))

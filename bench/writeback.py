@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from backend.demo import CIFAR_CLASSES, label_config
-from backend.jobs import prediction_stream, write_back
+from backend.writeback import prediction_stream, write_back
 from backend.local_ls import LabelStudioServer
 from backend.ls_client import LabelStudioAPI
 from backend.scores import encode, influence_scale

@@ -3,17 +3,25 @@
     s_test = (H + damping I)^-1 grad l(R)        (stest: CG, LiSSA, Identity)
     I(z)   = -s_test . G_z                       (scoring.influence, vectorized)
 
-The most negative I(z) is labeled first (strategies.ISAL, beside the baselines).
+The most negative I(z) is labeled first. A task plugs in through one `TaskAdapter`;
+one round (fit, prepare s_test, score, rank) is `Learner.round`; its settings are one
+schema, `EngineSettings`.
 """
-from .adapter import ClassificationAdapter, NonFiniteError, TaskAdapter
+from .adapter import ClassificationAdapter, Metric, TaskAdapter
+from .errors import (ConfigError, DataError, IsalError, ModelError, NonFiniteError, SelectionError,
+                     SolverError)
 from .gradients import HessianOperator, reference_gradient
+from .learner import Learner, RoundResult
 from .params import select_parameters
+from .scorer import InfluenceScorer, PoolScores
 from .scoring import influence
-from .stest import CG, Identity, LiSSA, SolverError
+from .settings import EngineSettings
+from .stest import CG, Identity, LiSSA
 from .strategies import ISAL, Ranking, SelectionContext, make_strategy
 
 __all__ = [
-    "CG", "ClassificationAdapter", "HessianOperator", "ISAL", "Identity", "LiSSA", "NonFiniteError", "Ranking",
-    "SelectionContext", "SolverError", "TaskAdapter", "influence", "make_strategy", "reference_gradient",
-    "select_parameters",
+    "CG", "ClassificationAdapter", "ConfigError", "DataError", "EngineSettings", "HessianOperator", "ISAL",
+    "Identity", "InfluenceScorer", "IsalError", "Learner", "LiSSA", "Metric", "ModelError", "NonFiniteError",
+    "PoolScores", "Ranking", "RoundResult", "SelectionContext", "SelectionError", "SolverError", "TaskAdapter",
+    "influence", "make_strategy", "reference_gradient", "select_parameters",
 ]

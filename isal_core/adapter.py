@@ -1,30 +1,55 @@
-"""The one thing a user writes to plug a model into the engine.
+"""The one thing a user writes to plug a task into the engine: a `TaskAdapter`.
 
-A task adapter says how to run the model on a batch, how to score its outputs
-against targets (one loss per sample), and how to turn the model's own outputs
-into pseudo-targets (UUIC). Everything else (reference gradient, s_test, pool
-scoring, baselines) is task-agnostic and works through this interface.
+The adapter is the only place that knows the task. Training, evaluation, s_test,
+pool scoring, the baselines and the backend's predictions all go through it:
+
+    build_model()                  a fresh, untrained model (the round fits it)
+    dataset(records, train)        records -> a Dataset of (inputs, target, index) items
+    forward(model, inputs)         whatever `loss`, `pseudo_targets` and `predict` consume
+    loss(outputs, targets)         one loss per sample, shape [B]
+    pseudo_targets(outputs, top_k) targets from the model's own outputs (UUIC)
+    predict(outputs)               one JSON-able prediction per sample (the backend turns
+                                   it into a Label Studio result)
+    metric()                       an accumulator: update(outputs, targets), compute()
+    probabilities, embed           optional: for the uncertainty and coreset baselines
+
+Everything else (reference gradient, s_test, influence, ranking) is task-agnostic.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .errors import DataError, ModelError, NonFiniteError
 
 
-class NonFiniteError(FloatingPointError):
-    """The model produced NaN/inf where a number was needed; the message names where."""
+class Metric(ABC):
+    """Accumulates one evaluation metric over batches (higher is better)."""
+
+    name = "metric"
+
+    @abstractmethod
+    def update(self, outputs: Any, targets: Any) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> float: ...
 
 
 class TaskAdapter(ABC):
-    """Model-and-loss plug-in. Batches are `(inputs, targets, indices)` tuples."""
+    """Model-and-task plug-in. Batches are `(inputs, targets, indices)` tuples."""
+
+    #: DataLoader collate_fn for this task's items (None: PyTorch's default).
+    collate_fn: Callable | None = None
 
     @abstractmethod
     def forward(self, model: nn.Module, inputs: Any) -> Any:
-        """Run the model; the result is what `loss` and `pseudo_targets` consume."""
+        """Run the model; the result is what `loss`, `pseudo_targets` and `predict` consume."""
 
     @abstractmethod
     def loss(self, outputs: Any, targets: Any) -> Tensor:
@@ -34,9 +59,29 @@ class TaskAdapter(ABC):
     def pseudo_targets(self, outputs: Any, top_k: int = 1) -> Any:
         """Targets taken from the model's own (detached) outputs: the UUIC label."""
 
+    def build_model(self) -> nn.Module:
+        """A fresh, untrained model for this task (the round seeds, then calls this)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot build a model; pass one in")
+
+    def dataset(self, records: Sequence, train: bool = False) -> Dataset:
+        """A Dataset of (inputs, target, index) items from records (id, path, label)."""
+        raise NotImplementedError(f"{type(self).__name__} builds no dataset from records")
+
+    def predict(self, outputs: Any) -> list:
+        """One JSON-able prediction per sample of the batch."""
+        raise NotImplementedError(f"{type(self).__name__} has no predictions")
+
+    def metric(self) -> Metric:
+        """A fresh evaluation metric."""
+        raise NotImplementedError(f"{type(self).__name__} has no evaluation metric")
+
+    def check_targets(self, targets: Any, what: str) -> Any:
+        """Raise DataError when `targets` of `what` are not true labels; return them."""
+        return targets
+
     def to_device(self, batch: Any, device: torch.device) -> tuple[Any, Any]:
         inputs, targets = batch[0], batch[1]
-        return _move(inputs, device), _move(targets, device)
+        return move(inputs, device), move(targets, device)
 
     def probabilities(self, outputs: Any) -> Tensor:
         """Class probabilities [B, C], for the uncertainty baselines."""
@@ -46,6 +91,10 @@ class TaskAdapter(ABC):
         """Feature vectors [B, D], for the coreset baseline."""
         raise NotImplementedError(f"{type(self).__name__} has no embedding")
 
+    def to_meta(self) -> dict:
+        """JSON-able description saved with checkpoints (enough to rebuild the model)."""
+        return {"adapter": type(self).__name__}
+
     def check_finite(self, outputs: Any, indices: Tensor | None = None) -> None:
         """Raise NonFiniteError naming the samples whose outputs are NaN/inf."""
         if isinstance(outputs, Tensor) and not torch.isfinite(outputs).all():
@@ -54,14 +103,56 @@ class TaskAdapter(ABC):
             raise NonFiniteError(f"model output is NaN/inf for samples {names.tolist()[:20]}")
 
 
+class Accuracy(Metric):
+    """Top-1 accuracy in [0, 1]."""
+
+    name = "accuracy"
+
+    def __init__(self):
+        self.correct = self.total = 0
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.correct += int((outputs.argmax(1) == targets).sum())
+        self.total += len(targets)
+
+    def compute(self) -> float:
+        if self.total == 0:
+            raise DataError("cannot evaluate on an empty dataset")
+        return self.correct / self.total
+
+
 class ClassificationAdapter(TaskAdapter):
     """Any classifier returning logits [B, C], cross-entropy loss.
 
     Targets are class indices [B] or soft distributions [B, C]; pseudo-targets with
     top_k > 1 are the renormalised top-k probabilities (eq. 3 of the paper, weighting
     each class's gradient by its probability), so the expected gradient of a sample is
-    one gradient of one soft-target loss. top_k = 1 is the argmax label.
+    one gradient of one soft-target loss. top_k = 1 is the argmax label. `arch`,
+    `num_classes` and `image_size` are needed only to build the model and datasets.
     """
+
+    def __init__(self, arch: str | None = None, num_classes: int | None = None, image_size: int = 32):
+        self.arch, self.num_classes, self.image_size = arch, num_classes, image_size
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> ClassificationAdapter:
+        return cls(meta["arch"], int(meta["num_classes"]), int(meta.get("image_size", 32)))
+
+    def to_meta(self) -> dict:
+        return {"adapter": "classification", "arch": self.arch, "num_classes": self.num_classes,
+                "image_size": self.image_size}
+
+    def build_model(self) -> nn.Module:
+        from .models import build_model
+
+        if self.arch is None or not self.num_classes:
+            raise ModelError("ClassificationAdapter needs arch and num_classes to build a model")
+        return build_model(self.arch, self.num_classes)
+
+    def dataset(self, records, train=False):
+        from .data import ImageDataset, classification_transform
+
+        return ImageDataset(records, classification_transform(self.image_size, train=train))
 
     def forward(self, model: nn.Module, inputs: Tensor) -> Tensor:
         return model(inputs)
@@ -78,6 +169,17 @@ class ClassificationAdapter(TaskAdapter):
         soft = torch.zeros_like(probs).scatter_(1, top_i, top_p)
         return soft / soft.sum(1, keepdim=True)
 
+    def predict(self, outputs: Tensor) -> list[int]:
+        return outputs.detach().argmax(1).tolist()
+
+    def metric(self) -> Metric:
+        return Accuracy()
+
+    def check_targets(self, targets, what):
+        if isinstance(targets, Tensor) and targets.dtype in (torch.int64, torch.int32) and (targets < 0).any():
+            raise DataError(f"{what} holds unlabeled samples (label -1); it needs true labels")
+        return targets
+
     def probabilities(self, outputs: Tensor) -> Tensor:
         return outputs.softmax(1)
 
@@ -93,11 +195,12 @@ class ClassificationAdapter(TaskAdapter):
         return captured[0].flatten(1)
 
 
-def _move(x: Any, device: torch.device) -> Any:
+def move(x: Any, device: torch.device) -> Any:
+    """Tensors (also inside lists, tuples and dicts) onto `device`."""
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=True)
     if isinstance(x, (list, tuple)):
-        return type(x)(_move(v, device) for v in x)
+        return type(x)(move(v, device) for v in x)
     if isinstance(x, dict):
-        return {k: _move(v, device) for k, v in x.items()}
+        return {k: move(v, device) for k, v in x.items()}
     return x

@@ -17,33 +17,29 @@ import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from .errors import DataError, ImageDecodeError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-class DataError(ValueError):
-    """Bad dataset input; the message names the offending path or item."""
-
-
-class ImageDecodeError(DataError):
-    """An image file is missing, truncated or not an image we can decode."""
-
-
 @dataclass(frozen=True)
 class ImageRecord:
     """One image: `id` is stable across machines (path relative to the scanned root),
-    `path` is where to read it (a file, or "archive.zip/member"), `label` a class index."""
+    `path` is where to read it (a file, or "archive.zip/member"), `label` the target
+    (a class index for classification; whatever the task's adapter trains on)."""
 
     id: str
     path: str
-    label: int | None = None
+    label: Any = None
 
 
 # ---------------------------------------------------------------------------
@@ -287,7 +283,7 @@ class TensorDataset3(Dataset):
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} items but y has {len(y)}")
+            raise DataError(f"x has {len(x)} items but y has {len(y)}")
         self.x = x
         self.y = torch.as_tensor(y, dtype=torch.long)
 

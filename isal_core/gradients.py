@@ -6,31 +6,15 @@ the reference code, so every sample's loss depends on that sample alone.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .adapter import NonFiniteError, TaskAdapter
+from .adapter import TaskAdapter
+from .errors import NonFiniteError, SelectionError
+from .evaluation import eval_mode
 from .params import flatten, unflatten
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Eval mode for the duration; restores the previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def _labeled_targets(targets, what: str):
-    if isinstance(targets, Tensor) and targets.dtype in (torch.int64, torch.int32) and (targets < 0).any():
-        raise ValueError(f"{what} holds unlabeled samples (label -1); it needs true labels")
-    return targets
 
 
 def reference_gradient(
@@ -52,7 +36,7 @@ def reference_gradient(
     with eval_mode(model):
         for batch in tqdm(loader, desc="reference gradient", disable=not progress, leave=False):
             inputs, targets = adapter.to_device(batch, device)
-            targets = _labeled_targets(targets, "the reference set")
+            targets = adapter.check_targets(targets, "the reference set")
             outputs = adapter.forward(model, inputs)
             adapter.check_finite(outputs, batch[2] if len(batch) > 2 else None)
             loss = adapter.loss(outputs, targets).sum()
@@ -61,7 +45,7 @@ def reference_gradient(
             total += flatten(torch.autograd.grad(loss, tensors))
             seen += len(batch[1])
     if seen == 0:
-        raise ValueError("the reference set is empty: influence needs at least one labeled reference sample")
+        raise SelectionError("the reference set is empty: influence needs at least one labeled reference sample")
     return total
 
 
@@ -75,10 +59,10 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, adapter: TaskAdapter, params: Sequence[tuple[str, nn.Parameter]], batches: list):
         if not batches:
-            raise ValueError("the labeled set is empty: the Hessian needs at least one labeled sample")
+            raise SelectionError("the labeled set is empty: the Hessian needs at least one labeled sample")
         self.model, self.adapter = model, adapter
         self.tensors = [p for _, p in params]
-        self.batches = [(i, _labeled_targets(t, "the labeled set")) for i, t in batches]
+        self.batches = [(i, adapter.check_targets(t, "the labeled set")) for i, t in batches]
         self.num_samples = sum(_batch_len(t) for _, t in self.batches)
         self.dim = sum(p.numel() for p in self.tensors)
 

@@ -12,6 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .errors import ModelError
+
 _BUILTIN = ("small_cnn", "resnet18_cifar")
 # Auxiliary heads make these return tuples in train mode; we train on the main head only.
 _TORCHVISION_KWARGS = {
@@ -82,12 +84,12 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     if arch == "resnet18_cifar":
         return resnet18_cifar(num_classes)
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown model {arch!r}; choose one of: {', '.join(model_choices())}")
+        raise ModelError(f"unknown model {arch!r}; choose one of: {', '.join(model_choices())}")
     extra = _TORCHVISION_KWARGS.get(arch, {})
     model = _no_inplace(torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra))
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears or not _ends_in_linear(model, linears[-1]):  # e.g. squeezenet: conv head
-        raise ValueError(f"model {arch!r} does not end in a single nn.Linear classifier; pick another")
+        raise ModelError(f"model {arch!r} does not end in a single nn.Linear classifier; pick another")
     return model
 
 
@@ -104,5 +106,5 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
         if isinstance(module, nn.Linear):
             found = (name, module)
     if found is None:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer")
+        raise ModelError(f"{type(model).__name__} has no nn.Linear layer")
     return found

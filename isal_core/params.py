@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-PARAMETER_SETS = ("weights", "last", "all")
+from .errors import ModelError
+from .settings import PARAMETER_SETS
 
 
 def select_parameters(model: nn.Module, which: str | Sequence[str] = "weights") -> list[tuple[str, nn.Parameter]]:
@@ -26,17 +27,17 @@ def select_parameters(model: nn.Module, which: str | Sequence[str] = "weights") 
     elif which == "last":
         linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise ValueError("parameter set 'last' needs a model with an nn.Linear layer")
+            raise ModelError("parameter set 'last' needs a model with an nn.Linear layer")
         prefix = linears[-1][0]
         chosen = [(n, p) for n, p in named if n.rsplit(".", 1)[0] == prefix or n in (f"{prefix}weight", f"{prefix}bias")]
     else:
         index = dict(named)
         unknown = [w for w in which if w not in index]
         if unknown:
-            raise ValueError(f"unknown parameter names {unknown}; the model has e.g. {list(index)[:8]}")
+            raise ModelError(f"unknown parameter names {unknown}; the model has e.g. {list(index)[:8]}")
         chosen = [(n, index[n]) for n in which]
     if not chosen:
-        raise ValueError(f"parameter set {which!r} selects no parameters of this model")
+        raise ModelError(f"parameter set {which!r} selects no parameters of this model")
     return chosen
 
 
@@ -51,5 +52,5 @@ def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
         out.append(vector[offset:offset + t.numel()].view_as(t))
         offset += t.numel()
     if offset != vector.numel():
-        raise ValueError(f"vector has {vector.numel()} entries, parameters have {offset}")
+        raise ModelError(f"vector has {vector.numel()} entries, parameters have {offset}")
     return out

@@ -13,7 +13,7 @@ custom layers) go through torch.func.jvp, which is exact for any differentiable 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .adapter import NonFiniteError, TaskAdapter
-from .gradients import eval_mode
+from .adapter import TaskAdapter
+from .errors import NonFiniteError, SelectionError
+from .evaluation import eval_mode
 from .params import flatten, unflatten
 
 _FAST_MODULES = (nn.Conv2d, nn.Linear)
@@ -38,11 +39,14 @@ def influence(
     device: torch.device | str = "cpu",
     progress: bool = False,
     num_samples: int | None = None,
+    on_outputs: Callable[[Tensor, object], None] | None = None,
 ) -> Tensor:
     """I(z) = -s_test . G_z for every sample of `loader` (batches carry dataset indices).
 
     Returns a CPU float tensor indexed like the dataset; only this vector grows with the
-    pool. Raises ValueError on an empty pool and NonFiniteError on NaN outputs/scores.
+    pool. `on_outputs(indices, outputs)` sees each batch's model outputs from the same
+    forward pass (for predictions). Raises SelectionError on an empty pool and
+    NonFiniteError on NaN outputs/scores.
     """
     device = torch.device(device)
     scorer = _LayerwiseScorer if layerwise_supported(model, params) else _JvpScorer
@@ -54,7 +58,10 @@ def influence(
         for batch in tqdm(loader, desc="influence", disable=not progress, leave=False):
             inputs, _ = adapter.to_device(batch, device)
             indices = batch[2] if len(batch) > 2 else torch.arange(seen, seen + len(batch[1]))
-            values = -score_batch(inputs, top_k, indices)
+            grads, outputs = score_batch(inputs, top_k, indices)
+            values = -grads
+            if on_outputs is not None:
+                on_outputs(indices, outputs)
             if not torch.isfinite(values).all():
                 bad = indices[~torch.isfinite(values.cpu())].tolist()[:20]
                 raise NonFiniteError(f"influence is NaN/inf for samples {bad}")
@@ -64,7 +71,7 @@ def influence(
                 chunks.append((indices, values.detach().cpu()))
             seen += len(indices)
     if seen == 0:
-        raise ValueError("the pool is empty: there is nothing to score")
+        raise SelectionError("the pool is empty: there is nothing to score")
     if scores is None:
         idx = torch.cat([c[0] for c in chunks])
         scores = torch.full((int(idx.max()) + 1,), float("nan"))
@@ -133,8 +140,8 @@ class _LayerwiseScorer:
                 tangent = F.linear(x, w, b) if w is not None else b.expand_as(output)
         return output + self.eps.view(-1, *([1] * (output.ndim - 1))) * tangent
 
-    def score(self, inputs, top_k: int, indices: Tensor) -> Tensor:
-        """s_test . G_i for each sample of the batch."""
+    def score(self, inputs, top_k: int, indices: Tensor) -> tuple[Tensor, object]:
+        """(s_test . G_i for each sample of the batch, the batch's outputs)."""
         batch = _batch_size(inputs)
         self.eps = torch.zeros(batch, device=_device(inputs), requires_grad=True)
         with torch.enable_grad():
@@ -144,7 +151,7 @@ class _LayerwiseScorer:
             loss = self.adapter.loss(outputs, targets).sum()
             (grad,) = torch.autograd.grad(loss, self.eps)
         self.eps = None
-        return grad
+        return grad, _detach(outputs)
 
 
 class _AdapterModule(nn.Module):
@@ -174,7 +181,7 @@ class _JvpScorer:
     def __exit__(self, *exc):
         return None
 
-    def score(self, inputs, top_k: int, indices: Tensor) -> Tensor:
+    def score(self, inputs, top_k: int, indices: Tensor) -> tuple[Tensor, object]:
         with torch.no_grad():
             outputs = self.adapter.forward(self.wrapper.model, inputs)
         self.adapter.check_finite(outputs, indices)
@@ -185,7 +192,7 @@ class _JvpScorer:
             return self.adapter.loss(out, targets)
 
         _, tangent = torch.func.jvp(losses, self.primals, self.tangents)
-        return tangent
+        return tangent, outputs
 
 
 def influence_loop(
@@ -225,6 +232,16 @@ def expected_gradient(model, adapter, inputs, params, top_k: int = 1) -> Tensor:
         targets = adapter.pseudo_targets(outputs, top_k)
         loss = adapter.loss(outputs, targets).sum()
         return flatten(torch.autograd.grad(loss, [p for _, p in params]))
+
+
+def _detach(x):
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detach(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    return x
 
 
 def _unsqueeze(x):

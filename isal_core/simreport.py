@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .simstore import write_atomic
+from .atomic import write_text
 
 _TOLERANCE = 1e-9  # means of equal numbers may differ in the last bit
 
@@ -119,4 +119,4 @@ def write_report(out: Path, rows: list[dict], title: str = "") -> None:
     if not rows:
         return
     plot_curves(rows, out / "curves.png", title=title)
-    write_atomic(out / "savings.md", savings_table(rows))
+    write_text(out / "savings.md", savings_table(rows))

@@ -22,34 +22,28 @@ from pathlib import Path
 
 from torch import nn
 
-from .training import load_checkpoint, save_checkpoint
+from .adapter import TaskAdapter
+from .atomic import write_text
+from .checkpoints import load_checkpoint, save_checkpoint
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("strategy", "seed", "round", "labels", "boxes", "metric", "seconds")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file + fsync + rename: a reader never sees half a file, a crash never leaves one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class ConfigMismatch(ValueError):
+class ConfigMismatch(ConfigError):
     """DIR already holds a run of another protocol."""
 
 
-def check_config(out: Path, identity: dict, full: dict) -> None:
+def check_config(out: Path, identity: dict, full: dict, defaults: dict | None = None) -> None:
     """Refuse to mix protocols in one DIR; then record the config of this invocation.
 
     `identity` holds what the numbers depend on; settings outside it (rounds, strategies,
     seeds, device, ...) may change between invocations: each (strategy, seed) run is
-    independent, so a DIR can be extended with rounds, strategies or seeds.
+    independent, so a DIR can be extended with rounds, strategies or seeds. A setting
+    the stored run does not name (added to the schema later) matches when it is at its
+    default in `defaults`: that is what the older run used.
     """
     path = out / "config.json"
     if path.exists():
@@ -58,6 +52,10 @@ def check_config(out: Path, identity: dict, full: dict) -> None:
         except (OSError, ValueError) as exc:
             raise ConfigMismatch(f"cannot read {path}: {exc}") from exc
         stored, now = json.loads(json.dumps(stored)), json.loads(json.dumps(identity))
+        defaults = json.loads(json.dumps(defaults or {}))
+        for key in now.keys() - stored.keys():
+            if key in defaults and now[key] == defaults[key]:
+                stored[key] = now[key]
         diff = sorted(k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k))
         if diff:
             details = "; ".join(f"{k}: {stored.get(k)!r} there, {now.get(k)!r} now" for k in diff)
@@ -66,7 +64,7 @@ def check_config(out: Path, identity: dict, full: dict) -> None:
     elif (out / "results.csv").exists():
         raise ConfigMismatch(f"{out} holds results.csv but no config.json; use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"identity": identity, "last_run": full}, indent=2) + "\n")
+    write_text(path, json.dumps({"identity": identity, "last_run": full}, indent=2) + "\n")
 
 
 @dataclass
@@ -116,7 +114,7 @@ class RunState:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = {"strategy": self.strategy, "seed": self.seed, "rounds": self.rounds}
-        write_atomic(self.path, json.dumps(body, separators=(",", ":")) + "\n")
+        write_text(self.path, json.dumps(body, separators=(",", ":")) + "\n")
 
 
 class ResultsFile:
@@ -169,19 +167,18 @@ def _drop_partial_line(path: Path) -> None:
 class Checkpoints:
     """Models kept between invocations: the latest per run and round 1 per seed."""
 
-    def __init__(self, folder: Path, arch: str, num_classes: int, image_size: int):
-        self.folder = folder
-        self.meta = {"arch": arch, "num_classes": num_classes, "image_size": image_size}
+    def __init__(self, folder: Path, adapter: TaskAdapter):
+        self.folder, self.adapter = folder, adapter
 
     def save(self, name: str, model: nn.Module, **meta) -> None:
-        save_checkpoint(self.folder / f"{name}.pt", model, {**self.meta, **meta})
+        save_checkpoint(self.folder / f"{name}.pt", model, {**self.adapter.to_meta(), **meta})
 
     def load(self, name: str, device, **expect) -> tuple[nn.Module, dict] | None:
         """The model saved under `name` if its meta matches `expect`, else None."""
         path = self.folder / f"{name}.pt"
         if not path.exists():
             return None
-        model, meta = load_checkpoint(path, device)
+        model, meta = load_checkpoint(path, device, self.adapter)
         if any(meta.get(k) != v for k, v in expect.items()):
             return None
         return model, meta

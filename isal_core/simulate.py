@@ -17,204 +17,39 @@ ISAL's reference set R (`reference_size` images, with labels, as the paper's cod
 labeled held-out set) and the evaluation set (the rest, or `test_subset` of it): the
 accuracy is never measured on the images R steers the selection with.
 
-`Simulation` holds the protocol's moves (train, evaluate, rank, select) so that another
-driver (a headless Label Studio simulation) gets the same order from the same state;
-`simulate` adds the loop and the run directory (see simstore) that makes it resumable.
+`Simulation` holds the protocol's moves (train, evaluate, rank, select), each a call of
+the engine's round API (`Learner`), so that another driver (the headless Label Studio
+simulation, on the backend's side) gets the same order from the same state; `simulate`
+adds the loop and the run directory (see simstore) that makes it resumable. The protocol
+is `simconfig.SimulationConfig`, the dataset `simdata.SimulationData`.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import logging
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, field_validator,
-                      model_validator)
 from torch import nn
 from tqdm.auto import tqdm
 
 from .adapter import ClassificationAdapter
-from .data import DataError, ImageDataset, ImageRecord, classification_transform, load_records
-from .models import build_model
-from .simreport import savings_table, write_report
+from .data import ImageDataset
+from .errors import DataError
+from .learner import Learner
+from .simconfig import SIM_STRATEGIES, USES_R, SimulationConfig, load_config
+from .simdata import SimulationData
+from .simreport import write_report
 from .simstore import Checkpoints, ResultsFile, RunState, check_config
-from .stest import REFERENCE_DAMPING, SOLVERS
-from .strategies import STRATEGIES, SelectionContext, Strategy, check_budget, make_strategy
-from .training import TrainConfig, evaluate, resolve_device, seed_everything, train_classifier
+from .strategies import check_budget
 
-__all__ = ["SIM_STRATEGIES", "Simulation", "SimulationConfig", "SimulationData", "load_config", "savings_table",
-           "simulate"]
+__all__ = ["SIM_STRATEGIES", "Simulation", "SimulationConfig", "SimulationData", "load_config", "simulate"]
 
 log = logging.getLogger(__name__)
-
-#: isal_l1: R = the initial labeled set (the paper's ISAL_v2); isal_labeled: R = the current one (ISAL_v3).
-SIM_STRATEGIES = STRATEGIES + ("isal_l1", "isal_labeled")
-_USES_R = ("isal", "gradsim")
-SPLIT_SEED = 0  # cuts the test split into R and the evaluation set, for every seed alike
-REPO = Path(__file__).resolve().parents[1]
-SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpg.zip"
-#: Settings that may change between invocations on one run directory; the rest must not.
-RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out", "progress"}
-
-
-class SimulationConfig(BaseModel):
-    """One simulation protocol. The defaults are CPU-sized (the shape of configs/cifar10-cpu.json
-    without its subsets); configs/ holds the calibrated CPU protocol and the paper's."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: str | None = Field(None, description="folder or zip with train/ and test/; default: shared CIFAR-10 zip")
-    strategies: list[str] = Field(default_factory=lambda: ["random", "coreset", "gradsim", "isal"])
-    initial: PositiveInt = 500
-    step: PositiveInt = 500
-    rounds: PositiveInt = Field(6, description="trained models per run, the initial one included")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    arch: str = "small_cnn"
-    epochs: PositiveInt = 10
-    lr: float = Field(0.1, gt=0)
-    batch_size: PositiveInt = 128
-    image_size: PositiveInt = 32
-    pool_subset: PositiveInt | None = Field(None, description="train images the run may label (seeded subset)")
-    test_subset: PositiveInt | None = Field(None, description="evaluation images (seeded subset of test minus R)")
-    reference_size: NonNegativeInt = Field(1000, description="ISAL's reference set R, taken from the test split")
-    solver: str = "cg"
-    damping: NonNegativeFloat = REFERENCE_DAMPING
-    params: str = "weights"
-    top_k: PositiveInt = 1
-    hessian_samples: NonNegativeInt = Field(1024, description="labeled samples that define H; 0 = all")
-    device: str = "auto"
-    workers: NonNegativeInt = 0
-    out: str = "runs/simulate"
-    progress: bool = True
-
-    @field_validator("strategies")
-    @classmethod
-    def _known_strategies(cls, names):
-        unknown = [n for n in names if n not in SIM_STRATEGIES]
-        if unknown or not names or len(set(names)) != len(names):
-            raise ValueError(f"strategies must be distinct names from {', '.join(SIM_STRATEGIES)}; got {names}")
-        return names
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, seeds):
-        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-            raise ValueError(f"seeds must be distinct non-negative integers; got {seeds}")
-        return seeds
-
-    @field_validator("solver")
-    @classmethod
-    def _known_solver(cls, name):
-        if name not in SOLVERS:
-            raise ValueError(f"unknown solver {name!r}; choose from {', '.join(sorted(SOLVERS))}")
-        return name
-
-    @model_validator(mode="after")
-    def _reference_when_needed(self):
-        if self.reference_size == 0 and any(s in _USES_R for s in self.strategies):
-            raise ValueError(f"{', '.join(s for s in self.strategies if s in _USES_R)} need a reference set: "
-                             f"reference_size must be at least 1")
-        return self
-
-    def identity(self) -> dict:
-        """The settings the numbers depend on (checked when a run directory is reused)."""
-        return self.model_dump(exclude=RESUMABLE)
-
-
-def load_config(path: str | None = None, **overrides) -> SimulationConfig:
-    """A JSON protocol file (or the defaults), with `overrides` that are not None on top.
-    Keys starting with "_" are notes for the reader and are ignored."""
-    values = {}
-    if path:
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read config {path}: {exc}") from exc
-        values = {k: v for k, v in values.items() if not k.startswith("_")}  # "_note": comments
-        values.setdefault("out", f"runs/{Path(path).stem}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return SimulationConfig(**values)
-
-
-# ---------------------------------------------------------------------------
-# data
-
-
-@dataclass
-class SimulationData:
-    """The dataset's records and the fixed cut of its test split into R and evaluation."""
-
-    root: str
-    classes: list[str]
-    train: list[ImageRecord]
-    test: list[ImageRecord]
-    reference: list[int]  # test-split indices: ISAL's R
-    evaluation: list[int]  # test-split indices: where the metric is measured
-
-    @classmethod
-    def load(cls, config: SimulationConfig) -> SimulationData:
-        root = (config.data or default_data()).rstrip("/")
-        classes, train = load_records(f"{root}/train")
-        if len(classes) < 2:
-            raise DataError(f"{root}/train has a single class ({classes[0]!r}): a classifier needs at least two")
-        _, test = load_records(f"{root}/test", classes)
-        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
-        reference, rest = order[:config.reference_size], order[config.reference_size:]
-        evaluation = rest[:config.test_subset] if config.test_subset else rest
-        if config.test_subset and len(rest) < config.test_subset or not evaluation:
-            raise DataError(f"{root}/test holds {len(test)} images: too few for a reference set of "
-                            f"{config.reference_size} plus an evaluation set of {config.test_subset or 'at least 1'}")
-        return cls(root, classes, train, test, reference, evaluation)
-
-    def fingerprint(self) -> dict:
-        """Which dataset this is, independent of where it lies: classes, sizes, a hash of ids and labels."""
-        digest = hashlib.sha1()
-        for split in (self.train, self.test):
-            for r in split:
-                digest.update(f"{r.id}\t{r.label}\n".encode())
-        return {"classes": self.classes, "train": len(self.train), "test": len(self.test), "sha1": digest.hexdigest()}
-
-
-def default_data() -> str:
-    """The shared CIFAR-10 zip next to the repository, else CIFAR-10 downloaded to ~/.cache."""
-    if SHARED_CIFAR10.is_file():
-        return str(SHARED_CIFAR10)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "isal"
-    return str(download_cifar10(cache))
-
-
-def download_cifar10(cache: Path) -> Path:
-    """torchvision's CIFAR-10, written once as train/<class>/*.png and test/<class>/*.png."""
-    from torchvision.datasets import CIFAR10
-
-    folder = cache / "cifar10-png"
-    if (folder / ".complete").exists():
-        return folder
-    for split, train in (("train", True), ("test", False)):
-        dataset = CIFAR10(str(cache / "torchvision"), train=train, download=True)
-        for i, (image, label) in enumerate(tqdm(dataset, desc=f"writing CIFAR-10 {split}")):
-            target = folder / split / dataset.classes[label]
-            target.mkdir(parents=True, exist_ok=True)
-            image.save(target / f"{i:05d}.png")
-    (folder / ".complete").touch()
-    return folder
 
 
 # ---------------------------------------------------------------------------
 # the protocol's moves
-
-
-def sim_strategy(name: str, config: SimulationConfig, seed: int) -> Strategy:
-    """A strategy by simulation name (isal_l1 / isal_labeled are ISAL with another R)."""
-    base = "isal" if name.startswith("isal") else name
-    return make_strategy(base, seed=seed, solver=config.solver, params=config.params, top_k=config.top_k,
-                         reference="labeled" if name == "isal_labeled" else "given",
-                         hessian_samples=config.hessian_samples or None, damping=config.damping)
 
 
 class Simulation:
@@ -224,13 +59,14 @@ class Simulation:
     def __init__(self, config: SimulationConfig, data: SimulationData | None = None):
         self.config = config
         self.data = data or SimulationData.load(config)
-        self.device = resolve_device(config.device)
-        self.adapter = ClassificationAdapter()
-        self._transforms = {train: classification_transform(config.image_size, train=train) for train in (False, True)}
+        self.adapter = ClassificationAdapter(config.arch, len(self.data.classes), config.image_size)
+        self.device = self.learner(0).device
+
+    def learner(self, seed: int) -> Learner:
+        return Learner(self.adapter, self.config, seed, progress=self.config.progress)
 
     def dataset(self, indices: list[int], split: str = "train", train: bool = False) -> ImageDataset:
-        records = self.data.train if split == "train" else self.data.test
-        return ImageDataset([records[i] for i in indices], self._transforms[train])
+        return self.adapter.dataset(self.data.records(split, indices), train=train)
 
     def universe(self, seed: int) -> list[int]:
         """The train images this seed's run may label, in a seeded random order."""
@@ -263,27 +99,21 @@ class Simulation:
 
     def train(self, labeled: list[int], seed: int) -> nn.Module:
         """A model trained from scratch on the labeled set (any order: it is sorted), seeded with `seed`."""
-        c = self.config
-        config = TrainConfig(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, seed=seed,
-                             device=str(self.device), num_workers=c.workers)
-        seed_everything(config.seed)  # train_classifier seeds too, but only after the weights are drawn
-        model = build_model(c.arch, len(self.data.classes))
-        return train_classifier(model, self.dataset(sorted(labeled), train=True), config, progress=c.progress)
+        return self.learner(seed).fit(self.dataset(sorted(labeled), train=True))
 
     def evaluate(self, model: nn.Module) -> float:
-        return evaluate(model, self.dataset(self.data.evaluation, "test"), self.device, self.config.batch_size)
+        return self.learner(0).evaluate(model, self.dataset(self.data.evaluation, "test"))
 
     def rank(self, strategy: str, model: nn.Module, labeled: list[int], seed: int) -> list[int]:
         """The unlabeled pool (given the labeled set the model was trained on), best first, as
         train-split indices. The strategy's own randomness is seeded with `seed`."""
-        c = self.config
         pool = self.pool(seed, labeled)
-        ctx = SelectionContext(
-            model=model, adapter=self.adapter, pool=self.dataset(pool), labeled=self.dataset(sorted(labeled)),
-            reference=self._reference(strategy, seed), device=self.device, batch_size=c.batch_size,
-            num_workers=c.workers, budget=min(c.step, len(pool)), progress=c.progress)
-        ranking = sim_strategy(strategy, c, seed).rank(ctx)
-        return [pool[i] for i in ranking.order.tolist()]
+        learner = self.learner(seed)
+        chosen = learner.strategy("isal" if strategy.startswith("isal") else strategy,
+                                  reference="labeled" if strategy == "isal_labeled" else "given")
+        result = learner.round(chosen, self.dataset(sorted(labeled)), self.dataset(pool),
+                               self._reference(strategy, seed), budget=min(self.config.step, len(pool)), model=model)
+        return [pool[i] for i in result.ranking.order.tolist()]
 
     def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int) -> list[int]:
         """The `step` images to label next."""
@@ -291,7 +121,7 @@ class Simulation:
         return order[:check_budget(self.config.step, len(order))]
 
     def _reference(self, strategy: str, seed: int) -> ImageDataset | None:
-        if strategy in _USES_R:
+        if strategy in USES_R:
             return self.dataset(self.data.reference, "test")
         if strategy == "isal_l1":
             return self.dataset(self.initial(seed))
@@ -308,9 +138,10 @@ def simulate(config: SimulationConfig, data: SimulationData | None = None) -> Pa
     sim = Simulation(config, data)
     sim.check_plan()
     out = Path(config.out)
-    check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()}, config.model_dump())
+    check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()}, config.model_dump(),
+                 SimulationConfig().identity())
     results = ResultsFile(out / "results.csv")
-    models = Checkpoints(out / "state", config.arch, len(sim.data.classes), config.image_size)
+    models = Checkpoints(out / "state", sim.adapter)
     title = f"{Path(sim.data.root).name}, {config.arch}, {config.epochs} epochs"
     total = len(config.seeds) * len(config.strategies) * config.rounds
     with tqdm(total=total, desc="simulate", unit="round", disable=not config.progress) as bar:
@@ -373,83 +204,3 @@ def _model_of(sim: Simulation, models: Checkpoints, name: str, state: RunState, 
     return sim.train(state.labeled(round_), seed)
 
 
-# ---------------------------------------------------------------------------
-# command line
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """`isal simulate` options; every one overrides the --config file (defaults: SimulationConfig)."""
-    fields = SimulationConfig.model_fields.items()
-    d = {k: f.default if f.default_factory is None else f.default_factory() for k, f in fields}
-
-    def opt(flag, help_, **kw):
-        key = flag[2:].replace("-", "_")
-        default = ",".join(map(str, d[key])) if isinstance(d[key], list) else d[key]
-        p.add_argument(flag, default=None, help=f"{help_} (default: {default})", **kw)
-
-    p.add_argument("--config", help="JSON protocol file (configs/*.json); flags override it")
-    opt("--data", "folder or zip with train/<class>/ and test/<class>/ (none: shared CIFAR-10 zip, else download)")
-    opt("--strategies", f"comma list from {', '.join(SIM_STRATEGIES)}", type=_names)
-    opt("--initial", "random labels before round 1 (same for every strategy of a seed)", type=int)
-    opt("--step", "labels added per round", type=int)
-    opt("--rounds", "trained models per run, the initial one included", type=int)
-    opt("--seeds", "comma list of seeds (repeats)", type=_ints)
-    opt("--arch", "model, trained from scratch each round")
-    opt("--epochs", "training epochs per round", type=int)
-    opt("--lr", "SGD learning rate", type=float)
-    opt("--batch-size", "batch size", type=int)
-    opt("--image-size", "input size", type=int)
-    opt("--pool-subset", "train images the run may label (seeded subset)", type=int)
-    opt("--test-subset", "evaluation images (seeded subset of the test split minus R)", type=int)
-    opt("--reference-size", "ISAL's reference set R: labeled test images, disjoint from evaluation", type=int)
-    opt("--solver", f"s_test solver: {', '.join(sorted(SOLVERS))}")
-    opt("--damping", "lambda in (H + lambda I)", type=float)
-    opt("--params", "ISAL parameters: weights, last, all or names")
-    opt("--top-k", "pseudo-label classes in the expected gradient", type=int)
-    opt("--hessian-samples", "labeled samples that define H (0 = all)", type=int)
-    opt("--device", "auto, cpu, cuda, ...")
-    opt("--workers", "data-loading worker processes", type=int)
-    opt("--out", "run directory (with --config: runs/<config name>); rerun to resume")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    ls = p.add_argument_group("headless Label Studio run (strategies isal, isal_l1, gradsim; see backend.simulate)")
-    ls.add_argument("--label-studio", metavar="local|URL",
-                    help="play the protocol through Label Studio and the ISAL backend: 'local' starts one under "
-                         "<out>/label-studio; a URL must be a server on this machine (default --out: "
-                         "the offline one + '-label-studio')")
-    ls.add_argument("--api-key", help="with a URL: a token of that server (default: LABEL_STUDIO_API_KEY)")
-    ls.add_argument("--files-root", help="with a URL: that server's LOCAL_FILES_DOCUMENT_ROOT (images go there)")
-
-
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in _names(text)]
-
-
-def run(args: argparse.Namespace) -> int:
-    """`isal simulate`: errors a user can fix propagate as ValueError for cli.main to print."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    fields = set(SimulationConfig.model_fields) - {"progress"}
-    overrides = {k: v for k, v in vars(args).items() if k in fields}
-    config = load_config(args.config, **overrides, progress=False if args.quiet else None)
-    if args.label_studio and args.out is None:
-        config = config.model_copy(update={"out": config.out.rstrip("/") + "-label-studio"})
-    try:
-        with logging_redirect_tqdm():
-            if args.label_studio:
-                from backend.simulate import SimulationError, simulate_label_studio  # Label Studio: the backend's
-
-                try:
-                    out = simulate_label_studio(config, args.label_studio, args.api_key, args.files_root)
-                except SimulationError as exc:
-                    raise ValueError(str(exc)) from exc
-            else:
-                out = simulate(config)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: rerun the same command to resume from {config.out}")
-        return 130
-    print(f"results: {out / 'results.csv'}\ncurves:  {out / 'curves.png'}\nsavings: {out / 'savings.md'}")
-    return 0

@@ -19,16 +19,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .errors import ConfigError, SolverError
 from .gradients import HessianOperator
+from .settings import REFERENCE_DAMPING, InfluenceSettings
 
 log = logging.getLogger(__name__)
-
-#: The reference code's effective damping (damp 0.01 x scale 10,000).
-REFERENCE_DAMPING = 100.0
-
-
-class SolverError(ArithmeticError):
-    """An s_test solver could not produce a finite, trustworthy answer; the message says why."""
 
 
 @dataclass
@@ -206,10 +201,21 @@ def _draw(samples: list, batch_size: int, generator: torch.Generator):
 SOLVERS = {"cg": CG, "lissa": LiSSA, "identity": Identity}
 
 
-def make_solver(name: str, **kwargs):
-    """Solver by name; keyword arguments it does not take are ignored."""
+def make_solver(name: str, **options):
+    """Solver by name; an option the solver does not take is a ConfigError, never dropped."""
     if name not in SOLVERS:
-        raise ValueError(f"unknown s_test solver {name!r}; choose from {sorted(SOLVERS)}")
+        raise ConfigError(f"unknown s_test solver {name!r}; choose from {sorted(SOLVERS)}")
     cls = SOLVERS[name]
     fields = getattr(cls, "__dataclass_fields__", {})
-    return cls(**{k: v for k, v in kwargs.items() if k in fields and v is not None})
+    unknown = sorted(k for k in options if k not in fields)
+    if unknown:
+        raise ConfigError(f"solver {name!r} takes no option(s) {unknown}; it takes {sorted(fields)}")
+    return cls(**options)
+
+
+def solver_from(settings: InfluenceSettings, seed: int = 0):
+    """The solver `settings` choose, with its options (LiSSA's sampling seeded with `seed`)."""
+    options = settings.solver_options()
+    if settings.solver == "lissa":
+        options["seed"] = seed
+    return make_solver(settings.solver, **options)

@@ -14,11 +14,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .adapter import NonFiniteError, TaskAdapter
-from .gradients import HessianOperator, collect_batches, eval_mode, reference_gradient
+from . import evaluation
+from .adapter import TaskAdapter
+from .errors import ConfigError, NonFiniteError, SelectionError
+from .gradients import HessianOperator, collect_batches, reference_gradient
 from .params import select_parameters
-from .scoring import influence
-from .stest import CG, Identity, SolveResult, make_solver
+from .scorer import InfluenceScorer
+from .settings import InfluenceSettings
+from .stest import CG, Identity, SolveResult, solver_from
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ class SelectionContext:
     progress: bool = False
 
     def loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=self.adapter.collate_fn)
 
 
 @dataclass
@@ -48,7 +52,11 @@ class Ranking:
 
     order: Tensor
     scores: Tensor
-    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def ascending(cls, scores: Tensor) -> Ranking:
+        scores = scores.float().cpu()
+        return cls(torch.argsort(scores, stable=True), scores)
 
     def top(self, budget: int) -> Tensor:
         return self.order[:check_budget(budget, len(self.order))]
@@ -56,11 +64,11 @@ class Ranking:
 
 def check_budget(budget: int, pool_size: int) -> int:
     if pool_size == 0:
-        raise ValueError("the pool is empty: there is nothing to select")
+        raise SelectionError("the pool is empty: there is nothing to select")
     if budget < 1:
-        raise ValueError(f"budget must be at least 1, got {budget}")
+        raise SelectionError(f"budget must be at least 1, got {budget}")
     if budget > pool_size:
-        raise ValueError(f"budget {budget} is larger than the pool ({pool_size} samples)")
+        raise SelectionError(f"budget {budget} is larger than the pool ({pool_size} samples)")
     return budget
 
 
@@ -69,7 +77,7 @@ class Strategy(ABC):
 
     def rank(self, ctx: SelectionContext) -> Ranking:
         if len(ctx.pool) == 0:
-            raise ValueError("the pool is empty: there is nothing to rank")
+            raise SelectionError("the pool is empty: there is nothing to rank")
         return self._rank(ctx)
 
     @abstractmethod
@@ -80,8 +88,7 @@ class ScoreStrategy(Strategy):
     """A strategy that gives each sample a score; the ranking sorts it ascending."""
 
     def _rank(self, ctx):
-        scores = self.scores(ctx).float().cpu()
-        return Ranking(torch.argsort(scores, stable=True), scores)
+        return Ranking.ascending(self.scores(ctx))
 
     @abstractmethod
     def scores(self, ctx: SelectionContext) -> Tensor: ...
@@ -97,14 +104,8 @@ class Random(ScoreStrategy):
 
 
 def _probabilities(ctx: SelectionContext) -> Tensor:
-    chunks = []
-    with eval_mode(ctx.model), torch.no_grad():
-        for batch in ctx.loader(ctx.pool):
-            inputs, _ = ctx.adapter.to_device(batch, torch.device(ctx.device))
-            outputs = ctx.adapter.forward(ctx.model, inputs)
-            ctx.adapter.check_finite(outputs, batch[2] if len(batch) > 2 else None)
-            chunks.append(ctx.adapter.probabilities(outputs).float().cpu())
-    out = torch.cat(chunks)
+    out = torch.cat([ctx.adapter.probabilities(outputs).float().cpu()
+                     for outputs, _, _ in evaluation.outputs(ctx.model, ctx.adapter, ctx.loader(ctx.pool), ctx.device)])
     if not torch.isfinite(out).all():
         raise NonFiniteError("model probabilities are NaN/inf")
     return out
@@ -172,12 +173,9 @@ class Coreset(Strategy):
         return torch.cat([torch.cdist(part, centres).min(1).values for part in pool.split(self.chunk)])
 
     def _embed(self, ctx, dataset) -> Tensor:
-        chunks = []
-        with eval_mode(ctx.model), torch.no_grad():
-            for batch in ctx.loader(dataset):
-                inputs, _ = ctx.adapter.to_device(batch, torch.device(ctx.device))
-                chunks.append(ctx.adapter.embed(ctx.model, inputs).float().cpu())
-        features = torch.cat(chunks)
+        features = torch.cat([ctx.adapter.embed(ctx.model, inputs).float().cpu()
+                              for inputs, _, _ in evaluation.batches(ctx.model, ctx.adapter, ctx.loader(dataset),
+                                                                     ctx.device)])
         if not torch.isfinite(features).all():
             raise NonFiniteError("model features are NaN/inf")
         return features
@@ -189,7 +187,7 @@ class ISAL(ScoreStrategy):
 
     reference: "given" uses ctx.reference (the paper); "labeled" uses the current
     labeled set (ISAL_v3). For ISAL_v2 pass the initial labeled set as ctx.reference.
-    hessian_samples caps how many labeled samples define H (seeded subset).
+    hessian_samples caps how many labeled samples define H (seeded subset; None = all).
     """
 
     solver: Any = field(default_factory=CG)
@@ -201,24 +199,22 @@ class ISAL(ScoreStrategy):
     name = "isal"
 
     def scores(self, ctx):
-        return self.influence(ctx)
+        return self.prepare(ctx).score(ctx.model, ctx.adapter, ctx.pool, ctx.device, ctx.batch_size,
+                                       ctx.num_workers, ctx.progress).influence
 
-    def influence(self, ctx: SelectionContext) -> Tensor:
-        s_test = self.s_test(ctx).s_test
-        return influence(ctx.model, ctx.adapter, ctx.loader(ctx.pool), s_test,
-                         select_parameters(ctx.model, self.params), self.top_k,
-                         ctx.device, ctx.progress, num_samples=len(ctx.pool))
+    def prepare(self, ctx: SelectionContext) -> InfluenceScorer:
+        """s_test over the parameters `self.params` selects, as a scorer for any pool, now or later."""
+        solved = self.s_test(ctx)
+        names = [n for n, _ in select_parameters(ctx.model, self.params)]
+        info = {k: v for k, v in solved.info.items() if k != "norms"}
+        return InfluenceScorer(solved.s_test.detach(), names, self.top_k, info)
 
     def s_test(self, ctx: SelectionContext) -> SolveResult:
-        """s_test = (H + damping I)^-1 grad l(R), over the parameters `self.params` selects.
-
-        Kept apart from the pool scoring so a caller (the ML backend) can save it and
-        score samples that arrive later with `scoring.influence`.
-        """
+        """s_test = (H + damping I)^-1 grad l(R)."""
         params = select_parameters(ctx.model, self.params)
         reference = ctx.reference if self.reference == "given" else ctx.labeled
         if reference is None or len(reference) == 0:
-            raise ValueError(f"ISAL needs a non-empty reference set (reference={self.reference!r})")
+            raise SelectionError(f"ISAL needs a non-empty reference set (reference={self.reference!r})")
         v = reference_gradient(ctx.model, ctx.adapter, ctx.loader(reference), params, ctx.device, ctx.progress)
         if isinstance(self.solver, Identity):
             return SolveResult(v, {"solver": Identity.name})
@@ -230,7 +226,7 @@ class ISAL(ScoreStrategy):
     def _hessian_batches(self, ctx):
         labeled = ctx.labeled
         if labeled is None or len(labeled) == 0:
-            raise ValueError("ISAL needs a non-empty labeled set for the Hessian")
+            raise SelectionError("ISAL needs a non-empty labeled set for the Hessian")
         if self.hessian_samples and len(labeled) > self.hessian_samples:
             pick = torch.randperm(len(labeled), generator=torch.Generator().manual_seed(self.seed))
             labeled = Subset(labeled, pick[: self.hessian_samples].tolist())
@@ -242,25 +238,24 @@ def GradientSimilarity(**kwargs) -> ISAL:
     return ISAL(solver=Identity(), **kwargs)
 
 
-STRATEGIES = ("random", "entropy", "margin", "least_confidence", "coreset", "gradsim", "isal")
+#: Baselines by name; "isal" and "gradsim" (ISAL with H = I) take the influence settings.
+BASELINES = {"random": Random, "entropy": Entropy, "margin": Margin, "least_confidence": LeastConfidence,
+             "coreset": Coreset}
+INFLUENCE_STRATEGIES = ("gradsim", "isal")
+STRATEGIES = tuple(BASELINES) + INFLUENCE_STRATEGIES
 
 
-def make_strategy(name: str, *, seed: int = 0, solver: str = "cg", params: Any = "weights", top_k: int = 1,
-                  reference: str = "given", hessian_samples: int | None = 1024, **solver_kwargs) -> Strategy:
-    """A strategy by name, with ISAL's options (solver settings pass to make_solver)."""
+def make_strategy(name: str, settings: InfluenceSettings | None = None, seed: int = 0,
+                  reference: str = "given") -> Strategy:
+    """A strategy by name; ISAL's solver and options come from `settings` (defaults when None)."""
     if name == "random":
         return Random(seed=seed)
-    if name == "entropy":
-        return Entropy()
-    if name == "margin":
-        return Margin()
-    if name == "least_confidence":
-        return LeastConfidence()
-    if name == "coreset":
-        return Coreset()
+    if name in BASELINES:
+        return BASELINES[name]()
+    if name not in INFLUENCE_STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    settings = settings or InfluenceSettings()
+    common = dict(params=settings.params, top_k=settings.top_k, reference=reference, seed=seed)
     if name == "gradsim":
-        return GradientSimilarity(params=params, top_k=top_k, reference=reference)
-    if name == "isal":
-        return ISAL(solver=make_solver(solver, seed=seed, **solver_kwargs), params=params, top_k=top_k,
-                    reference=reference, hessian_samples=hessian_samples, seed=seed)
-    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+        return GradientSimilarity(**common)
+    return ISAL(solver=solver_from(settings, seed), hessian_samples=settings.hessian_samples or None, **common)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.demo import CIFAR_ZIP, Image, choice_result, extract_cifar, label_config
+from backend.demo import Image, choice_result, extract_cifar, label_config
+from isal_core.cifar10 import SHARED_CIFAR10 as CIFAR_ZIP
 
 __all__ = ["CIFAR_ZIP", "Image", "choice_result", "label_config", "cifar_images", "create_cifar_project",
            "wait_for_job"]

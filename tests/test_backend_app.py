@@ -20,13 +20,14 @@ import torch
 from PIL import Image
 
 from backend.app import create_app
-from backend.jobs import JobError
+from backend.errors import JobError
 from backend.scores import UNSCORABLE_SCORE, encode, influence_scale
 from backend.settings import EngineSettings, Settings
 from backend.tasktypes import parse_label_config
-from backend.versions import Registry
+from backend.store import Registry
 from isal_core.models import build_model
 from isal_core.params import select_parameters
+from isal_core.scorer import InfluenceScorer
 
 try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
@@ -193,9 +194,12 @@ def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), in
             "params": "weights", "top_k": 1, "arch": "small_cnn", "num_classes": 2, "image_size": 32,
             "counts": {"labeled": 4, "reference": 2, "unlabeled": len(task_ids)}, "reference_source": "isal_reference",
             "top_task": task_ids[int(np.argmin(influences))]}
-    staging = store.staging_dir(version)
-    store.write_version(staging, model, meta, s_test, list(task_ids), list(influences), [0, 1, 0])
-    return store.publish(staging)
+    names = [n for n, _ in select_parameters(model, "weights")]
+    with store.staging(version) as staging:
+        store.write_files(staging, model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(s_test, names),
+                          list(task_ids), list(influences), [0, 1, 0])
+        store.write_meta(staging, meta)
+    return store.current
 
 
 def test_predict_with_a_model_scores_each_task_or_says_why_not(tmp_path, file_server):

@@ -139,7 +139,7 @@ def test_selection_takes_the_most_negative_influence():
     pool = Items(torch.randn(30, 3, 16, 16, generator=g))
     ctx = SelectionContext(model, ADAPTER, pool, labeled, reference, batch_size=8)
     strategy = ISAL(solver=CG(damping=1.0, max_iter=20), params="last")
-    scores = strategy.influence(ctx)
+    scores = strategy.scores(ctx)
     ranking = strategy.rank(ctx)
     assert torch.equal(ranking.scores, scores)
     assert torch.equal(ranking.top(5), torch.argsort(scores)[:5])

@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from isal_core import simulate as simmod
+from backend.cli import main as isal
+from isal_core import cifar10
 from isal_core.cli import main
 from isal_core.data import DataError, ImageDecodeError
-from isal_core.simreport import cost_to_reach, mean_curves, savings
+from isal_core.simreport import cost_to_reach, mean_curves, savings, savings_table
 from isal_core.simstore import RESULT_COLUMNS, ConfigMismatch
-from isal_core.simulate import SIM_STRATEGIES, Simulation, SimulationConfig, load_config, savings_table, simulate
+from isal_core.simulate import SIM_STRATEGIES, Simulation, SimulationConfig, load_config, simulate
 
 COLORS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
 
@@ -297,18 +298,30 @@ def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys, monkeypatch):
     assert json.loads((out / "config.json").read_text())["identity"]["epochs"] == 1
     assert main(args + ["--step", "500"]) == 2
     assert "step 500 is larger than the unlabeled pool" in capsys.readouterr().err
-    # --label-studio plays the backend, which ranks by influence only; a URL needs its key
-    assert main(args + ["--label-studio", "local"]) == 2
+    # the engine's own command has no Label Studio: that is the backend's extension of it
+    with pytest.raises(SystemExit):
+        main(args + ["--label-studio", "local"])
+    capsys.readouterr()
+    # the installed `isal` (backend.cli) adds it; it plays the backend, which ranks by influence
+    # only, and a URL needs its key
+    assert isal(args + ["--label-studio", "local"]) == 2
     assert "run random offline" in capsys.readouterr().err
-    assert main([*args[:6], "isal", *args[7:], "--label-studio", "http://127.0.0.1:9"]) == 2
+    assert isal([*args[:6], "isal", *args[7:], "--label-studio", "http://127.0.0.1:9"]) == 2
     assert "needs --api-key" in capsys.readouterr().err
+    # a misspelled key in a protocol file, or an option of another solver, is named, not ignored
+    cfg.write_text(json.dumps({"epoch": 1}))
+    assert main(args) == 2
+    assert "epoch: unknown key (misspelled?)" in capsys.readouterr().err
+    cfg.write_text(json.dumps({"solver": "cg", "lissa_scale": 1e5}))
+    assert main(args) == 2
+    assert "lissa_scale do(es) not apply to solver 'cg'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["cifar10-cpu", "cifar10-paper"])
 def test_protocol_files_load(name):
     from pathlib import Path
 
-    path = Path(simmod.REPO) / "configs" / f"{name}.json"
+    path = Path(cifar10.REPO) / "configs" / f"{name}.json"
     cfg = load_config(str(path), epochs=3)
     assert cfg.epochs == 3 and cfg.out == f"runs/{name}"
     assert cfg.initial + cfg.step * (cfg.rounds - 1) <= (cfg.pool_subset or 50000)
@@ -330,8 +343,8 @@ def test_cifar10_download_fallback_writes_class_folders(tmp_path, monkeypatch):
     import torchvision.datasets
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    folder = simmod.download_cifar10(tmp_path)
+    folder = cifar10.download_cifar10(tmp_path)
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == [
         "test/cat/00000.png", "test/dog/00001.png", "train/cat/00000.png", "train/cat/00002.png",
         "train/dog/00001.png", "train/dog/00003.png"]
-    assert simmod.download_cifar10(tmp_path) == folder  # done once
+    assert cifar10.download_cifar10(tmp_path) == folder  # done once

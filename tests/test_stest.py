@@ -84,8 +84,10 @@ def test_identity_returns_the_gradient(problem):
     assert torch.equal(Identity().solve(op, v).s_test, v)
 
 
-def test_make_solver_names():
-    assert isinstance(make_solver("cg", damping=1.0, scale=3), CG)
+def test_make_solver_names_and_refuses_options_it_does_not_take():
+    assert isinstance(make_solver("cg", damping=1.0, max_iter=3), CG)
+    with pytest.raises(ValueError, match=r"solver 'cg' takes no option\(s\) \['scale'\]"):
+        make_solver("cg", damping=1.0, scale=3)  # a LiSSA option with CG is never silently dropped
     with pytest.raises(ValueError, match="unknown s_test solver"):
         make_solver("newton")
 

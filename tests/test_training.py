@@ -1,25 +1,41 @@
-"""Training loop, schedule, prediction and checkpoints (tiny synthetic data, CPU)."""
+"""Training loop, schedule, evaluation and checkpoints through the adapter (tiny synthetic data, CPU)."""
 
 import os
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from isal_core import evaluation
+from isal_core.adapter import ClassificationAdapter
+from isal_core.checkpoints import load_checkpoint, save_checkpoint
 from isal_core.data import TensorDataset3
 from isal_core.models import small_cnn
-from isal_core.training import (
-    TrainConfig,
-    build_optimizer,
-    evaluate,
-    load_checkpoint,
-    milestone_epochs,
-    predict_logits,
-    resolve_device,
-    save_checkpoint,
-    seed_everything,
-    train_classifier,
-)
+from isal_core.runtime import resolve_device, seed_everything
+from isal_core.settings import EngineSettings, TrainSettings
+from isal_core.training import build_optimizer, milestone_epochs, train
+
+ADAPTER = ClassificationAdapter()
+
+
+def TrainConfig(seed=0, **kw):
+    """Training settings, plus the seed the loop takes beside them."""
+    settings = TrainSettings(**kw)
+    settings.__dict__["_seed"] = seed
+    return settings
+
+
+def train_classifier(model, dataset, settings, progress=False):
+    return train(model, ADAPTER, dataset, settings, seed=settings.__dict__.get("_seed", 0), progress=progress)
+
+
+def evaluate(model, dataset, batch_size=256):
+    return evaluation.evaluate(model, ADAPTER, DataLoader(dataset, batch_size=batch_size), "cpu")
+
+
+def predict_logits(model, dataset, device="cpu", batch_size=256):
+    chunks = [out for out, _, _ in evaluation.outputs(model, ADAPTER, DataLoader(dataset, batch_size=batch_size), device)]
+    return torch.cat(chunks) if chunks else torch.empty(0, 3)
 
 
 def two_color_dataset(n=32, size=12, noise=0.1, seed=0):
@@ -48,10 +64,10 @@ def _trained(seed, data_seed=1):
     return train_classifier(model, random_dataset(seed=data_seed), fast_config(seed=seed), progress=False)
 
 
-def test_defaults_follow_paper_schedule():
-    cfg = TrainConfig()
-    assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (200, 0.1, 0.9, 5e-4, 128)
-    assert milestone_epochs(cfg) == [160]
+def test_one_set_of_defaults_and_the_papers_milestone():
+    cfg = EngineSettings()
+    assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (30, 0.05, 0.9, 5e-4, 64)
+    assert milestone_epochs(TrainSettings(epochs=200)) == [160]  # the paper's lr drop at epoch 160 of 200
 
 
 def test_lr_drops_at_80_percent_of_epochs():
@@ -63,7 +79,7 @@ def test_lr_drops_at_80_percent_of_epochs():
         optimizer.step()
         scheduler.step()
     assert lrs[:8] == pytest.approx([0.1] * 8) and lrs[8:] == pytest.approx([0.01] * 2)
-    assert milestone_epochs(TrainConfig(epochs=20, milestones=(0.5, 0.75))) == [10, 15]
+    assert milestone_epochs(TrainConfig(epochs=20, milestones=[0.5, 0.75])) == [10, 15]
 
 
 def test_seeded_training_is_reproducible():
@@ -143,8 +159,9 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(ValueError, match="arch"):
-        save_checkpoint(tmp_path / "m.pt", small_cnn(2), {"num_classes": 2})
+    save_checkpoint(tmp_path / "m.pt", small_cnn(2), {"num_classes": 2})
+    with pytest.raises(ValueError, match="arch"):  # a classifier checkpoint must name its architecture
+        load_checkpoint(tmp_path / "m.pt")
     with pytest.raises(ValueError, match="JSON"):
         save_checkpoint(tmp_path / "m.pt", small_cnn(2), {"arch": "small_cnn", "num_classes": 2, "x": object()})
     missing = tmp_path / "missing.pt"

@@ -1,0 +1,135 @@
+"""What a training job does: one ISAL round on a Label Studio project as it is now.
+
+ 1. pull every task with its annotations (ls_client.iter_tasks);
+ 2. labeled set = tasks whose latest non-cancelled annotation carries a label of the
+    config; reference set R = labeled tasks with data["isal_reference"] true (never
+    trained on, never in the pool); without any, R = the first labeled set L1, saved
+    the first time (the paper's ISAL_v2 ablation) and reported as such;
+    pool = tasks without a non-cancelled annotation (and not flagged as reference);
+ 3. download their images (cached under MODEL_DIR/cache; 404s and undecodable files
+    are skipped and counted, a refused API key fails the job);
+ 4. the engine's round (isal_core.Learner.round): train from scratch (seeded), s_test,
+    influence and prediction of every pool task in one pass; score = sigmoid(I / sigma)
+    (see backend.scores);
+ 5. write one prediction per pool task with a new model_version, point the project at
+    it with "Uncertainty sampling", then publish the version on disk.
+A job that fails anywhere leaves the current version, and the project's model_version in
+Label Studio, as they were (predictions it wrote before failing stay, under a version
+nothing points at).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from isal_core.learner import Learner
+
+from .errors import JobError, describe_api_error
+from .ls_client import ApiError, LabelStudioAPI
+from .project_tasks import REFERENCE_FLAG, ProjectTasks, Warnings, read_tasks
+from .scores import encode, influence_scale
+from .settings import EngineSettings
+from .store import ProjectStore, new_version_name
+from .tasktypes import TaskType, UnsupportedConfig
+from .writeback import prediction_stream, write_back
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Runs one job for a project (see the module docstring)."""
+
+    def __init__(self, engine: EngineSettings, cache_dir: Path, api_for: Callable[[int], LabelStudioAPI]):
+        self.engine = engine
+        self.cache_dir = Path(cache_dir)
+        self.api_for = api_for
+
+    def run(self, store: ProjectStore, set_phase: Callable[[str], None] = lambda p: None) -> dict:
+        try:
+            return self._run(store, set_phase)
+        except ApiError as exc:
+            raise JobError(describe_api_error(exc)) from None
+
+    def _run(self, store: ProjectStore, set_phase: Callable[[str], None]) -> dict:
+        api = self.api_for(store.id)
+        warnings, t = Warnings(), {"start": time.time()}
+        set_phase("reading tasks")
+        try:
+            task_type = store.update_config(api.project_label_config(store.id))
+        except UnsupportedConfig as exc:
+            raise JobError(f"the project's labeling config is not supported: {exc}") from None
+        tasks = read_tasks(api, store.id, task_type, warnings)
+        t["read"] = time.time()
+        set_phase("downloading images")
+        tasks.download(api, self.cache_dir, self.engine.download_workers, warnings)
+        t["download"] = time.time()
+        self._choose_reference(store, tasks, warnings)
+        adapter = task_type.adapter(self.engine)
+        learner = Learner(adapter, self.engine, self.engine.seed)
+        result = learner.round(self.engine.strategy, adapter.dataset(tasks.records("labeled")),
+                               adapter.dataset(tasks.records("pool")), adapter.dataset(tasks.records("reference")),
+                               train_set=adapter.dataset(tasks.records("labeled"), train=True), on_phase=set_phase)
+        t["score"] = time.time()
+        report = self._publish(store, api, task_type, tasks, result, warnings, set_phase)
+        t["write"] = time.time()
+        steps = ["start", "read", "download", "score", "write"]
+        report["timings_s"] = {k: round(t[k] - t[p], 2) for p, k in zip(steps, steps[1:])}
+        return report
+
+    def _choose_reference(self, store: ProjectStore, tasks: ProjectTasks, warnings: Warnings) -> None:
+        """R = the flagged tasks, else the first labeled set L1 (saved once); refuse what cannot train."""
+        if len(tasks.labeled) < self.engine.min_labeled:
+            raise JobError(f"need at least {self.engine.min_labeled} labeled tasks with a usable image to train, have "
+                           f"{len(tasks.labeled)} (skipped: {dict(warnings.counts) or 'none'})")
+        if not tasks.reference:
+            l1, created = store.first_labeled_set([i.task_id for i in tasks.labeled])
+            tasks.use_first_labeled_set(l1, created)
+            (log.warning if created else log.info)(
+                "project %s: no labeled task has data.%s = true; the reference set is the first labeled set "
+                "L1 (%d tasks%s). Flag a labeled, representative set with \"%s\": true for better selection.",
+                store.id, REFERENCE_FLAG, len(tasks.reference), ", saved now" if created else "", REFERENCE_FLAG)
+        if not tasks.reference:
+            raise JobError("the reference set is empty: no labeled task is flagged "
+                           f"\"{REFERENCE_FLAG}\": true and none of the first labeled set L1 is usable")
+        if not tasks.pool:
+            raise JobError("no unlabeled task with a usable image is left to rank")
+
+    def _publish(self, store, api, task_type: TaskType, tasks: ProjectTasks, result, warnings: Warnings,
+                 set_phase) -> dict:
+        """Save the version (staged), write its predictions to Label Studio, then make it current."""
+        e = self.engine
+        influences = result.scores.influence.double().numpy()
+        sigma = influence_scale(influences)
+        scores = encode(influences, sigma)
+        top = int(np.argmin(influences))
+        task_ids = [i.task_id for i in tasks.pool]
+        job = store.next_job_number()
+        version = new_version_name(store.id, job)
+        meta = {
+            "version": version, "project": store.id, "job": job, "created_at": time.time(),
+            "task_type": task_type.to_meta(), **task_type.adapter(e).to_meta(), "strategy": e.strategy,
+            "solver": e.solver, "damping": e.damping, "params": e.params, "top_k": e.top_k, "epochs": e.epochs,
+            "seed": e.seed, "solver_info": result.scorer.info, "sigma": sigma, "counts": tasks.counts(warnings),
+            "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
+            "top_task": task_ids[top], "top_score": float(scores[top]), "top_influence": float(influences[top]),
+        }
+        with store.staging(version) as staging:  # published when the block ends, removed if it fails
+            store.write_files(staging, result.model, task_type.adapter(e).to_meta(), result.scorer, task_ids,
+                              influences, result.scores.predictions)
+            set_phase("writing predictions")
+            stream = prediction_stream(task_type, version, task_ids, result.scores.predictions, scores)
+            created = write_back(api, store.id, version, stream)
+            if created < len(task_ids):
+                warnings.add("predictions_dropped", "-", f"Label Studio kept {created} of {len(task_ids)} predictions")
+            if created == 0:
+                raise JobError(f"Label Studio kept none of the {len(task_ids)} predictions of {version}")
+            meta["warnings"] = warnings.as_dict()
+            store.write_meta(staging, meta)
+        warnings.log(store.id)
+        keys = ("counts", "reference_source", "reference_note", "top_task", "top_score", "sigma", "solver_info",
+                "warnings")
+        return {"model_version": version, "predictions_written": created, **{k: meta[k] for k in keys}}

@@ -1,0 +1,208 @@
+"""The whole Label Studio contract in one class, in label-studio-ml's familiar shape.
+
+    setup(data)              POST /setup: register the project and its labeling config
+    predict(tasks, context)  POST /predict: one prediction per task, from the current version
+    fit(event, data)         POST /webhook and /train: count annotations, queue a training job
+
+HTTP is a thin layer of routes around it (backend.app); jobs run in the background
+(backend.scheduler: when; backend.job: what); Label Studio JSON <-> engine is
+backend.tasktypes. Everything is per project, so one backend serves several projects.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from isal_core.data import ImageRecord
+
+from .downloads import fetch_images
+from .errors import ApiProblem, JobError
+from .job import Trainer
+from .ls_client import LabelStudioAPI
+from .scheduler import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
+from .scores import UNSCORABLE_SCORE, UNTRAINED_SCORE
+from .settings import Settings
+from .store import Registry, parse_project_id
+from .tasktypes import MissingMedia, UnsupportedConfig, parse_label_config
+from .versions import ModelVersion
+
+log = logging.getLogger("backend")
+
+UNTRAINED = "untrained"
+
+
+class ISALModel:
+    """Everything the routes share: settings, the project registry, Label Studio clients, jobs."""
+
+    def __init__(self, settings: Settings, run_job=None):
+        self.settings = settings
+        self.registry = Registry(settings.model_dir, settings.engine.device)
+        self.trainer = Trainer(settings.engine, self.registry.cache_dir, self.api_for)
+        self.jobs = JobManager(run_job or self._run_job, settings.engine.retrain_every)
+        self._connections: dict[int, dict] = {}  # from /setup: hostname and access_token (memory only)
+        self._apis: dict[tuple[str, str], LabelStudioAPI] = {}
+        self._lock = threading.Lock()
+
+    def _run_job(self, project_id: int, set_phase) -> dict:
+        return self.trainer.run(self.registry.known(project_id), set_phase)
+
+    def api_for(self, project_id: int) -> LabelStudioAPI:
+        """Label Studio client: LABEL_STUDIO_URL / _API_KEY, else what /setup sent for the project."""
+        conn = self._connections.get(project_id, {})
+        url = self.settings.label_studio_url or conn.get("hostname")
+        key = self.settings.label_studio_api_key or conn.get("access_token")
+        if not url or not key:
+            raise JobError("the backend does not know how to reach Label Studio: set LABEL_STUDIO_URL and "
+                           "LABEL_STUDIO_API_KEY (legacy token or personal access token)")
+        with self._lock:
+            api = self._apis.get((url, key))
+            if api is None:
+                api = self._apis[(url, key)] = LabelStudioAPI(url, key, timeout=self.settings.label_studio_timeout)
+            return api
+
+    # -- the protocol ----------------------------------------------------------
+    def setup(self, data: dict) -> dict:
+        project_id = project_of(data)
+        schema = data.get("schema")
+        try:
+            task_type = parse_label_config(schema)
+        except UnsupportedConfig as exc:
+            raise ApiProblem(400, f"Unsupported labeling config for the ISAL backend: {exc}") from None
+        store = self.registry.get(project_id)
+        store.register(schema, task_type)
+        conn = {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str) and data[k]}
+        if conn:
+            self._connections[project_id] = conn
+        return {"model_version": store.current.name if store.current else UNTRAINED}
+
+    def predict(self, tasks, context: dict) -> dict:
+        """`context` is the rest of Label Studio's /predict payload (project, label_config, params)."""
+        project_id = project_of(context)
+        if not isinstance(tasks, list):
+            raise ApiProblem(400, "`tasks` must be a list of Label Studio tasks")
+        store = self.registry.known(project_id)
+        if isinstance(context.get("label_config"), str) and context["label_config"].strip():
+            try:
+                store.update_config(context["label_config"])
+            except UnsupportedConfig as exc:
+                raise ApiProblem(400, f"Unsupported labeling config for the ISAL backend: {exc}") from None
+        version = store.current
+        if version is None:
+            return {"results": [_untrained(task, store) for task in tasks], "model_version": UNTRAINED}
+        return {"results": self._predict_with(version, project_id, tasks), "model_version": version.name}
+
+    def fit(self, event: str, data: dict) -> tuple[dict, int]:
+        """A webhook event: annotations count toward a retrain; START_TRAINING asks for one now."""
+        if not isinstance(event, str) or not event:
+            raise ApiProblem(400, "webhook payload has no `action`")
+        project_id = project_of(data)
+        self.registry.known(project_id)
+        if event in ANNOTATION_EVENTS:
+            outcome = self.jobs.annotation_event(project_id)
+        elif event == TRAIN_EVENT:
+            outcome = self.jobs.request(project_id, TRAIN_EVENT)
+        else:
+            return {"status": "ignored", "action": event, "project": project_id}, 200
+        queued = outcome.startswith(("started", "pending", "coalesced"))
+        return {"status": "ok", "action": event, "project": project_id, "job": outcome}, 202 if queued else 200
+
+    # -- predictions -------------------------------------------------------------
+    def _predict_with(self, version: ModelVersion, project_id: int, tasks: list) -> list[dict]:
+        """The job's stored score for tasks it ranked; tasks imported since are scored now."""
+        task_type = version.task_type
+        results: list[dict | None] = [None] * len(tasks)
+        todo: list[tuple[int, int, str]] = []
+
+        def answer(i, influence, prediction):
+            results[i] = {"result": task_type.prediction(prediction), "score": float(version.encode([influence])[0]),
+                          "model_version": version.name}
+
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+                results[i] = _unscorable(version, "not a Label Studio task (a JSON object with an integer id)")
+            elif (cached := version.cached(task["id"])) is not None:
+                answer(i, *cached)
+            else:
+                try:
+                    todo.append((i, task["id"], task_type.media_url(task)))
+                except MissingMedia as exc:
+                    results[i] = _unscorable(version, str(exc))
+        usable = self._download(project_id, todo, results, version)
+        if usable:
+            scores = version.score([ImageRecord(str(tid), str(p)) for _, tid, p in usable],
+                                   self.settings.engine.batch_size)
+            for (i, _, _), influence, prediction in zip(usable, scores.influence.tolist(), scores.predictions):
+                answer(i, influence, prediction)
+        return results
+
+    def _download(self, project_id: int, todo: list, results: list, version: ModelVersion) -> list:
+        """(position, task id, image path) of the tasks whose image could be fetched; the rest get an error."""
+        if not todo:
+            return []
+        try:
+            paths = fetch_images(self.api_for(project_id), [url for _, _, url in todo], self.registry.cache_dir,
+                                 self.settings.engine.download_workers)
+        except JobError as exc:
+            paths = [exc] * len(todo)
+        usable = []
+        for (i, tid, _), path in zip(todo, paths):
+            if isinstance(path, Path):
+                usable.append((i, tid, path))
+            else:
+                results[i] = _unscorable(version, str(path))
+                log.warning("project %s: /predict cannot score task %s: %s", project_id, tid, path)
+        return usable
+
+    # -- what the backend knows ----------------------------------------------------
+    def versions(self, project_ref) -> dict:
+        if project_ref in (None, ""):
+            return {"versions": {str(p.id): p.versions() for p in self.registry.projects()},
+                    "model_dir": str(self.registry.root)}
+        try:
+            project_id = parse_project_id(project_ref)
+        except ValueError as exc:
+            raise ApiProblem(400, str(exc)) from None
+        return {"versions": self.registry.known(project_id).versions(), "model_dir": str(self.registry.root)}
+
+    def project_status(self, project_id: int) -> dict:
+        store = self.registry.known(project_id)
+        jobs = self.jobs.snapshot(project_id)
+        meta = store.current.meta if store.current else {}
+        return {
+            "project": project_id, "model_version": store.current.name if store.current else UNTRAINED,
+            "job": jobs, "counts": meta.get("counts", {}), "last_error": jobs["last_error"],
+            **{k: meta.get(k) for k in ("reference_source", "reference_note", "top_task", "top_score", "sigma")},
+            "warnings": meta.get("warnings", {}), "task_type": store.info.get("task_type"),
+            "versions": len(store.versions()),
+        }
+
+    def status(self) -> dict:
+        return {"status": "UP", "model_dir": str(self.registry.root), "engine": self.settings.engine.model_dump(),
+                "label_studio_url": self.settings.label_studio_url,
+                "projects": {str(p.id): self.project_status(p.id) for p in self.registry.projects()}}
+
+
+def project_of(data: dict) -> int:
+    if "project" not in data:
+        raise ApiProblem(400, "payload has no `project`")
+    try:
+        return parse_project_id(data["project"])
+    except ValueError as exc:
+        raise ApiProblem(400, str(exc)) from None
+
+
+def _unscorable(version: ModelVersion, why: str) -> dict:
+    return {"result": [], "score": UNSCORABLE_SCORE, "model_version": version.name, "error": why}
+
+
+def _untrained(task, store) -> dict:
+    entry = {"result": [], "score": UNTRAINED_SCORE, "model_version": UNTRAINED}
+    if not isinstance(task, dict):
+        entry["error"] = "not a Label Studio task (a JSON object)"
+        return entry
+    try:
+        store.task_type().media_url(task)
+    except MissingMedia as exc:
+        entry["error"] = str(exc)
+    return entry

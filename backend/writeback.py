@@ -1,0 +1,25 @@
+"""Writing a job's predictions back to Label Studio and pointing the project at them."""
+from __future__ import annotations
+
+from .ls_client import LabelStudioAPI
+from .tasktypes import TaskType
+
+
+def prediction_stream(task_type: TaskType, version: str, task_ids, predictions, scores):
+    """One Label Studio prediction per task, generated lazily (10k tasks never sit in a list)."""
+    for tid, prediction, score in zip(task_ids, predictions, scores):
+        yield {"task": int(tid), "result": task_type.prediction(prediction), "score": float(score),
+               "model_version": version}
+
+
+def write_back(api: LabelStudioAPI, project_id: int, version: str, predictions, chunk_size: int = 10_000) -> int:
+    """The backend's write path: bulk-write predictions of `version`, then make it the project's version.
+
+    `predictions` may be a generator (memory stays flat). Returns how many Label Studio
+    kept; the project's model_version (with "Uncertainty sampling", lowest score first)
+    is set only if it kept some, since Label Studio refuses a version with no predictions.
+    """
+    created = api.write_predictions(project_id, predictions, chunk_size=chunk_size)
+    if created:
+        api.set_model_version(project_id, version)
+    return created

@@ -1,0 +1,113 @@
+"""One ISAL round, the one way the CLI, the offline simulation and the backend run it.
+
+    learner = Learner(adapter, EngineSettings(...), seed=0)
+    result = learner.round("isal", labeled, pool, reference)   # fit -> prepare -> score -> rank
+    result.ranking.top(100), result.scores.predictions, result.scorer.save(path)
+
+Each verb is also public (`fit`, `evaluate`, `rank`, `prepare`, `score`), so a driver
+that evaluates between fitting and ranking (the simulation) calls the same code. `fit`
+seeds itself, the model's initial weights included: the same labeled set and seed
+always give the same model, whoever calls it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import evaluation
+from .adapter import TaskAdapter
+from .errors import SelectionError
+from .runtime import resolve_device, seed_everything
+from .scorer import InfluenceScorer, PoolScores
+from .settings import EngineSettings
+from .strategies import ISAL, Ranking, SelectionContext, Strategy, make_strategy
+from .training import train
+
+
+@dataclass
+class RoundResult:
+    """A round's model, its ranking of the pool, and for influence strategies the scorer
+    (s_test, to save with the model) and the pool's influence and predictions."""
+
+    model: nn.Module
+    ranking: Ranking
+    scorer: InfluenceScorer | None = None
+    scores: PoolScores | None = None
+
+
+class Learner:
+    """The round's verbs over one adapter, one settings object and one seed."""
+
+    def __init__(self, adapter: TaskAdapter, settings: EngineSettings | None = None, seed: int = 0,
+                 progress: bool = False):
+        self.adapter, self.settings, self.seed, self.progress = adapter, settings or EngineSettings(), seed, progress
+        self.device = resolve_device(self.settings.device)
+
+    def fit(self, labeled: Dataset) -> nn.Module:
+        """A fresh model (seeded initial weights) trained on `labeled` with the adapter's loss."""
+        seed_everything(self.seed)
+        model = self.adapter.build_model()
+        return train(model, self.adapter, labeled, self.settings, self.seed, self.device, self.settings.workers,
+                     self.progress)
+
+    def evaluate(self, model: nn.Module, dataset: Dataset) -> float:
+        """The adapter's metric on a labeled dataset."""
+        return evaluation.evaluate(model, self.adapter, self.loader(dataset), self.device)
+
+    def loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=False,
+                          num_workers=self.settings.workers, collate_fn=self.adapter.collate_fn)
+
+    def context(self, model: nn.Module, pool: Dataset, labeled: Dataset | None = None,
+                reference: Dataset | None = None, budget: int | None = None) -> SelectionContext:
+        return SelectionContext(model=model, adapter=self.adapter, pool=pool, labeled=labeled, reference=reference,
+                                device=self.device, batch_size=self.settings.batch_size,
+                                num_workers=self.settings.workers, budget=budget, progress=self.progress)
+
+    def strategy(self, name: str | Strategy, reference: str = "given") -> Strategy:
+        return name if isinstance(name, Strategy) else make_strategy(name, self.settings, self.seed, reference)
+
+    def rank(self, strategy: str | Strategy, model: nn.Module, pool: Dataset, labeled: Dataset | None = None,
+             reference: Dataset | None = None, budget: int | None = None) -> Ranking:
+        """The whole pool, best first, by any strategy."""
+        return self.strategy(strategy).rank(self.context(model, pool, labeled, reference, budget))
+
+    def prepare(self, strategy: str | Strategy, model: nn.Module, labeled: Dataset,
+                reference: Dataset | None) -> InfluenceScorer:
+        """s_test for an influence strategy (isal, gradsim), as a scorer to save and reuse."""
+        chosen = self.strategy(strategy)
+        if not isinstance(chosen, ISAL):
+            raise TypeError(f"{chosen.name} is not an influence strategy; use rank()")
+        return chosen.prepare(self.context(model, labeled, labeled, reference))
+
+    def score(self, scorer: InfluenceScorer, model: nn.Module, pool: Dataset) -> PoolScores:
+        """Influence and predictions of every pool sample, in one pass."""
+        return scorer.score(model, self.adapter, pool, self.device, self.settings.batch_size,
+                            self.settings.workers, self.progress)
+
+    def round(self, strategy: str | Strategy, labeled: Dataset, pool: Dataset, reference: Dataset | None = None,
+              budget: int | None = None, model: nn.Module | None = None, train_set: Dataset | None = None,
+              on_phase: Callable[[str], None] = lambda phase: None) -> RoundResult:
+        """fit (unless `model` is given) -> rank; influence strategies also return scorer and scores.
+
+        `train_set` is what fit trains on when it differs from `labeled` (e.g. the same
+        records with augmentation); `labeled` itself defines the Hessian, without it.
+        `on_phase` hears "training", "computing s_test", "scoring the pool" as they start.
+        """
+        if model is None:
+            on_phase("training")
+            model = self.fit(train_set if train_set is not None else labeled)
+        chosen = self.strategy(strategy)
+        if not isinstance(chosen, ISAL):
+            on_phase("ranking")
+            return RoundResult(model, self.rank(chosen, model, pool, labeled, reference, budget))
+        if len(pool) == 0:
+            raise SelectionError("the pool is empty: there is nothing to rank")
+        on_phase("computing s_test")
+        scorer = self.prepare(chosen, model, labeled, reference)
+        on_phase("scoring the pool")
+        scores = self.score(scorer, model, pool)
+        return RoundResult(model, Ranking.ascending(scores.influence), scorer, scores)

@@ -1,0 +1,185 @@
+"""The engine's one settings schema, with one set of documented defaults.
+
+`EngineSettings` is composed by every front end: the backend's environment settings
+(`ISAL_<FIELD>`), the simulation's protocol files (JSON keys = field names) and the CLI
+(`--<field>` flags, derived here by `add_arguments`). The defaults are sized for a CPU:
+a small CNN on 32x32 images, 30 epochs, conjugate gradient on the damped Hessian of at
+most 1,024 labeled samples, the reference code's damping (100).
+
+A misspelled key is an error (extra="forbid"), and so is an option that does not apply
+to the chosen solver (a LiSSA option with CG): settings are never silently dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+#: The reference code's effective damping (damp 0.01 x scale 10,000).
+REFERENCE_DAMPING = 100.0
+PARAMETER_SETS = ("weights", "last", "all")
+#: Which solver each solver-specific option belongs to.
+SOLVER_OPTIONS = {
+    "cg_iters": "cg", "cg_tol": "cg",
+    "lissa_scale": "lissa", "lissa_depth": "lissa", "lissa_repeats": "lissa", "lissa_batch_size": "lissa",
+}
+
+
+class Settings(BaseModel):
+    """Base of every settings group: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(Settings):
+    arch: str = Field("small_cnn", description="model: small_cnn, resnet18_cifar or a torchvision classifier name")
+    image_size: int = Field(32, ge=8, description="images are resized to image_size x image_size")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from .models import model_choices
+
+        if v not in model_choices():
+            raise ValueError(f"{v!r} is not a known model; e.g. small_cnn, resnet18_cifar, resnet18")
+        return v
+
+
+class TrainSettings(Settings):
+    epochs: int = Field(30, ge=1, description="training epochs (every round trains from scratch; paper: 200)")
+    lr: float = Field(0.05, gt=0, description="SGD learning rate (paper: 0.1)")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay")
+    batch_size: int = Field(64, ge=1, description="training and scoring batch size (paper: 128)")
+    milestones: list[float] = Field([0.8], description="fractions of the epochs where the lr is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0, description="lr factor at each milestone")
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"milestones are fractions in (0, 1] of the epochs, got {v}")
+        return v
+
+
+class InfluenceSettings(Settings):
+    solver: Literal["cg", "lissa", "identity"] = Field("cg", description="s_test solver: cg, lissa or identity (H = I)")
+    damping: float = Field(REFERENCE_DAMPING, ge=0, description="lambda in (H + lambda I); the reference code's is 100")
+    params: str = Field("weights", description="parameters influence is taken over: weights, last, all, or names")
+    top_k: int = Field(1, ge=1, description="pseudo-label classes in the expected gradient (1 = argmax)")
+    hessian_samples: int = Field(1024, ge=0, description="labeled samples that define H (seeded subset; 0 = all)")
+    cg_iters: int = Field(50, ge=1, description="CG: iteration cap")
+    cg_tol: float = Field(1e-5, gt=0, description="CG: relative residual to stop at")
+    lissa_scale: float = Field(1e4, gt=0, description="LiSSA: scale (must push H's top eigenvalue below 1)")
+    lissa_depth: int = Field(250, ge=1, description="LiSSA: steps per chain")
+    lissa_repeats: int = Field(4, ge=1, description="LiSSA: chains averaged")
+    lissa_batch_size: int = Field(1, ge=0, description="LiSSA: samples per Hessian estimate (0 = all labeled)")
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(f"params must be one of {PARAMETER_SETS} or comma-separated parameter names")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _options_fit_the_solver(self):
+        wrong = sorted(k for k in self.model_fields_set if SOLVER_OPTIONS.get(k, self.solver) != self.solver)
+        if self.solver == "identity":
+            wrong += sorted(k for k in ("damping", "hessian_samples") if k in self.model_fields_set)
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} do(es) not apply to solver {self.solver!r}; remove them or "
+                             f"choose the solver they belong to")
+        return self
+
+    def solver_options(self) -> dict[str, Any]:
+        """Keyword arguments of the chosen solver's class (isal_core.stest)."""
+        if self.solver == "identity":
+            return {}
+        prefix = f"{self.solver}_"
+        options = {k[len(prefix):]: getattr(self, k) for k, s in SOLVER_OPTIONS.items() if s == self.solver}
+        if self.solver == "cg":
+            options["max_iter"] = options.pop("iters")
+        return {"damping": self.damping, **options}
+
+
+class EngineSettings(ModelSettings, TrainSettings, InfluenceSettings):
+    """Everything one ISAL round needs: the model, its training, and influence."""
+
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    workers: int = Field(0, ge=0, description="data-loading worker processes")
+
+
+def validate(cls: type[Settings], values: dict, source: str) -> Any:
+    """cls(**values), with a ConfigError that names `source` and every bad key instead of a ValidationError."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {_reason(e)}" for e in exc.errors())
+        raise ConfigError(f"bad settings in {source}: {problems}") from None
+
+
+def _reason(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (misspelled?)"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def read_protocol(path: str | Path) -> dict:
+    """A JSON protocol file's settings; keys starting with "_" are notes for the reader."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {path} must hold a JSON object")
+    return {k: v for k, v in values.items() if not k.startswith("_")}
+
+
+# ---------------------------------------------------------------------------
+# command-line flags derived from the schema
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Settings], exclude: tuple[str, ...] = ()) -> None:
+    """One `--field-name` flag per field (default None = "not given"; help shows the schema's default)."""
+    for name, field in cls.model_fields.items():
+        if name in exclude:
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        kind = _flag_type(field.annotation)
+        kwargs: dict[str, Any] = {"default": None, "help": f"{field.description or name} (default: {shown})"}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, **kwargs)
+
+
+def given(args: argparse.Namespace, cls: type[Settings]) -> dict:
+    """The flags of `cls` that were given on the command line."""
+    return {k: v for k, v in vars(args).items() if k in cls.model_fields and v is not None}
+
+
+def _flag_type(annotation):
+    """The argparse type for a field's annotation: int, float, bool, str, or a comma list of them."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(options) == 1:
+        annotation = options[0]
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is list:
+        item = typing.get_args(annotation)[0]
+        return lambda text: [item(t) for t in _split(text)]
+    return annotation if annotation in (int, float, bool) else str
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]

@@ -1,0 +1,58 @@
+"""A simulation's dataset: train/<class>/* and test/<class>/*, and the fixed cut of the
+test split into ISAL's reference set R and the evaluation set.
+
+The cut uses split seed 0 for every seed and strategy alike, so accuracy is never
+measured on the images R steers the selection with.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from .cifar10 import cifar10_root
+from .data import ImageRecord, load_records
+from .errors import DataError
+from .simconfig import SimulationConfig
+
+SPLIT_SEED = 0  # cuts the test split into R and the evaluation set, for every seed alike
+
+
+@dataclass
+class SimulationData:
+    """The dataset's records and the fixed cut of its test split into R and evaluation."""
+
+    root: str
+    classes: list[str]
+    train: list[ImageRecord]
+    test: list[ImageRecord]
+    reference: list[int]  # test-split indices: ISAL's R
+    evaluation: list[int]  # test-split indices: where the metric is measured
+
+    @classmethod
+    def load(cls, config: SimulationConfig) -> SimulationData:
+        root = (config.data or cifar10_root()).rstrip("/")
+        classes, train = load_records(f"{root}/train")
+        if len(classes) < 2:
+            raise DataError(f"{root}/train has a single class ({classes[0]!r}): a classifier needs at least two")
+        _, test = load_records(f"{root}/test", classes)
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+        reference, rest = order[:config.reference_size], order[config.reference_size:]
+        evaluation = rest[:config.test_subset] if config.test_subset else rest
+        if config.test_subset and len(rest) < config.test_subset or not evaluation:
+            raise DataError(f"{root}/test holds {len(test)} images: too few for a reference set of "
+                            f"{config.reference_size} plus an evaluation set of {config.test_subset or 'at least 1'}")
+        return cls(root, classes, train, test, reference, evaluation)
+
+    def records(self, split: str, indices: list[int]) -> list[ImageRecord]:
+        source = self.train if split == "train" else self.test
+        return [source[i] for i in indices]
+
+    def fingerprint(self) -> dict:
+        """Which dataset this is, independent of where it lies: classes, sizes, a hash of ids and labels."""
+        digest = hashlib.sha1()
+        for split in (self.train, self.test):
+            for r in split:
+                digest.update(f"{r.id}\t{r.label}\n".encode())
+        return {"classes": self.classes, "train": len(self.train), "test": len(self.test), "sha1": digest.hexdigest()}
