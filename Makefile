@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast bench backend simulate simulate-label-studio clean
+.PHONY: install demo test test-fast test-browser bench backend simulate simulate-label-studio clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +20,17 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m backend.demo
 
-## Every test, integration tests against a real Label Studio included.
+## Every test, integration tests against a real Label Studio included (the browser test: test-browser).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not browser"
+
+## The README's first hour in the Label Studio UI, in headless Chromium (Debian's chromium and
+## chromium-driver, installed here when missing; needs root or sudo) with selenium.
+test-browser: install
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+	$(BIN)/python -m pip install -qq -r requirements-browser.txt
+	$(BIN)/python -m pytest -q -m browser
 
 ## Unit tests only (no Label Studio server).
 test-fast: install

@@ -42,6 +42,15 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data), status=status, mimetype="application/json")
 
 
+def _job_answer(answer: dict, status: int) -> Response:
+    """The answer to a job request, with where to watch the job (this backend's /status)."""
+    if "message" in answer:
+        answer["status_url"] = f"{request.host_url.rstrip('/')}/status?project={answer['project']}"
+        answer["message"] += f" Progress: {answer['status_url']}"
+        log.info("%s", answer["message"])
+    return json_response(answer, status)
+
+
 def _json_body() -> dict:
     raw = request.get_data(cache=True)
     if not raw.strip():
@@ -131,15 +140,13 @@ def _routes(app: Flask, backend: ISALModel) -> None:
     @app.post("/webhook")
     def webhook():
         data = _json_body()
-        answer, status = backend.fit(data.get("action"), data)
-        return json_response(answer, status)
+        return _job_answer(*backend.fit(data.get("action"), data))
 
     @app.post("/train")
     def train():
         data = _json_body()
         log.info("POST /train (Label Studio's \"Start training\") for project %s", data.get("project"))
-        answer, status = backend.fit(TRAIN_EVENT, {"project": data.get("project")})
-        return json_response(answer, status)
+        return _job_answer(*backend.fit(TRAIN_EVENT, {"project": data.get("project")}))
 
     @app.get("/versions")
     def versions():

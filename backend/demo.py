@@ -5,8 +5,9 @@ backend (gunicorn), creates a project of CIFAR-10 images served as local files, 
 about 10% of them (taken from the test split) as the reference set with
 `"isal_reference": true` and pre-annotates those with their true labels, connects the
 backend, and prints the URL and login. Label some images, press "Start training" in
-the project's Settings > Model (or label ISAL_RETRAIN_EVERY of them), and the Label
-Stream / "Label All Tasks" serves the most helpful image first. Ctrl-C stops both.
+the project's Settings > Model (the model card's menu, then the dialog), or label
+ISAL_RETRAIN_EVERY of them, and "Label All Tasks" serves the most helpful image first.
+Ctrl-C or SIGTERM stops both servers cleanly.
 
 Images come from isal_core.cifar10: ../shared/data/cifar10-jpg.zip when it exists, else
 torchvision's CIFAR-10 download.
@@ -100,25 +101,68 @@ def make_cifar_project(api: LabelStudioAPI, files_root: Path, n_images: int = 40
     return DemoProject(pid, labels, reference)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+#: The Data Manager tab the demo creates: the most helpful task (lowest score) on top.
+VIEW_TITLE = "ISAL: most helpful first"
+VIEW_COLUMNS = ("tasks:id", "tasks:data.image", "tasks:total_annotations", "tasks:predictions_score",
+                "tasks:annotators")
 
 
-def main(argv=None) -> None:
+class _Stop(Exception):
+    """SIGINT or SIGTERM: stop both servers (further signals are ignored meanwhile)."""
+
+
+def _on_signal(signum, frame):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+    raise _Stop(signal.Signals(signum).name)
+
+
+def prepare_project(api: LabelStudioAPI, server: LabelStudioServer, backend_url: str, images: int,
+                    data_dir: Path) -> int:
+    """The demo project (created once, then reused), connected to the backend, with its Data Manager tab."""
+    pid = api.find_project(PROJECT_TITLE)
+    if pid is None:
+        print(f"[demo] creating the project with {images} CIFAR-10 images ...", flush=True)
+        project = make_cifar_project(api, server.files_root, images)
+        pid = project.id
+        api.connect_ml_backend(pid, backend_url, title="ISAL")
+        print(f"[demo] {len(project.reference)} reference images flagged and pre-annotated", flush=True)
+    else:
+        print(f"[demo] reusing project {pid} from {data_dir}", flush=True)
+    if not any(v.get("data", {}).get("title") == VIEW_TITLE for v in api.views(pid)):
+        api.create_view(pid, VIEW_TITLE, ordering=["tasks:predictions_score"], visible=VIEW_COLUMNS)
+    return pid
+
+
+def banner(server: LabelStudioServer, pid: int, backend_url: str, data_dir: Path) -> str:
+    every = os.environ.get("ISAL_RETRAIN_EVERY", "40")
+    return f"""
+ISAL demo is up.
+  Label Studio  {server.url}/projects/{pid}   login {server.username} / {server.password}
+  API token     {server.legacy_token}   (LABEL_STUDIO_API_KEY for the SDK and the backend)
+  ML backend    {backend_url}   (progress: {backend_url}/status?project={pid}, log: {data_dir / 'backend.log'})
+Label a few dozen images ("Label All Tasks"), then train: project Settings > Model, the
+model card's "..." menu > Start training, and confirm in the dialog (or label {every}
+images). The Data Manager tab "{VIEW_TITLE}" lists the tasks by prediction score, the
+most helpful first, and "Label All Tasks" serves them in that order, after the task
+still open in your labeling screen (submit or skip it).
+Ctrl-C stops Label Studio and the backend; the data stays in {data_dir}."""
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8080, help="Label Studio port")
     ap.add_argument("--backend-port", type=int, default=9090, help="ML backend port")
     ap.add_argument("--images", type=int, default=400, help="CIFAR-10 images in the project (10%% are reference)")
     ap.add_argument("--data-dir", default=str(REPO / ".isal" / "demo"), help="Label Studio data, models, images")
     args = ap.parse_args(argv)
-
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as Ctrl-C does
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and `kill` stop the demo alike
+        signal.signal(sig, _on_signal)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = args.port or free_port()
-    server = LabelStudioServer(data_dir=data_dir / "label-studio", port=port, keep_data=True,
+    server = LabelStudioServer(data_dir=data_dir / "label-studio", port=args.port or free_port(), keep_data=True,
                                username="demo@example.com", password="isal-demo")
-    backend = None
+    backend, code = None, 0
     try:
         server.start()
         backend_url = f"http://127.0.0.1:{args.backend_port}"
@@ -126,33 +170,23 @@ def main(argv=None) -> None:
                "MODEL_DIR": str(data_dir / "models")}
         backend = BackendProcess(env, args.backend_port, data_dir / "backend.log").start()
         with LabelStudioAPI(server.url, server.legacy_token) as api:
-            pid = api.find_project(PROJECT_TITLE)
-            if pid is None:
-                print(f"[demo] creating the project with {args.images} CIFAR-10 images ...", flush=True)
-                project = make_cifar_project(api, server.files_root, args.images)
-                pid = project.id
-                api.connect_ml_backend(pid, backend_url, title="ISAL")
-                print(f"[demo] {len(project.reference)} reference images flagged and pre-annotated", flush=True)
-            else:
-                print(f"[demo] reusing project {pid} from {data_dir}", flush=True)
-        print(f"""
-ISAL demo is up.
-  Label Studio  {server.url}/projects/{pid}   login {server.username} / {server.password}
-  ML backend    {backend_url}   (status: {backend_url}/status, log: {data_dir / 'backend.log'})
-Label a few dozen images, then Settings > Model > Start training (or label
-{os.environ.get('ISAL_RETRAIN_EVERY', '40')} images); "Label All Tasks" then serves the most helpful image first.
-Ctrl-C stops Label Studio and the backend; the data stays in {data_dir}.""", flush=True)
-        while True:
+            pid = prepare_project(api, server, backend_url, args.images, data_dir)
+        print(banner(server, pid, backend_url, data_dir), flush=True)
+        while backend.running():
             time.sleep(1)
-            if not backend.running():
-                raise RuntimeError(f"the backend stopped; see {data_dir / 'backend.log'}:\n{backend.log_tail()}")
-    except KeyboardInterrupt:
-        print("\n[demo] stopping ...", flush=True)
+        print(f"[demo] the backend stopped; see {data_dir / 'backend.log'}:\n{backend.log_tail()}", flush=True)
+        code = 1
+    except _Stop as stop:
+        print(f"\n[demo] {stop}: stopping Label Studio and the backend ...", flush=True)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if backend is not None:
             backend.stop()
         server.stop()
+    print("[demo] stopped", flush=True)
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -30,6 +30,7 @@ from isal_core.learner import Learner
 
 from .errors import JobError, describe_api_error
 from .ls_client import ApiError, LabelStudioAPI
+from .prelabel import prelabel_decision
 from .project_tasks import REFERENCE_FLAG, ProjectTasks, Warnings, read_tasks
 from .scores import encode, influence_scale
 from .settings import EngineSettings
@@ -70,11 +71,15 @@ class Trainer:
         self._choose_reference(store, tasks, warnings)
         adapter = task_type.adapter(self.engine)
         learner = Learner(adapter, self.engine, self.engine.seed)
+        reference = adapter.dataset(tasks.records("reference"))
         result = learner.round(self.engine.strategy, adapter.dataset(tasks.records("labeled")),
-                               adapter.dataset(tasks.records("pool")), adapter.dataset(tasks.records("reference")),
+                               adapter.dataset(tasks.records("pool")), reference,
                                train_set=adapter.dataset(tasks.records("labeled"), train=True), on_phase=set_phase)
+        metric = {"name": adapter.metric().name, "value": learner.evaluate(result.model, reference),
+                  "on": tasks.reference_source + (" (also trained on: optimistic)"
+                                                  if tasks.reference_source != REFERENCE_FLAG else "")}
         t["score"] = time.time()
-        report = self._publish(store, api, task_type, tasks, result, warnings, set_phase)
+        report = self._publish(store, api, task_type, tasks, result, metric, warnings, set_phase)
         t["write"] = time.time()
         steps = ["start", "read", "download", "score", "write"]
         report["timings_s"] = {k: round(t[k] - t[p], 2) for p, k in zip(steps, steps[1:])}
@@ -98,8 +103,8 @@ class Trainer:
         if not tasks.pool:
             raise JobError("no unlabeled task with a usable image is left to rank")
 
-    def _publish(self, store, api, task_type: TaskType, tasks: ProjectTasks, result, warnings: Warnings,
-                 set_phase) -> dict:
+    def _publish(self, store, api, task_type: TaskType, tasks: ProjectTasks, result, metric: dict,
+                 warnings: Warnings, set_phase) -> dict:
         """Save the version (staged), write its predictions to Label Studio, then make it current."""
         e = self.engine
         influences = result.scores.influence.double().numpy()
@@ -116,12 +121,14 @@ class Trainer:
             "seed": e.seed, "solver_info": result.scorer.info, "sigma": sigma, "counts": tasks.counts(warnings),
             "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
             "top_task": task_ids[top], "top_score": float(scores[top]), "top_influence": float(influences[top]),
+            "reference_metric": metric, "prelabel": prelabel_decision(e.prelabel, e.prelabel_min_metric, metric),
         }
         with store.staging(version) as staging:  # published when the block ends, removed if it fails
             store.write_files(staging, result.model, task_type.adapter(e).to_meta(), result.scorer, task_ids,
                               influences, result.scores.predictions)
             set_phase("writing predictions")
-            stream = prediction_stream(task_type, version, task_ids, result.scores.predictions, scores)
+            stream = prediction_stream(task_type, version, task_ids, result.scores.predictions, scores,
+                                       prelabel=meta["prelabel"]["on"])
             created = write_back(api, store.id, version, stream)
             if created < len(task_ids):
                 warnings.add("predictions_dropped", "-", f"Label Studio kept {created} of {len(task_ids)} predictions")
@@ -131,5 +138,5 @@ class Trainer:
             store.write_meta(staging, meta)
         warnings.log(store.id)
         keys = ("counts", "reference_source", "reference_note", "top_task", "top_score", "sigma", "solver_info",
-                "warnings")
+                "warnings", "reference_metric", "prelabel")
         return {"model_version": version, "predictions_written": created, **{k: meta[k] for k in keys}}

@@ -71,6 +71,8 @@ class ISALModel:
             raise ApiProblem(400, f"Unsupported labeling config for the ISAL backend: {exc}") from None
         store = self.registry.get(project_id)
         store.register(schema, task_type)
+        for warning in task_type.config_warnings():
+            log.warning("project %s: %s", project_id, warning)
         conn = {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str) and data[k]}
         if conn:
             self._connections[project_id] = conn
@@ -105,18 +107,23 @@ class ISALModel:
         else:
             return {"status": "ignored", "action": event, "project": project_id}, 200
         queued = outcome.startswith(("started", "pending", "coalesced"))
-        return {"status": "ok", "action": event, "project": project_id, "job": outcome}, 202 if queued else 200
+        answer = {"status": "ok", "action": event, "project": project_id, "job": outcome}
+        if queued:  # Label Studio shows this answer in its "Start training" dialog
+            number = self.jobs.snapshot(project_id)["jobs_started"] + (0 if outcome == "started" else 1)
+            answer.update(job_number=number, message=_job_message(outcome, number, project_id))
+        return answer, 202 if queued else 200
 
     # -- predictions -------------------------------------------------------------
     def _predict_with(self, version: ModelVersion, project_id: int, tasks: list) -> list[dict]:
         """The job's stored score for tasks it ranked; tasks imported since are scored now."""
         task_type = version.task_type
+        prelabel = version.meta.get("prelabel", {}).get("on", True)  # versions made before the policy: on
         results: list[dict | None] = [None] * len(tasks)
         todo: list[tuple[int, int, str]] = []
 
         def answer(i, influence, prediction):
-            results[i] = {"result": task_type.prediction(prediction), "score": float(version.encode([influence])[0]),
-                          "model_version": version.name}
+            results[i] = {"result": task_type.prediction(prediction) if prelabel else [],
+                          "score": float(version.encode([influence])[0]), "model_version": version.name}
 
         for i, task in enumerate(tasks):
             if not isinstance(task, dict) or not isinstance(task.get("id"), int):
@@ -172,7 +179,9 @@ class ISALModel:
         return {
             "project": project_id, "model_version": store.current.name if store.current else UNTRAINED,
             "job": jobs, "counts": meta.get("counts", {}), "last_error": jobs["last_error"],
-            **{k: meta.get(k) for k in ("reference_source", "reference_note", "top_task", "top_score", "sigma")},
+            **{k: meta.get(k) for k in ("reference_source", "reference_note", "top_task", "top_score", "sigma",
+                                        "reference_metric", "prelabel")},
+            "config_warnings": store.info.get("config_warnings", []),
             "warnings": meta.get("warnings", {}), "task_type": store.info.get("task_type"),
             "versions": len(store.versions()),
         }
@@ -190,6 +199,16 @@ def project_of(data: dict) -> int:
         return parse_project_id(data["project"])
     except ValueError as exc:
         raise ApiProblem(400, str(exc)) from None
+
+
+def _job_message(outcome: str, number: int, project_id: int) -> str:
+    if outcome == "started":
+        return f"ISAL: training job {number} for project {project_id} started."
+    if outcome.startswith("pending"):
+        return (f"ISAL: a job is running for project {project_id}; training job {number} is queued to run after it "
+                f"and will see every annotation made until then.")
+    return (f"ISAL: a job is running and training job {number} is already queued for project {project_id}; this "
+            f"request joins it.")
 
 
 def _unscorable(version: ModelVersion, why: str) -> dict:

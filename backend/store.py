@@ -71,7 +71,7 @@ class ProjectStore:
 
     def register(self, label_config: str, task_type: TaskType) -> None:
         info = {"project": self.id, "label_config": label_config, "task_type": task_type.to_meta(),
-                "updated_at": time.time()}
+                "config_warnings": task_type.config_warnings(), "updated_at": time.time()}
         if info["label_config"] != self.info.get("label_config"):
             write_json(self.root / "project.json", info)
         self.info = info

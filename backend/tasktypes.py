@@ -62,6 +62,10 @@ class TaskType(ABC):
     @abstractmethod
     def from_meta(cls, meta: dict) -> "TaskType": ...
 
+    def config_warnings(self) -> list[str]:
+        """What in the config works but will cost the user (shown by /setup's log and /status)."""
+        return []
+
     @abstractmethod
     def media_url(self, task: dict) -> str:
         """The task's media URL/path; MissingMedia if absent."""
@@ -85,10 +89,11 @@ class ImageClassification(TaskType):
 
     kind = "image_classification"
 
-    def __init__(self, from_name: str, to_name: str, value_key: str, classes: list[str]):
+    def __init__(self, from_name: str, to_name: str, value_key: str, classes: list[str], required: bool = True):
         self.from_name, self.to_name, self.value_key = from_name, to_name, value_key
         self.classes = list(classes)
         self.index = {c: i for i, c in enumerate(self.classes)}
+        self.required = required
 
     @classmethod
     def match(cls, interface):
@@ -122,15 +127,23 @@ class ImageClassification(TaskType):
             raise UnsupportedConfig(
                 f"<Image name=\"{image.name}\" value=\"{value}\"> does not read a task field ($field). "
                 f"Supported: {SUPPORTED}")
-        return cls(control.name, image.name, value[1:], labels)
+        required = str(control.attr.get("required", "false")).lower() == "true"
+        return cls(control.name, image.name, value[1:], labels, required)
 
     def to_meta(self):
         return {"kind": self.kind, "from_name": self.from_name, "to_name": self.to_name,
-                "value_key": self.value_key, "classes": self.classes}
+                "value_key": self.value_key, "classes": self.classes, "required": self.required}
+
+    def config_warnings(self):
+        if self.required:
+            return []
+        return [f"<Choices name=\"{self.from_name}\"> is not required: Label Studio accepts an annotation with "
+                f"no choice (clicking a pre-ticked choice un-ticks it), which the backend skips. Add "
+                f"required=\"true\" to the <Choices> tag."]
 
     @classmethod
     def from_meta(cls, meta):
-        return cls(meta["from_name"], meta["to_name"], meta["value_key"], meta["classes"])
+        return cls(meta["from_name"], meta["to_name"], meta["value_key"], meta["classes"], meta.get("required", True))
 
     def media_url(self, task):
         value = (task.get("data") or {}).get(self.value_key)
@@ -161,7 +174,8 @@ def classification_config(classes: list[str]) -> str:
     """The labeling config ImageClassification reads: `$image` and one single choice per class, in order."""
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
     return (f'<View><Image name="image" value="$image" zoom="true"/>'
-            f'<Choices name="label" toName="image" choice="single" showInline="true">{choices}</Choices></View>')
+            f'<Choices name="label" toName="image" choice="single" required="true" showInline="true">'
+            f'{choices}</Choices></View>')
 
 
 def choice_result(label: str) -> list[dict]:

@@ -23,7 +23,7 @@ from backend.app import create_app
 from backend.errors import JobError
 from backend.scores import UNSCORABLE_SCORE, encode, influence_scale
 from backend.settings import EngineSettings, Settings
-from backend.tasktypes import parse_label_config
+from backend.tasktypes import classification_config, parse_label_config
 from backend.store import Registry
 from isal_core.models import build_model
 from isal_core.params import select_parameters
@@ -470,3 +470,32 @@ def test_settings_come_from_the_environment_and_bad_values_are_refused(monkeypat
             m.setenv(name, value)
             with pytest.raises(ValueError, match=name.removeprefix("ISAL_").lower()):
                 Settings()
+
+
+def test_start_training_answers_with_the_job_and_where_to_watch_it(tmp_path):
+    job = GatedJob()
+    app = make_app(tmp_path, run_job=job)
+    c = app.test_client()
+    c.post("/setup", json={"project": PROJECT, "schema": CONFIG})
+    first = c.post("/train", json={"project": PROJECT}).json
+    assert first["job"] == "started" and first["job_number"] == 1
+    assert first["message"].startswith("ISAL: training job 1 for project 7 started.")
+    assert first["status_url"] == "http://localhost/status?project=7" and first["status_url"] in first["message"]
+    assert job.started.wait(10)
+    queued = c.post("/train", json={"project": PROJECT}).json
+    assert queued["job"].startswith("pending") and queued["job_number"] == 2 and "queued" in queued["message"]
+    joined = c.post("/train", json={"project": PROJECT}).json
+    assert joined["job_number"] == 2 and "joins it" in joined["message"]
+    job.gate.set()
+    assert app.extensions["isal"].jobs.wait_idle(7, 30)
+
+
+def test_setup_warns_when_the_choice_is_not_required(tmp_path, caplog):
+    c = make_app(tmp_path).test_client()
+    assert c.post("/setup", json={"project": PROJECT, "schema": CONFIG}).status_code == 200
+    (warning,) = c.get("/status?project=7").json["config_warnings"]
+    assert 'required="true"' in warning and warning in caplog.text
+    required = CONFIG.replace('toName="image"', 'toName="image" required="true"')
+    assert c.post("/setup", json={"project": PROJECT, "schema": required}).status_code == 200
+    assert c.get("/status?project=7").json["config_warnings"] == []
+    assert parse_label_config(classification_config(["cat", "dog"])).config_warnings() == []  # the demo's

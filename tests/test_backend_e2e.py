@@ -26,10 +26,16 @@ pytestmark = pytest.mark.integration
 N_TRAIN, N_REFERENCE, N_LABELED = 200, 24, 40
 
 
-def backend_env(label_studio, token: str, model_dir) -> dict:
+#: Per token kind, the pre-labeling case it covers: the default policy with a 3-epoch model far below
+#: its 0.8 threshold (no guess in any prediction), and a threshold of 0 (every prediction carries one).
+PRELABEL = {"legacy": {}, "pat": {"ISAL_PRELABEL_MIN_METRIC": "0"}}
+
+
+def backend_env(label_studio, token: str, model_dir, **extra) -> dict:
     return {
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(model_dir),
         "ISAL_EPOCHS": "3", "ISAL_RETRAIN_EVERY": "1000", "ISAL_SEED": "0", "THREADS": "4", "LOG_LEVEL": "INFO",
+        **extra,
     }
 
 
@@ -47,9 +53,10 @@ def predictions_of(ls, project_id: int, version: str) -> tuple[dict, dict, list]
     return unlabeled, labeled, tasks
 
 
-def check_round(ls, api: LabelStudioAPI, project_id: int, status: dict, classes: set) -> int:
-    """Every unlabeled task holds exactly one prediction of the new version, the project uses that
-    version, and /next serves the backend's top task, which has the lowest score. Returns it."""
+def check_round(ls, api: LabelStudioAPI, project_id: int, status: dict, classes: set, prelabel: bool) -> int:
+    """Every unlabeled task holds exactly one prediction of the new version (with the model's guess
+    exactly when `prelabel`), the project uses that version, and /next serves the backend's top
+    task, which has the lowest score. Returns it."""
     version = status["model_version"]
     unlabeled, labeled, _ = predictions_of(ls, project_id, version)
     assert unlabeled and all(len(p) == 1 for p in unlabeled.values()), \
@@ -57,9 +64,14 @@ def check_round(ls, api: LabelStudioAPI, project_id: int, status: dict, classes:
     assert all(not p for p in labeled.values()), "labeled and reference tasks get no ranking prediction"
     scores = {t: p[0].score for t, p in unlabeled.items()}
     assert all(0.0 <= s <= 1.0 for s in scores.values())
+    assert status["prelabel"]["on"] is prelabel and status["prelabel"]["policy"] == "auto"
+    assert status["reference_metric"]["name"] == "accuracy" and 0 <= status["reference_metric"]["value"] <= 1
     for p in unlabeled.values():
-        (choice,) = p[0].result[0]["value"]["choices"]
-        assert choice in classes
+        if prelabel:
+            (choice,) = p[0].result[0]["value"]["choices"]
+            assert choice in classes
+        else:
+            assert p[0].result == [], "below the threshold no guess is written, so none is pre-ticked"
     assert len(set(scores.values())) > len(scores) // 2, "scores must rank, not tie"
     assert ls.projects.get(id=project_id).model_version == version
     top = status["top_task"]
@@ -87,7 +99,8 @@ def test_training_round_trip_serves_the_top_influence_task(label_studio, token_k
     for t in reference:
         ls.annotations.create(id=t, result=choice_result(by_task[t].label))
     lap("project created")
-    backend = BackendProcess(backend_env(label_studio, token, tmp_path / "models"),
+    prelabel = bool(PRELABEL[token_kind])
+    backend = BackendProcess(backend_env(label_studio, token, tmp_path / "models", **PRELABEL[token_kind]),
                              log_path=tmp_path / "backend.log").start()
     lap("backend started")
     try:
@@ -111,7 +124,7 @@ def test_training_round_trip_serves_the_top_influence_task(label_studio, token_k
         assert status["counts"]["reference"] == N_REFERENCE
         assert status["counts"]["unlabeled"] == N_TRAIN - N_LABELED
         api = LabelStudioAPI(label_studio.url, token)
-        top1 = check_round(ls, api, pid, status, classes)
+        top1 = check_round(ls, api, pid, status, classes, prelabel)
         lap("checked (1)")
 
         # Round 2: annotate the served task and a few more, train again.
@@ -122,7 +135,7 @@ def test_training_round_trip_serves_the_top_influence_task(label_studio, token_k
         assert status["last_error"] is None, status
         v2 = status["model_version"]
         assert v2 != v1 and status["counts"]["labeled"] == N_LABELED + 6
-        top2 = check_round(ls, api, pid, status, classes)
+        top2 = check_round(ls, api, pid, status, classes, prelabel)
         lap("trained and checked (2)")
         assert top2 != top1
         assert requests.get(f"{backend.url}/versions", params={"project": pid}, timeout=10).json()["versions"] == [v2, v1]
@@ -143,7 +156,11 @@ def test_training_round_trip_serves_the_top_influence_task(label_studio, token_k
         results = r.json()["results"]
         assert [x["model_version"] for x in results] == [v2, v2]
         assert results[0]["score"] == pytest.approx(stored[top2])
-        assert 0.0 < results[1]["score"] < 1.0 and results[1]["result"][0]["value"]["choices"][0] in classes
+        assert 0.0 < results[1]["score"] < 1.0
+        if prelabel:
+            assert results[1]["result"][0]["value"]["choices"][0] in classes
+        else:
+            assert results[1]["result"] == []
         api.close()
     finally:
         backend.stop()

@@ -1,0 +1,77 @@
+"""`python -m backend.demo`: comes up with its Data Manager tab and API token, and stops cleanly on
+Ctrl-C (SIGINT) and on SIGTERM: no traceback, both servers gone, both ports free."""
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.demo import VIEW_TITLE
+from backend.local_ls import free_port
+from backend.ls_client import LabelStudioAPI
+from isal_core.cifar10 import SHARED_CIFAR10
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    if not SHARED_CIFAR10.is_file():
+        pytest.skip(f"{SHARED_CIFAR10} not found")
+    return tmp_path_factory.mktemp("demo")  # shared: the second start reuses the project
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_demo_comes_up_and_stops_cleanly(demo_dir, sig):
+    port, backend_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "backend.demo", "--port", str(port), "--backend-port",
+                             str(backend_port), "--images", "20", "--data-dir", str(demo_dir)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 400
+        while not any("Ctrl-C stops" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+        out = "".join(lines)
+        token = re.search(r"API token\s+([0-9a-f]{40})", out).group(1)
+        pid = int(re.search(r"/projects/(\d+)", out).group(1))
+        with LabelStudioAPI(f"http://127.0.0.1:{port}", token) as api:  # the printed token works
+            (view,) = [v for v in api.views(pid) if v["data"].get("title") == VIEW_TITLE]
+            assert view["data"]["ordering"] == ["tasks:predictions_score"]
+            assert "tasks:predictions_score" not in view["data"]["hiddenColumns"]["explore"]
+        ls_pid = int(re.search(r"starting Label Studio on \S+ \(pid (\d+)", out).group(1))
+        assert port_open(port) and port_open(backend_port) and alive(ls_pid)
+
+        proc.send_signal(sig)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    out = "".join(lines)
+    assert "Traceback" not in out and "[demo] stopped" in out, out[-3000:]
+    assert not port_open(port) and not port_open(backend_port) and not alive(ls_pid)
