@@ -79,7 +79,9 @@ class Trainer:
                   "on": tasks.reference_source + (" (also trained on: optimistic)"
                                                   if tasks.reference_source != REFERENCE_FLAG else "")}
         t["score"] = time.time()
-        report = self._publish(store, api, task_type, tasks, result, metric, warnings, set_phase)
+        report = self._publish(store, api, task_type, adapter, tasks, result, metric, warnings, set_phase)
+        if hasattr(adapter, "cache"):  # frozen features: what the embedding cache saved this job
+            report["embedding_cache"] = {k: adapter.cache.stats[k] for k in ("hits", "computed", "corrupt")}
         t["write"] = time.time()
         steps = ["start", "read", "download", "score", "write"]
         report["timings_s"] = {k: round(t[k] - t[p], 2) for p, k in zip(steps, steps[1:])}
@@ -103,7 +105,7 @@ class Trainer:
         if not tasks.pool:
             raise JobError("no unlabeled task with a usable image is left to rank")
 
-    def _publish(self, store, api, task_type: TaskType, tasks: ProjectTasks, result, metric: dict,
+    def _publish(self, store, api, task_type: TaskType, adapter, tasks: ProjectTasks, result, metric: dict,
                  warnings: Warnings, set_phase) -> dict:
         """Save the version (staged), write its predictions to Label Studio, then make it current."""
         e = self.engine
@@ -116,7 +118,7 @@ class Trainer:
         version = new_version_name(store.id, job)
         meta = {
             "version": version, "project": store.id, "job": job, "created_at": time.time(),
-            "task_type": task_type.to_meta(), **task_type.adapter(e).to_meta(), "strategy": e.strategy,
+            "task_type": task_type.to_meta(), **adapter.to_meta(), "strategy": e.strategy,
             "solver": e.solver, "damping": e.damping, "params": e.params, "top_k": e.top_k, "epochs": e.epochs,
             "seed": e.seed, "solver_info": result.scorer.info, "sigma": sigma, "counts": tasks.counts(warnings),
             "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
@@ -124,7 +126,7 @@ class Trainer:
             "reference_metric": metric, "prelabel": prelabel_decision(e.prelabel, e.prelabel_min_metric, metric),
         }
         with store.staging(version) as staging:  # published when the block ends, removed if it fails
-            store.write_files(staging, result.model, task_type.adapter(e).to_meta(), result.scorer, task_ids,
+            store.write_files(staging, result.model, adapter.to_meta(), result.scorer, task_ids,
                               influences, result.scores.predictions)
             set_phase("writing predictions")
             stream = prediction_stream(task_type, version, task_ids, result.scores.predictions, scores,

@@ -37,7 +37,9 @@ class ISALModel:
 
     def __init__(self, settings: Settings, run_job=None):
         self.settings = settings
-        self.registry = Registry(settings.model_dir, settings.engine.device)
+        self.registry = Registry(settings.model_dir, settings.engine.device, settings.engine.embedding_cache)
+        if settings.engine.embedding_cache is None:  # frozen features are cached beside the models
+            settings.engine.embedding_cache = self.registry.embedding_cache
         self.trainer = Trainer(settings.engine, self.registry.cache_dir, self.api_for)
         self.jobs = JobManager(run_job or self._run_job, settings.engine.retrain_every)
         self._connections: dict[int, dict] = {}  # from /setup: hostname and access_token (memory only)

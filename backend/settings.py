@@ -7,12 +7,14 @@ a few dozen epochs, conjugate gradient on the damped Hessian of at most 1024 sam
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from isal_core.settings import SOLVER_OPTIONS
 from isal_core.settings import EngineSettings as Engine
 
 #: Strategies the backend serves. Both are influence functions, so a saved s_test scores
@@ -56,6 +58,18 @@ class EngineSettings(Engine, BaseSettings):
             raise ValueError(f"unknown setting(s) {', '.join(unknown)} in the environment (misspelled?); "
                              f"known: {known}")
         return values
+
+
+def engine_env(settings: Engine) -> dict[str, str]:
+    """The ISAL_* variables that give a backend these engine settings (the inverse of EngineSettings)."""
+    out = {}
+    for name in Engine.model_fields:
+        value = getattr(settings, name)
+        applies = SOLVER_OPTIONS.get(name, settings.solver) == settings.solver and not (
+            settings.solver == "identity" and name in ("damping", "hessian_samples"))
+        if value is not None and applies:
+            out[ENV_PREFIX + name.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
+    return out
 
 
 class Settings(BaseSettings):

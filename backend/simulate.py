@@ -53,6 +53,7 @@ from isal_core.simulate import Simulation
 from .errors import SimulationError, describe_api_error
 from .local_ls import BackendProcess, LabelStudioServer
 from .ls_client import ApiError, LabelStudioAPI
+from .settings import engine_env
 from .sim_project import INDEX_KEY, create_project, task_indices
 from .tasktypes import choice_result
 
@@ -74,15 +75,12 @@ class Server:
 
 
 def backend_env(config: SimulationConfig, strategy: str, seed: int, server: Server, model_dir: Path) -> dict:
-    """The backend's ISAL_* settings for this protocol: it trains and ranks as Simulation does."""
+    """The backend's ISAL_* settings for this protocol: it trains and ranks as Simulation does (every
+    engine setting of the protocol, from the one schema), plus the backend's own."""
     return {
         "LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.api_key, "MODEL_DIR": str(model_dir),
-        "ISAL_ARCH": config.arch, "ISAL_EPOCHS": str(config.epochs), "ISAL_LR": repr(config.lr),
-        "ISAL_BATCH_SIZE": str(config.batch_size), "ISAL_IMAGE_SIZE": str(config.image_size),
-        "ISAL_STRATEGY": LS_STRATEGIES[strategy], "ISAL_SOLVER": config.solver, "ISAL_DAMPING": repr(config.damping),
-        "ISAL_PARAMS": config.params, "ISAL_TOP_K": str(config.top_k),
-        "ISAL_HESSIAN_SAMPLES": str(config.hessian_samples), "ISAL_SEED": str(seed),
-        "ISAL_DEVICE": config.device, "ISAL_RETRAIN_EVERY": "0", "ISAL_MIN_LABELED": "1",
+        **engine_env(config), "ISAL_STRATEGY": LS_STRATEGIES[strategy], "ISAL_SEED": str(seed),
+        "ISAL_RETRAIN_EVERY": "0", "ISAL_MIN_LABELED": "1", "ISAL_PRELABEL": "never",
         # the same intra-op thread count as this process, so float reductions run alike
         "OMP_NUM_THREADS": str(torch.get_num_threads()), "THREADS": "4", "LOG_LEVEL": "INFO",
     }

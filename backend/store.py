@@ -63,8 +63,8 @@ def new_version_name(project_id: int, job: int) -> str:
 class ProjectStore:
     """MODEL_DIR/<project>/: registration, reference set fallback, model versions."""
 
-    def __init__(self, root: Path, project_id: int, device: str = "auto"):
-        self.root, self.id, self.device = Path(root), project_id, device
+    def __init__(self, root: Path, project_id: int, device: str = "auto", embedding_cache: str | None = None):
+        self.root, self.id, self.device, self.embedding_cache = Path(root), project_id, device, embedding_cache
         self._lock = threading.Lock()
         self.current: ModelVersion | None = None
         self.info: dict = {}
@@ -103,7 +103,7 @@ class ProjectStore:
         self.current = None
         for version in self.versions(good_only=False):
             try:
-                self.current = ModelVersion.open(self.root / version, self.device, verify=True)
+                self.current = ModelVersion.open(self.root / version, self.device, True, self.embedding_cache)
                 break
             except ValueError as exc:
                 log.warning("project %s: skipping model version %s: %s", self.id, version, exc)
@@ -171,12 +171,12 @@ class ProjectStore:
 
     def publish(self, staging: Path) -> ModelVersion:
         """Rename the staging dir into place and make it current."""
-        version = ModelVersion.open(staging, self.device)
+        version = ModelVersion.open(staging, self.device, embedding_cache=self.embedding_cache)
         final = self.root / version.name
         if final.exists():
             raise FileExistsError(f"model version {final} already exists")
         os.rename(staging, final)
-        self.current = ModelVersion.open(final, self.device)
+        self.current = ModelVersion.open(final, self.device, embedding_cache=self.embedding_cache)
         return self.current
 
     # -- reference set fallback ----------------------------------------------
@@ -197,10 +197,11 @@ class ProjectStore:
 class Registry:
     """Every project under MODEL_DIR, loaded lazily by id."""
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "auto"):
+    def __init__(self, model_dir: str | os.PathLike, device: str = "auto", embedding_cache: str | None = None):
         self.root = Path(model_dir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.device = device
+        self.embedding_cache = embedding_cache or str(self.root / "embeddings")
         self._lock = threading.Lock()
         self._projects: dict[int, ProjectStore] = {}
         for d in sorted(self.root.iterdir()):
@@ -216,7 +217,7 @@ class Registry:
         with self._lock:
             store = self._projects.get(project_id)
             if store is None:
-                store = ProjectStore(self.root / str(project_id), project_id, self.device).load()
+                store = ProjectStore(self.root / str(project_id), project_id, self.device, self.embedding_cache).load()
                 self._projects[project_id] = store
             return store
 

@@ -20,7 +20,8 @@ from xml.sax.saxutils import quoteattr
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from isal_core.adapter import ClassificationAdapter, TaskAdapter
+from isal_core.adapter import TaskAdapter
+from isal_core.frozen import classification_adapter
 from isal_core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,8 @@ class ImageClassification(TaskType):
                  "value": {"choices": [self.classes[int(output)]]}}]
 
     def adapter(self, settings):
-        return ClassificationAdapter(settings.arch, len(self.classes), settings.image_size)
+        return classification_adapter(settings, len(self.classes), getattr(settings, "device", "auto"),
+                                      getattr(settings, "batch_size", 64))
 
 
 def classification_config(classes: list[str]) -> str:

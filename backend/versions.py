@@ -43,6 +43,7 @@ class ModelVersion:
     path: Path
     meta: dict
     device: str = "auto"
+    embedding_cache: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _loaded: dict | None = field(default=None, repr=False)
 
@@ -59,10 +60,16 @@ class ModelVersion:
         return task_type_from_meta(self.meta["task_type"])
 
     def adapter(self):
-        return self.task_type.adapter(ModelSettings(arch=self.meta["arch"], image_size=int(self.meta["image_size"])))
+        """The engine adapter of this version's model (frozen features: with the backend's embedding cache)."""
+        m = self.meta
+        settings = ModelSettings(arch=m["arch"], image_size=int(m["image_size"]), weights=m.get("weights"),
+                                 mode="frozen" if m.get("adapter") == "frozen" else "finetune",
+                                 head=m.get("head", "linear"), embedding_cache=self.embedding_cache)
+        return self.task_type.adapter(settings)
 
     @classmethod
-    def open(cls, path: Path, device: str = "auto", verify: bool = False) -> "ModelVersion":
+    def open(cls, path: Path, device: str = "auto", verify: bool = False,
+             embedding_cache: str | None = None) -> "ModelVersion":
         """Read and check a version dir (all files present, meta parses); ValueError if not.
 
         `verify` also deserializes the checkpoint, scorer and scores (no model is built,
@@ -80,12 +87,12 @@ class ModelVersion:
             raise ValueError(f"model version {path} has a bad meta.json: {exc!r}") from None
         if verify:
             try:
-                read_checkpoint(path / "model.pt")
+                read_checkpoint(path / "model.pt")  # (no model is built: no weights to load)
                 InfluenceScorer.load(path / "s_test.pt")
                 read_scores(path / "scores.npz")
             except Exception as exc:  # torch, numpy and zipfile raise many kinds
                 raise ValueError(f"model version {path} has unreadable files: {type(exc).__name__}: {exc}") from None
-        return cls(path, meta, device)
+        return cls(path, meta, device, embedding_cache)
 
     def load(self) -> dict:
         """model, scorer and the job's per-task scores, loaded once (thread-safe)."""

@@ -128,31 +128,55 @@ class ClassificationAdapter(TaskAdapter):
     top_k > 1 are the renormalised top-k probabilities (eq. 3 of the paper, weighting
     each class's gradient by its probability), so the expected gradient of a sample is
     one gradient of one soft-target loss. top_k = 1 is the argmax label. `arch`,
-    `num_classes` and `image_size` are needed only to build the model and datasets.
+    `num_classes` and `image_size` are needed only to build the model and datasets;
+    `weights` (isal_core.backbones) starts every model from pretrained weights, with
+    their own preprocessing.
     """
 
-    def __init__(self, arch: str | None = None, num_classes: int | None = None, image_size: int = 32):
-        self.arch, self.num_classes, self.image_size = arch, num_classes, image_size
+    def __init__(self, arch: str | None = None, num_classes: int | None = None, image_size: int = 32,
+                 weights: str | None = None):
+        self.arch, self.num_classes, self.image_size, self.weights = arch, num_classes, image_size, weights
+        self._pretrained = None
 
     @classmethod
     def from_meta(cls, meta: dict) -> ClassificationAdapter:
-        return cls(meta["arch"], int(meta["num_classes"]), int(meta.get("image_size", 32)))
+        return cls(meta["arch"], int(meta["num_classes"]), int(meta.get("image_size", 32)), meta.get("weights"))
 
     def to_meta(self) -> dict:
         return {"adapter": "classification", "arch": self.arch, "num_classes": self.num_classes,
-                "image_size": self.image_size}
+                "image_size": self.image_size, "weights": self.weights}
+
+    @property
+    def pretrained(self):
+        """The loaded weights (once per adapter), or None."""
+        if self.weights is not None and self._pretrained is None:
+            from .backbones import load_weights
+
+            self._pretrained = load_weights(self.arch, self.weights, self.image_size)
+        return self._pretrained
 
     def build_model(self) -> nn.Module:
-        from .models import build_model
+        from .backbones import load_backbone
+        from .models import build_model, last_linear
 
         if self.arch is None or not self.num_classes:
             raise ModelError("ClassificationAdapter needs arch and num_classes to build a model")
-        return build_model(self.arch, self.num_classes)
+        model = build_model(self.arch, self.num_classes)
+        if self.pretrained is not None:
+            load_backbone(model, self.pretrained.state_dict, last_linear(model)[0], f"{self.weights!r}")
+        return model
+
+    def transform(self, train: bool = False):
+        from .transforms import classification_transform, pretrained_transform
+
+        if self.pretrained is None:
+            return classification_transform(self.image_size, train=train)
+        return pretrained_transform(self.pretrained.preprocessing, train=train)
 
     def dataset(self, records, train=False):
-        from .data import ImageDataset, classification_transform
+        from .data import ImageDataset
 
-        return ImageDataset(records, classification_transform(self.image_size, train=train))
+        return ImageDataset(records, self.transform(train))
 
     def forward(self, model: nn.Module, inputs: Tensor) -> Tensor:
         return model(inputs)

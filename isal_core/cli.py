@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .adapter import ClassificationAdapter
+from .frozen import classification_adapter
 from .atomic import atomic_write
 from .checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import load_records
@@ -58,7 +58,8 @@ def select(args: argparse.Namespace) -> int:
     if args.checkpoint:
         _, meta = read_checkpoint(args.checkpoint)  # the model's own arch, classes and size win
         classes = meta.get("classes")
-        settings.update({k: meta[k] for k in ("arch", "image_size") if k in meta})
+        settings.update({k: meta[k] for k in ("arch", "image_size", "weights", "head") if meta.get(k) is not None})
+        settings["mode"] = "frozen" if meta.get("adapter") == "frozen" else "finetune"
     settings = validate(EngineSettings, settings, "the command line")
     classes, labeled_records = load_records(args.labeled, classes, labeled=True)
     _, pool_records = load_records(args.pool, classes, labeled=False)
@@ -72,7 +73,7 @@ def select(args: argparse.Namespace) -> int:
     if args.budget is not None:
         check_budget(args.budget, len(pool_records))
 
-    adapter = ClassificationAdapter(settings.arch, len(classes), settings.image_size)
+    adapter = classification_adapter(settings, len(classes), settings.device, settings.batch_size)
     learner = Learner(adapter, settings, args.seed, progress=not args.quiet)
     model = load_checkpoint(args.checkpoint, learner.device, adapter)[0] if args.checkpoint else None
     result = learner.round(args.strategy, adapter.dataset(labeled_records), adapter.dataset(pool_records),

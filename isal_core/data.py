@@ -22,13 +22,11 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from .errors import DataError, ImageDecodeError
+from .transforms import classification_transform
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 @dataclass(frozen=True)
@@ -241,19 +239,6 @@ def load_records(
 
 # ---------------------------------------------------------------------------
 # tensors
-
-
-def classification_transform(image_size: int = 32, train: bool = False, mean=CIFAR_MEAN, std=CIFAR_STD):
-    """PIL image -> normalized float tensor [3, S, S].
-
-    Always resizes first so pools of mixed image sizes batch together; `train` adds
-    the standard CIFAR augmentation (padded random crop + horizontal flip).
-    """
-    steps = [v2.Resize((image_size, image_size), antialias=True)]
-    if train:
-        steps += [v2.RandomCrop(image_size, padding=image_size // 8 or None), v2.RandomHorizontalFlip()]
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-    return v2.Compose(steps)
 
 
 class ImageDataset(Dataset):

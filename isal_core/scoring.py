@@ -51,7 +51,7 @@ def influence(
     device = torch.device(device)
     scorer = _LayerwiseScorer if layerwise_supported(model, params) else _JvpScorer
     total = num_samples if num_samples is not None else _dataset_len(loader)
-    scores = torch.full((total,), float("nan")) if total is not None else None
+    scores = torch.full((total,), float("nan"), dtype=s_test.dtype) if total is not None else None
     chunks: list[tuple[Tensor, Tensor]] = []
     seen = 0
     with eval_mode(model), scorer(model, adapter, params, s_test.to(device)) as score_batch:
@@ -74,7 +74,7 @@ def influence(
         raise SelectionError("the pool is empty: there is nothing to score")
     if scores is None:
         idx = torch.cat([c[0] for c in chunks])
-        scores = torch.full((int(idx.max()) + 1,), float("nan"))
+        scores = torch.full((int(idx.max()) + 1,), float("nan"), dtype=s_test.dtype)
         scores[idx] = torch.cat([c[1] for c in chunks])
     return scores
 
@@ -112,6 +112,7 @@ class _LayerwiseScorer:
             module, kind = owners[id(p)]
             directions.setdefault(module, {})[kind] = s.detach()
         self.directions = directions
+        self.dtype = s_test.dtype  # float64 heads keep float64 scores
         self.eps: Tensor | None = None
 
     def __enter__(self):
@@ -143,7 +144,7 @@ class _LayerwiseScorer:
     def score(self, inputs, top_k: int, indices: Tensor) -> tuple[Tensor, object]:
         """(s_test . G_i for each sample of the batch, the batch's outputs)."""
         batch = _batch_size(inputs)
-        self.eps = torch.zeros(batch, device=_device(inputs), requires_grad=True)
+        self.eps = torch.zeros(batch, device=_device(inputs), dtype=self.dtype, requires_grad=True)
         with torch.enable_grad():
             outputs = self.adapter.forward(self.model, inputs)
             self.adapter.check_finite(outputs, indices)
@@ -211,7 +212,7 @@ def influence_loop(
     device = torch.device(device)
     tensors = [p for _, p in params]
     s_test = s_test.to(device)
-    out = torch.empty(len(dataset))
+    out = torch.empty(len(dataset), dtype=s_test.dtype)
     with eval_mode(model):
         for i in range(len(dataset)):
             item = dataset[i]

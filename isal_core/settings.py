@@ -40,7 +40,20 @@ class Settings(BaseModel):
 
 class ModelSettings(Settings):
     arch: str = Field("small_cnn", description="model: small_cnn, resnet18_cifar or a torchvision classifier name")
-    image_size: int = Field(32, ge=8, description="images are resized to image_size x image_size")
+    image_size: int = Field(32, ge=8, description="images are resized to image_size x image_size (pretrained "
+                                                  "torchvision weights bring their own size)")
+    weights: str | None = Field(None, description="pretrained weights: a torchvision weight name (DEFAULT, "
+                                                  "IMAGENET1K_V1, ...) or a checkpoint file; none = from scratch")
+    mode: Literal["auto", "finetune", "frozen"] = Field(
+        "auto", description="frozen: train a head on cached embeddings of the frozen backbone; finetune: train "
+                            "every layer; auto: frozen when weights are given")
+    head: Literal["linear", "mlp"] = Field("linear", description="frozen mode: the head trained on the embeddings")
+    embedding_cache: str | None = Field(None, description="frozen mode: folder of cached embeddings "
+                                                          "(none: ~/.cache/isal/embeddings)")
+
+    @property
+    def frozen(self) -> bool:
+        return self.mode == "frozen" or (self.mode == "auto" and self.weights is not None)
 
     @field_validator("arch")
     @classmethod
@@ -58,6 +71,8 @@ class TrainSettings(Settings):
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay")
     batch_size: int = Field(64, ge=1, description="training and scoring batch size (paper: 128)")
+    min_steps: int = Field(500, ge=0, description="fewest optimizer steps: epochs are raised to reach them on a "
+                                                  "small labeled set (0 = exactly `epochs`)")
     milestones: list[float] = Field([0.8], description="fractions of the epochs where the lr is multiplied by gamma")
     gamma: float = Field(0.1, gt=0, description="lr factor at each milestone")
 

@@ -16,7 +16,9 @@ from .strategies import STRATEGIES
 SIM_STRATEGIES = STRATEGIES + ("isal_l1", "isal_labeled")
 USES_R = ("isal", "gradsim")
 #: Settings that may change between invocations on one run directory; the rest must not.
-RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out", "progress"}
+RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out", "progress", "embedding_cache"}
+#: What a setting added to the schema later was, in effect, for run directories made before it existed.
+BEFORE_IT_EXISTED = {"min_steps": 0}
 
 
 class SimulationConfig(EngineSettings):
@@ -63,6 +65,11 @@ class SimulationConfig(EngineSettings):
     def identity(self) -> dict:
         """The settings the numbers depend on (checked when a run directory is reused)."""
         return self.model_dump(exclude=RESUMABLE)
+
+    @classmethod
+    def implied(cls) -> dict:
+        """The identity a run directory implies for settings it does not name (made before they existed)."""
+        return {**cls().identity(), **BEFORE_IT_EXISTED}
 
 
 def load_config(path: str | None = None, **overrides) -> SimulationConfig:

@@ -42,8 +42,8 @@ def check_config(out: Path, identity: dict, full: dict, defaults: dict | None = 
     `identity` holds what the numbers depend on; settings outside it (rounds, strategies,
     seeds, device, ...) may change between invocations: each (strategy, seed) run is
     independent, so a DIR can be extended with rounds, strategies or seeds. A setting
-    the stored run does not name (added to the schema later) matches when it is at its
-    default in `defaults`: that is what the older run used.
+    the stored run does not name (added to the schema later) matches when it equals its
+    value in `defaults`, what that older run used in effect.
     """
     path = out / "config.json"
     if path.exists():

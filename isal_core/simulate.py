@@ -33,8 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter import ClassificationAdapter
-from .data import ImageDataset
+from .frozen import classification_adapter
 from .errors import DataError
 from .learner import Learner
 from .simconfig import SIM_STRATEGIES, USES_R, SimulationConfig, load_config
@@ -59,13 +58,13 @@ class Simulation:
     def __init__(self, config: SimulationConfig, data: SimulationData | None = None):
         self.config = config
         self.data = data or SimulationData.load(config)
-        self.adapter = ClassificationAdapter(config.arch, len(self.data.classes), config.image_size)
+        self.adapter = classification_adapter(config, len(self.data.classes), config.device, config.batch_size)
         self.device = self.learner(0).device
 
     def learner(self, seed: int) -> Learner:
         return Learner(self.adapter, self.config, seed, progress=self.config.progress)
 
-    def dataset(self, indices: list[int], split: str = "train", train: bool = False) -> ImageDataset:
+    def dataset(self, indices: list[int], split: str = "train", train: bool = False):
         return self.adapter.dataset(self.data.records(split, indices), train=train)
 
     def universe(self, seed: int) -> list[int]:
@@ -120,7 +119,7 @@ class Simulation:
         order = self.rank(strategy, model, labeled, seed)
         return order[:check_budget(self.config.step, len(order))]
 
-    def _reference(self, strategy: str, seed: int) -> ImageDataset | None:
+    def _reference(self, strategy: str, seed: int):
         if strategy in USES_R:
             return self.dataset(self.data.reference, "test")
         if strategy == "isal_l1":
@@ -139,7 +138,7 @@ def simulate(config: SimulationConfig, data: SimulationData | None = None) -> Pa
     sim.check_plan()
     out = Path(config.out)
     check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()}, config.model_dump(),
-                 SimulationConfig().identity())
+                 SimulationConfig.implied())
     results = ResultsFile(out / "results.csv")
     models = Checkpoints(out / "state", sim.adapter)
     title = f"{Path(sim.data.root).name}, {config.arch}, {config.epochs} epochs"

@@ -55,7 +55,7 @@ class Ranking:
 
     @classmethod
     def ascending(cls, scores: Tensor) -> Ranking:
-        scores = scores.float().cpu()
+        scores = scores.cpu() if scores.is_floating_point() else scores.float().cpu()  # float64 stays float64
         return cls(torch.argsort(scores, stable=True), scores)
 
     def top(self, budget: int) -> Tensor:

@@ -17,16 +17,30 @@ from .runtime import resolve_device, seed_everything
 from .settings import TrainSettings
 
 
-def milestone_epochs(settings: TrainSettings) -> list[int]:
+def scheduled_epochs(settings: TrainSettings, steps_per_epoch: int) -> int:
+    """`epochs`, raised so that training takes at least `min_steps` optimizer steps.
+
+    Counted in epochs alone, a model on 100 labels (batch 64) gets a handful of steps and
+    one on 5,000 gets thousands: small labeled sets would never converge, and the
+    accuracy swings of an unconverged model drown any selection effect.
+    """
+    if settings.min_steps <= 0 or steps_per_epoch <= 0:
+        return settings.epochs
+    return max(settings.epochs, -(-settings.min_steps // steps_per_epoch))
+
+
+def milestone_epochs(settings: TrainSettings, epochs: int | None = None) -> list[int]:
     """Epoch indices where the lr drops: fractions of the epochs, rounded (0.8 of 200 -> 160)."""
-    return sorted({max(1, round(f * settings.epochs)) for f in settings.milestones})
+    epochs = settings.epochs if epochs is None else epochs
+    return sorted({max(1, round(f * epochs)) for f in settings.milestones})
 
 
-def build_optimizer(model: nn.Module, settings: TrainSettings):
+def build_optimizer(model: nn.Module, settings: TrainSettings, epochs: int | None = None):
     """SGD + MultiStepLR stepped once per epoch, as in the paper."""
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestone_epochs(settings), gamma=settings.gamma)
+    milestones = milestone_epochs(settings, epochs)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=settings.gamma)
     return optimizer, scheduler
 
 
@@ -57,10 +71,11 @@ def train(model: nn.Module, adapter: TaskAdapter, dataset: Dataset, settings: Tr
                         collate_fn=adapter.collate_fn, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0)
     model.to(device)
-    optimizer, scheduler = build_optimizer(model, settings)
-    for epoch in range(1, settings.epochs + 1):
+    epochs = scheduled_epochs(settings, len(loader))
+    optimizer, scheduler = build_optimizer(model, settings, epochs)
+    for epoch in range(1, epochs + 1):
         model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=not progress)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
         for step, batch in enumerate(bar, start=1):
             inputs, targets = adapter.to_device(batch, device)
             targets = adapter.check_targets(targets, f"the training batch at epoch {epoch} step {step}")

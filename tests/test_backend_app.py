@@ -499,3 +499,44 @@ def test_setup_warns_when_the_choice_is_not_required(tmp_path, caplog):
     assert c.post("/setup", json={"project": PROJECT, "schema": required}).status_code == 200
     assert c.get("/status?project=7").json["config_warnings"] == []
     assert parse_label_config(classification_config(["cat", "dog"])).config_warnings() == []  # the demo's
+
+
+@pytest.mark.integration
+def test_frozen_features_are_embedded_once_across_jobs(label_studio, tmp_path):
+    """Pretrained weights from a local file (made here) -> frozen features: the second job computes
+    no embedding again, and /status says so."""
+    import torchvision
+
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    ls = label_studio.client()
+    sub, images = cifar_images(label_studio.files_root, 24, 6, seed=5)
+    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "frozen features")
+    train = [t for t, im in by_task.items() if im.split == "train"]
+    for t, im in by_task.items():
+        if im.split == "test" or t in train[:8]:
+            ls.annotations.create(id=t, result=choice_result(im.label))
+    app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
+                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1})
+    c = app.test_client()
+    c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})
+
+    def job(n):
+        assert c.post("/train", json={"project": f"{pid}.0"}).status_code == 202
+        status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, jobs_started=n, timeout=300)
+        assert status["last_error"] is None, status
+        return status
+
+    first = job(1)
+    # 30 images embedded once; the labeled set read again as the training set comes from the cache
+    assert first["job"]["last_job"]["embedding_cache"] == {"hits": 8, "computed": 30, "corrupt": 0}
+    second = job(2)  # the same images: every embedding comes from the cache
+    assert second["job"]["last_job"]["embedding_cache"] == {"hits": 30 + 8, "computed": 0, "corrupt": 0}
+    assert second["model_version"] != first["model_version"]
+    meta = json.loads((tmp_path / "models" / str(pid) / second["model_version"] / "meta.json").read_text())
+    assert meta["adapter"] == "frozen" and meta["weights"] == str(weights)
+    # /predict on a task imported after the job: scored with the version's own frozen backbone
+    new = ls.tasks.get(id=train[-1]).model_dump(mode="json")
+    new["id"] = 10**6
+    r = c.post("/predict", json={"project": f"{pid}.0", "tasks": [new]})
+    assert r.status_code == 200 and 0 < r.json["results"][0]["score"] < 1

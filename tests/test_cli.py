@@ -33,7 +33,7 @@ def folders(tmp_path):
 def run(folders, tmp_path, *extra):
     out = tmp_path / "ranked.csv"
     code = main(["select", "--labeled", str(folders["labeled"]), "--reference", str(folders["reference"]),
-                 "--pool", str(folders["pool"]), "--epochs", "2", "--batch-size", "8", "--quiet",
+                 "--pool", str(folders["pool"]), "--epochs", "2", "--min-steps", "0", "--batch-size", "8", "--quiet",
                  "--out", str(out), *extra])
     return code, out
 

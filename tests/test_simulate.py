@@ -39,7 +39,8 @@ def dataset(tmp_path_factory):
 
 def config(data, out, **kw):
     base = dict(data=str(data), out=str(out), strategies=["random", "isal"], initial=6, step=6, rounds=2, seeds=[0],
-                epochs=1, batch_size=8, image_size=16, reference_size=6, hessian_samples=16, progress=False)
+                epochs=1, min_steps=0, batch_size=8, image_size=16, reference_size=6, hessian_samples=16,
+                progress=False)
     return SimulationConfig(**{**base, **kw})
 
 
@@ -288,7 +289,8 @@ def test_bad_config_values_are_refused():
 def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps({"initial": 6, "step": 6, "rounds": 2, "seeds": [0], "epochs": 1, "batch_size": 8,
+    cfg.write_text(json.dumps({"initial": 6, "step": 6, "rounds": 2, "seeds": [0], "epochs": 1, "min_steps": 0,
+                               "batch_size": 8,
                                "image_size": 16, "reference_size": 6, "hessian_samples": 16}))
     out = tmp_path / "run"
     args = ["simulate", "--config", str(cfg), "--data", str(dataset), "--strategies", "random,gradsim",

@@ -23,7 +23,8 @@ STRATEGIES = ["isal", "isal_l1"]
 def tiny(data, out, **kw) -> SimulationConfig:
     """CPU, fixed seeds, deterministic training: 6 initial labels + 4 per round, 3 models."""
     base = dict(data=str(data), out=str(out), strategies=STRATEGIES, initial=6, step=4, rounds=3, seeds=[0],
-                epochs=2, batch_size=8, image_size=16, reference_size=6, hessian_samples=64, progress=False)
+                epochs=2, min_steps=0, batch_size=8, image_size=16, reference_size=6, hessian_samples=64,
+                progress=False)
     return SimulationConfig(**{**base, **kw})
 
 
