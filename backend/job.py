@@ -28,6 +28,7 @@ import numpy as np
 
 from isal_core.learner import Learner
 
+from .clusters import cluster_ids, project_centroids
 from .errors import JobError, describe_api_error
 from .ls_client import ApiError, LabelStudioAPI
 from .prelabel import prelabel_decision
@@ -71,15 +72,17 @@ class Trainer:
         self._choose_reference(store, tasks, warnings)
         adapter = task_type.adapter(self.engine)
         learner = Learner(adapter, self.engine, self.engine.seed)
+        labeled, pool = adapter.dataset(tasks.records("labeled")), adapter.dataset(tasks.records("pool"))
         reference = adapter.dataset(tasks.records("reference"))
-        result = learner.round(self.engine.strategy, adapter.dataset(tasks.records("labeled")),
-                               adapter.dataset(tasks.records("pool")), reference,
+        result = learner.round(self.engine.strategy, labeled, pool, reference,
                                train_set=adapter.dataset(tasks.records("labeled"), train=True), on_phase=set_phase)
+        clusters = self._clusters(store, adapter, tasks, labeled, pool)
         metric = {"name": adapter.metric().name, "value": learner.evaluate(result.model, reference),
                   "on": tasks.reference_source + (" (also trained on: optimistic)"
                                                   if tasks.reference_source != REFERENCE_FLAG else "")}
         t["score"] = time.time()
-        report = self._publish(store, api, task_type, adapter, tasks, result, metric, warnings, set_phase)
+        report = self._publish(store, api, task_type, adapter, tasks, result, metric, clusters, warnings,
+                               set_phase)
         if hasattr(adapter, "cache"):  # frozen features: what the embedding cache saved this job
             report["embedding_cache"] = {k: adapter.cache.stats[k] for k in ("hits", "computed", "corrupt")}
         t["write"] = time.time()
@@ -105,8 +108,17 @@ class Trainer:
         if not tasks.pool:
             raise JobError("no unlabeled task with a usable image is left to rank")
 
+    def _clusters(self, store: ProjectStore, adapter, tasks: ProjectTasks, labeled, pool):
+        """(centroids, cluster id per pool task) with cluster serving, else None."""
+        if not self.engine.serves_clusters:
+            return None
+        k = self.engine.clusters or adapter.num_classes
+        centroids = project_centroids(store.root, adapter.backbone_id, k, self.engine.seed, labeled, pool,
+                                      [i.task_id for i in tasks.labeled], [i.task_id for i in tasks.pool])
+        return centroids, cluster_ids(pool.x, centroids)
+
     def _publish(self, store, api, task_type: TaskType, adapter, tasks: ProjectTasks, result, metric: dict,
-                 warnings: Warnings, set_phase) -> dict:
+                 clusters, warnings: Warnings, set_phase) -> dict:
         """Save the version (staged), write its predictions to Label Studio, then make it current."""
         e = self.engine
         influences = result.scores.influence.double().numpy()
@@ -124,13 +136,14 @@ class Trainer:
             "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
             "top_task": task_ids[top], "top_score": float(scores[top]), "top_influence": float(influences[top]),
             "reference_metric": metric, "prelabel": prelabel_decision(e.prelabel, e.prelabel_min_metric, metric),
+            "clusters": None if clusters is None else len(clusters[0]),
         }
         with store.staging(version) as staging:  # published when the block ends, removed if it fails
             store.write_files(staging, result.model, adapter.to_meta(), result.scorer, task_ids,
-                              influences, result.scores.predictions)
+                              influences, result.scores.predictions, clusters)
             set_phase("writing predictions")
             stream = prediction_stream(task_type, version, task_ids, result.scores.predictions, scores,
-                                       prelabel=meta["prelabel"]["on"])
+                                       prelabel=meta["prelabel"]["on"], clusters=clusters and clusters[1])
             created = write_back(api, store.id, version, stream)
             if created < len(task_ids):
                 warnings.add("predictions_dropped", "-", f"Label Studio kept {created} of {len(task_ids)} predictions")

@@ -123,9 +123,11 @@ class ISALModel:
         results: list[dict | None] = [None] * len(tasks)
         todo: list[tuple[int, int, str]] = []
 
-        def answer(i, influence, prediction):
+        def answer(i, influence, prediction, cluster=None):
             results[i] = {"result": task_type.prediction(prediction) if prelabel else [],
                           "score": float(version.encode([influence])[0]), "model_version": version.name}
+            if cluster is not None:
+                results[i]["cluster"] = int(cluster)
 
         for i, task in enumerate(tasks):
             if not isinstance(task, dict) or not isinstance(task.get("id"), int):
@@ -139,10 +141,10 @@ class ISALModel:
                     results[i] = _unscorable(version, str(exc))
         usable = self._download(project_id, todo, results, version)
         if usable:
-            scores = version.score([ImageRecord(str(tid), str(p)) for _, tid, p in usable],
-                                   self.settings.engine.batch_size)
-            for (i, _, _), influence, prediction in zip(usable, scores.influence.tolist(), scores.predictions):
-                answer(i, influence, prediction)
+            scores, clusters = version.score([ImageRecord(str(tid), str(p)) for _, tid, p in usable],
+                                             self.settings.engine.batch_size)
+            for (i, _, _), *scored in zip(usable, scores.influence.tolist(), scores.predictions, clusters):
+                answer(i, *scored)
         return results
 
     def _download(self, project_id: int, todo: list, results: list, version: ModelVersion) -> list:

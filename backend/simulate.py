@@ -170,7 +170,7 @@ class LabelStudioSimulation:
             self.state.add(r, added, time.perf_counter() - start)
             self.state.save()
         version, seconds = self._train(api, pid, ml, backend, len(self.state.labeled(r)))
-        model, _ = load_checkpoint(self.model_dir / str(pid) / version / "model.pt", self.sim.device)
+        model, _ = load_checkpoint(self.model_dir / str(pid) / version / "model.pt", self.sim.device, self.sim.adapter)
         metric = self.sim.evaluate(model)
         row = self.state.finish(r, metric, seconds)
         self.state.save()

@@ -25,7 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from isal_core.atomic import write_json
+import torch
+
+from isal_core.atomic import atomic_write, write_json
 from isal_core.checkpoints import save_checkpoint
 from isal_core.scorer import InfluenceScorer
 
@@ -160,11 +162,15 @@ class ProjectStore:
             raise
 
     def write_files(self, staging: Path, model, model_meta: dict, scorer: InfluenceScorer, task_ids, influences,
-                    predictions) -> None:
-        """The model, the scorer and the job's scores; meta.json (the mark of a whole version) comes last."""
+                    predictions, clusters=None) -> None:
+        """The model, the scorer, the job's scores (and cluster centroids); meta.json (the mark of a
+        whole version) comes last."""
         save_checkpoint(staging / "model.pt", model, model_meta)
         scorer.save(staging / "s_test.pt")
-        save_scores(staging / "scores.npz", task_ids, influences, predictions)
+        save_scores(staging / "scores.npz", task_ids, influences, predictions, None if clusters is None else clusters[1])
+        if clusters is not None:
+            with atomic_write(staging / "clusters.pt", "wb") as f:
+                torch.save(clusters[0], f)
 
     def write_meta(self, staging: Path, meta: dict) -> None:
         write_json(staging / "meta.json", meta)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from isal_core.checkpoints import load_checkpoint, read_checkpoint
 from isal_core.runtime import resolve_device
 from isal_core.scorer import InfluenceScorer, PoolScores
+from isal_core.serving import assign
 from isal_core.settings import ModelSettings
 
 from .scores import encode
@@ -30,12 +32,14 @@ from .tasktypes import TaskType, task_type_from_meta
 VERSION_FILES = ("meta.json", "model.pt", "s_test.pt", "scores.npz")
 
 
-def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list]:
-    """(task ids, influence, predictions) of scores.npz (older versions kept an `output` column)."""
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """(task ids, influence, predictions, clusters or Nones) of scores.npz (older versions kept an
+    `output` column and no clusters)."""
     with np.load(path) as z:
         predictions = [json.loads(p) for p in z["predictions"]] if "predictions" in z else [
             o.item() if hasattr(o, "item") else o for o in z["output"]]
-        return z["task_ids"], z["influence"], predictions
+        clusters = z["clusters"].tolist() if "clusters" in z else [None] * len(z["task_ids"])
+        return z["task_ids"], z["influence"], predictions, clusters
 
 
 @dataclass
@@ -100,34 +104,41 @@ class ModelVersion:
             if self._loaded is None:
                 device = resolve_device(self.device)
                 model, _ = load_checkpoint(self.path / "model.pt", device, self.adapter())
-                ids, influences, predictions = read_scores(self.path / "scores.npz")
+                ids, influences, predictions, clusters = read_scores(self.path / "scores.npz")
+                centroids = self.path / "clusters.pt"
                 self._loaded = {
                     "model": model, "device": device,
                     "scorer": InfluenceScorer.load(self.path / "s_test.pt", top_k=int(self.meta["top_k"])),
-                    "scores": {int(t): (float(i), p) for t, i, p in zip(ids, influences, predictions)},
+                    "scores": {int(t): (float(i), p, c) for t, i, p, c in zip(ids, influences, predictions, clusters)},
+                    "centroids": torch.load(centroids, weights_only=True) if centroids.is_file() else None,
                 }
             return self._loaded
 
-    def cached(self, task_id) -> tuple[float, Any] | None:
-        """(influence, prediction) the job computed for this task, if it was in its pool."""
+    def cached(self, task_id) -> tuple[float, Any, int | None] | None:
+        """(influence, prediction, cluster) the job computed for this task, if it was in its pool."""
         return self.load()["scores"].get(task_id)
 
-    def score(self, records, batch_size: int) -> PoolScores:
-        """Influence and predictions for new samples with this version's model and scorer.
+    def score(self, records, batch_size: int) -> tuple[PoolScores, list]:
+        """Influence and predictions for new samples with this version's model and scorer, and their
+        clusters (Nones without cluster serving).
 
         Serialised per version: the scorer patches the shared model with hooks.
         """
         loaded = self.load()
         adapter = self.adapter()
+        dataset = adapter.dataset(records)
         with self._lock:
-            return loaded["scorer"].score(loaded["model"], adapter, adapter.dataset(records), loaded["device"],
-                                          batch_size)
+            scores = loaded["scorer"].score(loaded["model"], adapter, dataset, loaded["device"], batch_size)
+        if loaded["centroids"] is None:
+            return scores, [None] * len(records)
+        return scores, assign(dataset.x, loaded["centroids"]).tolist()
 
     def encode(self, influences) -> np.ndarray:
         return encode(influences, self.sigma)
 
 
-def save_scores(path: Path, task_ids, influences, predictions) -> None:
+def save_scores(path: Path, task_ids, influences, predictions, clusters=None) -> None:
+    extra = {} if clusters is None else {"clusters": np.asarray(clusters, dtype=np.int64)}
     np.savez(path, task_ids=np.asarray(task_ids, dtype=np.int64), influence=np.asarray(influences, dtype=np.float64),
-             predictions=np.asarray([json.dumps(p) for p in predictions], dtype=str))
+             predictions=np.asarray([json.dumps(p) for p in predictions], dtype=str), **extra)
 

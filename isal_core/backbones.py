@@ -66,7 +66,10 @@ def _from_file(path: Path, image_size: int) -> Weights:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path} holds no state dict of tensors")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return Weights(state, Preprocessing(image_size, image_size, IMAGENET_MEAN, IMAGENET_STD), f"file:{digest}")
+    saved = (blob.get("meta") or {}).get("preprocessing")  # `isal pretrain` saves the one it trained with
+    pre = Preprocessing(saved["size"], saved["resize"], tuple(saved["mean"]), tuple(saved["std"])) if saved else \
+        Preprocessing(image_size, image_size, IMAGENET_MEAN, IMAGENET_STD)
+    return Weights(state, pre, f"file:{digest}")
 
 
 def _from_torchvision(arch: str, name: str):

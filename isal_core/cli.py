@@ -26,10 +26,13 @@ from .checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import load_records
 from .errors import DataError, IsalError
 from .learner import Learner
-from .settings import EngineSettings, add_arguments, given, validate
+from .cifar10 import cifar10_root
+from .settings import EngineSettings, TrainSettings, add_arguments, given, validate
 from .simconfig import SimulationConfig, load_config
+from .simdata import only
 from .simulate import simulate
 from .strategies import INFLUENCE_STRATEGIES, STRATEGIES, check_budget
+from .transforms import CIFAR_MEAN, CIFAR_STD
 
 log = logging.getLogger("isal")
 
@@ -97,6 +100,42 @@ def write_ranking(path: str, records, ranking, column: str, budget: int | None) 
             writer.writerow([records[i].id, f"{float(ranking.scores[i]):.9g}", rank, int(selected), records[i].path])
 
 
+def _pretrain_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("pretrain", help="train a backbone on some classes, for frozen features on others")
+    p.add_argument("--data", help="folder or zip with train/<class>/ and test/<class>/ (default: CIFAR-10)")
+    p.add_argument("--classes", required=True, help="comma list of the class folders to train on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint to write (then: --weights <out>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(p.add_argument_group("engine settings"), TrainSettings)
+    for name in ("arch", "image_size", "device", "workers"):
+        field = EngineSettings.model_fields[name]
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description,
+                       type=int if field.annotation is int else str)
+    return p
+
+
+def pretrain(args: argparse.Namespace) -> int:
+    """A classifier on the chosen classes, saved with its preprocessing: a backbone for `--weights`."""
+    settings = validate(EngineSettings, {**given(args, EngineSettings), "mode": "finetune"}, "the command line")
+    root = (args.data or cifar10_root()).rstrip("/")
+    keep = [c.strip() for c in args.classes.split(",") if c.strip()]
+    classes, train_records = load_records(f"{root}/train")
+    _, test_records = load_records(f"{root}/test", classes)
+    classes, train_records, test_records = only(classes, keep, train_records, test_records, root)
+    adapter = classification_adapter(settings, len(classes))
+    learner = Learner(adapter, settings, args.seed, progress=not args.quiet)
+    model = learner.fit(adapter.dataset(train_records, train=True))
+    accuracy = learner.evaluate(model, adapter.dataset(test_records))
+    size = settings.image_size
+    preprocessing = {"size": size, "resize": size, "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+    save_checkpoint(args.out, model, {**adapter.to_meta(), "classes": classes, "preprocessing": preprocessing,
+                                      "test_accuracy": accuracy, "train_images": len(train_records)})
+    print(f"trained {settings.arch} on {len(train_records)} images of {', '.join(classes)}: test accuracy "
+          f"{accuracy:.4f} -> {args.out}")
+    return 0
+
+
 def _simulate_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="offline active-learning simulation: accuracy vs labels per strategy")
     p.add_argument("--config", help="JSON protocol file (configs/*.json); flags override it")
@@ -125,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isal", description="Influence Selection for Active Learning")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
-    parser.commands = {"select": _select_parser(sub), "simulate": _simulate_parser(sub)}
+    parser.commands = {"select": _select_parser(sub), "simulate": _simulate_parser(sub),
+                       "pretrain": _pretrain_parser(sub)}
     return parser
 
 
@@ -135,7 +175,9 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Label Studio request drowns the rest
     try:
-        return run_simulate(args, simulate_runner) if args.command == "simulate" else select(args)
+        if args.command == "simulate":
+            return run_simulate(args, simulate_runner)
+        return pretrain(args) if args.command == "pretrain" else select(args)
     except IsalError as exc:
         print(f"isal: error: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,8 @@ class SimulationConfig(EngineSettings):
 
     data: str | None = Field(None, description="folder or zip with train/<class>/ and test/<class>/ "
                                                "(none: the shared CIFAR-10 zip, else torchvision's download)")
+    classes: list[str] | None = Field(None, description="only these class folders (e.g. the target classes a "
+                                                        "pretrained backbone never saw); none = all")
     strategies: list[str] = Field(["random", "coreset", "gradsim", "isal"],
                                   description=f"comma list from {', '.join(SIM_STRATEGIES)}")
     initial: PositiveInt = Field(500, description="random labels before round 1 (same for every strategy of a seed)")

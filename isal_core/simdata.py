@@ -7,7 +7,7 @@ measured on the images R steers the selection with.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -34,9 +34,11 @@ class SimulationData:
     def load(cls, config: SimulationConfig) -> SimulationData:
         root = (config.data or cifar10_root()).rstrip("/")
         classes, train = load_records(f"{root}/train")
+        _, test = load_records(f"{root}/test", classes)
+        if config.classes:
+            classes, train, test = only(classes, config.classes, train, test, root)
         if len(classes) < 2:
             raise DataError(f"{root}/train has a single class ({classes[0]!r}): a classifier needs at least two")
-        _, test = load_records(f"{root}/test", classes)
         order = torch.randperm(len(test), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
         reference, rest = order[:config.reference_size], order[config.reference_size:]
         evaluation = rest[:config.test_subset] if config.test_subset else rest
@@ -56,3 +58,13 @@ class SimulationData:
             for r in split:
                 digest.update(f"{r.id}\t{r.label}\n".encode())
         return {"classes": self.classes, "train": len(self.train), "test": len(self.test), "sha1": digest.hexdigest()}
+
+
+def only(classes: list[str], keep: list[str], train: list[ImageRecord], test: list[ImageRecord], root: str):
+    """The records of the `keep` classes, relabeled 0..len(keep)-1 in that order."""
+    unknown = [c for c in keep if c not in classes]
+    if unknown:
+        raise DataError(f"classes {unknown} are not in {root}/train (it has {classes})")
+    index = {classes.index(c): i for i, c in enumerate(keep)}
+    pick = lambda records: [replace(r, label=index[r.label]) for r in records if r.label in index]  # noqa: E731
+    return list(keep), pick(train), pick(test)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from .simconfig import SIM_STRATEGIES, USES_R, SimulationConfig, load_config
 from .simdata import SimulationData
 from .simreport import write_report
 from .simstore import Checkpoints, ResultsFile, RunState, check_config
+from .serving import assign, kmeans, serving_order
 from .strategies import check_budget
 
 __all__ = ["SIM_STRATEGIES", "Simulation", "SimulationConfig", "SimulationData", "load_config", "simulate"]
@@ -60,6 +62,7 @@ class Simulation:
         self.data = data or SimulationData.load(config)
         self.adapter = classification_adapter(config, len(self.data.classes), config.device, config.batch_size)
         self.device = self.learner(0).device
+        self._clusters: dict[int, dict[int, int]] = {}
 
     def learner(self, seed: int) -> Learner:
         return Learner(self.adapter, self.config, seed, progress=self.config.progress)
@@ -115,9 +118,27 @@ class Simulation:
         return [pool[i] for i in result.ranking.order.tolist()]
 
     def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int) -> list[int]:
-        """The `step` images to label next."""
+        """The `step` images to label next: the ranking's head, or with cluster serving what Label
+        Studio would serve (the best of the least-labeled cluster, one after another)."""
         order = self.rank(strategy, model, labeled, seed)
-        return order[:check_budget(self.config.step, len(order))]
+        budget = check_budget(self.config.step, len(order))
+        if not self.config.serves_clusters:
+            return order[:budget]
+        clusters = self.clusters(seed)
+        initial = set(self.initial(seed))  # labeled before any prediction existed: no cluster in Label Studio
+        solved = Counter(clusters[i] for i in labeled if i not in initial)
+        served = serving_order(range(len(order)), [clusters[i] for i in order], solved, budget)
+        return [order[p] for p in served]
+
+    def clusters(self, seed: int) -> dict[int, int]:
+        """Train index -> cluster of k-means on the universe's frozen embeddings (fitted once per seed, as the
+        backend fits once per project on the tasks of its first job)."""
+        if seed not in self._clusters:
+            universe = sorted(self.universe(seed))
+            x = self.dataset(universe).x
+            k = self.config.clusters or len(self.data.classes)
+            self._clusters[seed] = dict(zip(universe, assign(x, kmeans(x, k, seed)).tolist()))
+        return self._clusters[seed]
 
     def _reference(self, strategy: str, seed: int):
         if strategy in USES_R:

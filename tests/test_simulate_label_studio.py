@@ -88,3 +88,28 @@ def test_label_studio_run_refuses_what_it_cannot_do(label_studio, tmp_path):
     with pytest.raises(SimulationError, match="does not have"):
         simulate_label_studio(tiny(data, out, **small),
                               label_studio.url, label_studio.legacy_token, str(label_studio.files_root))
+
+
+def test_frozen_features_and_cluster_serving_select_alike_offline_and_through_label_studio(label_studio, tmp_path):
+    """Pretrained weights (a file made here) -> frozen features + cluster serving: Label Studio's own
+    serving rule, played for real, picks what the offline emulation of it picks."""
+    import torch
+
+    from isal_core.models import small_cnn
+
+    torch.manual_seed(3)
+    weights = tmp_path / "backbone.pt"
+    torch.save(small_cnn(10).state_dict(), weights)
+    data = make_dataset(tmp_path / "data")
+    frozen = dict(strategies=["isal"], weights=str(weights), damping=0.1, min_steps=100, epochs=20)
+    offline = simulate(tiny(data, tmp_path / "offline", embedding_cache=str(tmp_path / "emb"), **frozen))
+    run = tmp_path / "ls"
+    simulate_label_studio(tiny(data, run, **frozen), label_studio.url, label_studio.legacy_token,
+                          str(label_studio.files_root))
+    expected, got = selections(offline, "isal"), selections(run, "isal")
+    assert [len(a) for a in got] == [6, 4, 4] and got == expected
+    config = json.loads((offline / "config.json").read_text())["identity"]
+    assert config["weights"] == str(weights) and config["mode"] == "auto" and config["cluster_serving"] == "auto"
+    plain = simulate(tiny(data, tmp_path / "plain", embedding_cache=str(tmp_path / "emb"), cluster_serving="off",
+                          **frozen))
+    assert selections(plain, "isal") != expected  # the clusters changed what was served
