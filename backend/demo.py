@@ -26,6 +26,7 @@ from isal_core.atomic import atomic_write
 from isal_core.cifar10 import CLASSES, cifar10_root
 from isal_core.data import load_records, read_bytes
 
+from .dm_views import create_view, views
 from .local_ls import BackendProcess, LabelStudioServer, free_port
 from .ls_client import LabelStudioAPI
 from .tasktypes import choice_result, classification_config
@@ -129,8 +130,8 @@ def prepare_project(api: LabelStudioAPI, server: LabelStudioServer, backend_url:
         print(f"[demo] {len(project.reference)} reference images flagged and pre-annotated", flush=True)
     else:
         print(f"[demo] reusing project {pid} from {data_dir}", flush=True)
-    if not any(v.get("data", {}).get("title") == VIEW_TITLE for v in api.views(pid)):
-        api.create_view(pid, VIEW_TITLE, ordering=["tasks:predictions_score"], visible=VIEW_COLUMNS)
+    if not any(v.get("data", {}).get("title") == VIEW_TITLE for v in views(api, pid)):
+        create_view(api, pid, VIEW_TITLE, ordering=["tasks:predictions_score"], visible=VIEW_COLUMNS)
     return pid
 
 

@@ -97,28 +97,15 @@ class LabelStudioAPI:
         (random among the lowest few when the project has more than one annotator).
         The SDK has no call for this endpoint.
         """
-        response = self._request("GET", f"api/projects/{int(project_id)}/next", ok=(200, 404))
+        response = self.request("GET", f"api/projects/{int(project_id)}/next", ok=(200, 404))
         return None if response.status_code == 404 else response.json()
 
-    def _request(self, method: str, path: str, ok=(200, 201), **kwargs) -> httpx.Response:
+    def request(self, method: str, path: str, ok=(200, 201), **kwargs) -> httpx.Response:
         """A call the SDK has no method for, with the SDK's auth; ApiError unless the status is in `ok`."""
         response = self.ls._client_wrapper.httpx_client.request(path, method=method, **kwargs)
         if response.status_code not in ok:
             raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=_body(response))
         return response
-
-    # -- Data Manager tabs (the SDK's view model has no title or columns) -------
-    def views(self, project_id: int) -> list[dict]:
-        return self._request("GET", "api/dm/views/", params={"project": int(project_id)}).json()
-
-    def create_view(self, project_id: int, title: str, ordering: list[str], visible: Iterable[str]) -> int:
-        """A Data Manager tab ordered by `ordering` that shows only the `visible` columns (e.g. the
-        prediction score, which the default tab hides); returns its id."""
-        columns = self._request("GET", "api/dm/columns/", params={"project": int(project_id)}).json()["columns"]
-        visible = set(visible)
-        hidden = sorted(name for name in _column_names(columns) if name not in visible)
-        data = {"title": title, "ordering": list(ordering), "hiddenColumns": {"explore": hidden, "labeling": hidden}}
-        return self._request("POST", "api/dm/views/", json={"project": int(project_id), "data": data}).json()["id"]
 
     # -- writing -------------------------------------------------------------
     def write_predictions(self, project_id: int, predictions: Iterable[dict], chunk_size: int = 10_000,
@@ -271,15 +258,6 @@ class LabelStudioAPI:
         one place that refreshes it when it expires.
         """
         return {"Authorization": self.ls._client_wrapper.get_headers()["Authorization"]}
-
-
-def _column_names(columns: list[dict]) -> list[str]:
-    """Data Manager column ids as views name them: "tasks:id", "tasks:data.image", ..."""
-    names = []
-    for c in columns:
-        parent = c.get("parent")
-        names.append(f"{c['target']}:{parent + '.' if parent else ''}{c['id']}")
-    return names
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from backend.demo import VIEW_TITLE
+from backend.dm_views import views
 from backend.local_ls import free_port
 from backend.ls_client import LabelStudioAPI
 from isal_core.cifar10 import SHARED_CIFAR10
@@ -60,7 +61,7 @@ def test_the_demo_comes_up_and_stops_cleanly(demo_dir, sig):
         token = re.search(r"API token\s+([0-9a-f]{40})", out).group(1)
         pid = int(re.search(r"/projects/(\d+)", out).group(1))
         with LabelStudioAPI(f"http://127.0.0.1:{port}", token) as api:  # the printed token works
-            (view,) = [v for v in api.views(pid) if v["data"].get("title") == VIEW_TITLE]
+            (view,) = [v for v in views(api, pid) if v["data"].get("title") == VIEW_TITLE]
             assert view["data"]["ordering"] == ["tasks:predictions_score"]
             assert "tasks:predictions_score" not in view["data"]["hiddenColumns"]["explore"]
         ls_pid = int(re.search(r"starting Label Studio on \S+ \(pid (\d+)", out).group(1))
