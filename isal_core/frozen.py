@@ -40,11 +40,15 @@ class EmbeddingCache:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.stats: Counter = Counter()  # hits, computed, corrupt
+        self._memory: dict[tuple[str, str], torch.Tensor] = {}  # what this process read or computed already
 
     def path(self, backbone: str, digest: str) -> Path:
         return self.folder / backbone / digest[:2] / f"{digest}.pt"
 
     def get(self, backbone: str, digest: str) -> torch.Tensor | None:
+        if (backbone, digest) in self._memory:
+            self.stats["hits"] += 1
+            return self._memory[backbone, digest]
         path = self.path(backbone, digest)
         if not path.is_file():
             return None
@@ -57,12 +61,15 @@ class EmbeddingCache:
             log.warning("embedding cache entry %s is corrupt (%s): computing it again", path, exc)
             return None
         self.stats["hits"] += 1
+        self._memory[backbone, digest] = value
         return value
 
     def put(self, backbone: str, digest: str, value: torch.Tensor) -> None:
         self.stats["computed"] += 1
+        value = value.detach().cpu().clone()
         with atomic_write(self.path(backbone, digest), "wb") as f:
-            torch.save(value.detach().cpu().clone(), f)
+            torch.save(value, f)
+        self._memory[backbone, digest] = value
 
 
 class Embeddings(Dataset):
