@@ -22,6 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torchvision
+
 from isal_core.atomic import atomic_write
 from isal_core.cifar10 import CLASSES, cifar10_root
 from isal_core.data import load_records, read_bytes
@@ -135,6 +138,25 @@ def prepare_project(api: LabelStudioAPI, server: LabelStudioServer, backend_url:
     return pid
 
 
+#: The pretrained backbone the demo uses when torchvision's cache holds it (never downloaded here).
+DEMO_BACKBONE = ("resnet18", "IMAGENET1K_V1")
+
+
+def learner_env() -> tuple[dict, str]:
+    """The backend's model settings for the demo, and a line saying which: pretrained frozen features
+    when the weights are in torchvision's cache (or ISAL_WEIGHTS is set), else a small CNN from scratch."""
+    if os.environ.get("ISAL_WEIGHTS"):
+        return {}, f"model: {os.environ.get('ISAL_ARCH', 'small_cnn')} with ISAL_WEIGHTS={os.environ['ISAL_WEIGHTS']}"
+    arch, name = DEMO_BACKBONE
+    weights = torchvision.models.get_model_weights(arch)[name]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    if cached.is_file():
+        return ({"ISAL_ARCH": arch, "ISAL_WEIGHTS": name},
+                f"model: {arch} {name} (from {cached}), frozen features, a linear head, cluster serving")
+    return {}, (f"model: a small CNN trained from scratch (pretrained {arch} weights are not in torchvision's "
+                f"cache; put {weights.url.rsplit('/', 1)[-1]} at {cached} to use them)")
+
+
 def banner(server: LabelStudioServer, pid: int, backend_url: str, data_dir: Path) -> str:
     every = os.environ.get("ISAL_RETRAIN_EVERY", "40")
     return f"""
@@ -167,8 +189,10 @@ def main(argv=None) -> int:
     try:
         server.start()
         backend_url = f"http://127.0.0.1:{args.backend_port}"
+        model_env, model_line = learner_env()
+        print(f"[demo] {model_line}", flush=True)
         env = {"LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.legacy_token,
-               "MODEL_DIR": str(data_dir / "models")}
+               "MODEL_DIR": str(data_dir / "models"), **model_env}
         backend = BackendProcess(env, args.backend_port, data_dir / "backend.log").start()
         with LabelStudioAPI(server.url, server.legacy_token) as api:
             pid = prepare_project(api, server, backend_url, args.images, data_dir)

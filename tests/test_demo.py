@@ -58,6 +58,8 @@ def test_the_demo_comes_up_and_stops_cleanly(demo_dir, sig):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.5)
         out = "".join(lines)
+        assert "[demo] model: a small CNN trained from scratch (pretrained resnet18 weights are not" in out or \
+            "[demo] model: resnet18 IMAGENET1K_V1" in out  # it says what it learns with, and why
         token = re.search(r"API token\s+([0-9a-f]{40})", out).group(1)
         pid = int(re.search(r"/projects/(\d+)", out).group(1))
         with LabelStudioAPI(f"http://127.0.0.1:{port}", token) as api:  # the printed token works
