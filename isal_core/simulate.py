@@ -111,7 +111,7 @@ class Simulation:
         train-split indices. The strategy's own randomness is seeded with `seed`."""
         pool = self.pool(seed, labeled)
         learner = self.learner(seed)
-        chosen = learner.strategy("isal" if strategy.startswith("isal") else strategy,
+        chosen = learner.strategy("isal" if strategy in ("isal_l1", "isal_labeled") else strategy,
                                   reference="labeled" if strategy == "isal_labeled" else "given")
         result = learner.round(chosen, self.dataset(sorted(labeled)), self.dataset(pool),
                                self._reference(strategy, seed), budget=min(self.config.step, len(pool)), model=model)

@@ -242,7 +242,9 @@ def GradientSimilarity(**kwargs) -> ISAL:
 BASELINES = {"random": Random, "entropy": Entropy, "margin": Margin, "least_confidence": LeastConfidence,
              "coreset": Coreset}
 INFLUENCE_STRATEGIES = ("gradsim", "isal")
-STRATEGIES = tuple(BASELINES) + INFLUENCE_STRATEGIES
+#: Batch-aware strategies (isal_core.batch_strategies): BADGE, and ISAL whose batch is spread by k-center.
+BATCH_STRATEGIES = ("badge", "isal_batch")
+STRATEGIES = tuple(BASELINES) + INFLUENCE_STRATEGIES + BATCH_STRATEGIES
 
 
 def make_strategy(name: str, settings: InfluenceSettings | None = None, seed: int = 0,
@@ -252,6 +254,10 @@ def make_strategy(name: str, settings: InfluenceSettings | None = None, seed: in
         return Random(seed=seed)
     if name in BASELINES:
         return BASELINES[name]()
+    if name in BATCH_STRATEGIES:
+        from .batch_strategies import BADGE, BatchISAL
+
+        return BADGE(seed=seed) if name == "badge" else BatchISAL(make_strategy("isal", settings, seed, reference))
     if name not in INFLUENCE_STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
     settings = settings or InfluenceSettings()
