@@ -3,8 +3,8 @@
     python -m bench.writeback [--tasks 10000] [--chunk-size 10000]
 
 Starts Label Studio (backend.local_ls, throwaway SQLite data dir), imports N tasks into
-a 10-class image classification project, then times `backend.jobs.write_back` fed by
-`backend.jobs.prediction_stream` (what a training job calls after scoring the pool):
+a 10-class image classification project, then times `backend.writeback.write_back` fed by
+`backend.writeback.prediction_stream` (what a training job calls after scoring the pool):
 bulk prediction import in chunks, then the project's model_version + "Uncertainty
 sampling". Prints tasks/s, the peak RSS of this process during the write and its growth
 over the baseline (the stream is lazy, so it should stay flat), checks that Label Studio
