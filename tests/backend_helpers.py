@@ -48,3 +48,22 @@ def wait_for_job(get_status, project_id: int, jobs_started: int = 1, timeout: fl
             return status
         time.sleep(0.5)
     raise AssertionError(f"job of project {project_id} still running after {timeout} s: {status}")
+
+
+def frozen_project(label_studio, tmp_path: Path, n_train: int, n_labeled: int, seed: int, title: str):
+    """A CIFAR-10 project (6 reference images and `n_labeled` train images annotated) and a random
+    ResNet-18 weights file for frozen features. Returns (project id, {task id: image}, train ids, weights)."""
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18.pt"
+    torch.manual_seed(seed)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    ls = label_studio.client()
+    sub, images = cifar_images(label_studio.files_root, n_train, 6, seed=seed)
+    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, title)
+    train = [t for t, im in by_task.items() if im.split == "train"]
+    for t, im in by_task.items():
+        if im.split == "test" or t in train[:n_labeled]:
+            ls.annotations.create(id=t, result=choice_result(im.label))
+    return pid, by_task, train, weights

@@ -30,9 +30,10 @@ from isal_core.params import select_parameters
 from isal_core.scorer import InfluenceScorer
 
 try:
-    from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+    from backend_helpers import choice_result, cifar_images, create_cifar_project, frozen_project, wait_for_job
 except ImportError:  # tests/ imported as a package
-    from tests.backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+    from tests.backend_helpers import (choice_result, cifar_images, create_cifar_project, frozen_project,
+                                       wait_for_job)
 
 CONFIG = ('<View><Image name="image" value="$image"/>'
           '<Choices name="label" toName="image"><Choice value="cat"/><Choice value="dog"/></Choices></View>')
@@ -505,17 +506,8 @@ def test_setup_warns_when_the_choice_is_not_required(tmp_path, caplog):
 def test_frozen_features_are_embedded_once_across_jobs(label_studio, tmp_path):
     """Pretrained weights from a local file (made here) -> frozen features: the second job computes
     no embedding again, and /status says so."""
-    import torchvision
-
-    weights = tmp_path / "resnet18.pt"
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
     ls = label_studio.client()
-    sub, images = cifar_images(label_studio.files_root, 24, 6, seed=5)
-    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "frozen features")
-    train = [t for t, im in by_task.items() if im.split == "train"]
-    for t, im in by_task.items():
-        if im.split == "test" or t in train[:8]:
-            ls.annotations.create(id=t, result=choice_result(im.label))
+    pid, by_task, train, weights = frozen_project(label_studio, tmp_path, 24, 8, 5, "frozen features")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                    engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1})
     c = app.test_client()

@@ -5,33 +5,23 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-import torch
-import torchvision
 
 from backend.ls_client import LabelStudioAPI
 from isal_core.serving import serving_order
 
 try:
-    from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+    from backend_helpers import choice_result, frozen_project, wait_for_job
     from test_backend_app import make_app
 except ImportError:  # tests/ imported as a package
-    from tests.backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+    from tests.backend_helpers import choice_result, frozen_project, wait_for_job
     from tests.test_backend_app import make_app
 
 pytestmark = pytest.mark.integration
 
 
 def test_label_studio_serves_the_best_task_of_the_least_labeled_cluster(label_studio, tmp_path):
-    weights = tmp_path / "resnet18.pt"
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
     ls = label_studio.client()
-    sub, images = cifar_images(label_studio.files_root, 40, 6, seed=6)
-    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "cluster serving")
-    train = [t for t, im in by_task.items() if im.split == "train"]
-    for t, im in by_task.items():
-        if im.split == "test" or t in train[:6]:
-            ls.annotations.create(id=t, result=choice_result(im.label))
+    pid, by_task, _, weights = frozen_project(label_studio, tmp_path, 40, 6, 6, "cluster serving")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                    engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "clusters": 4})
     c = app.test_client()
