@@ -50,6 +50,7 @@ class ModelVersion:
     embedding_cache: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _loaded: dict | None = field(default=None, repr=False)
+    _adapter: object = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -64,7 +65,13 @@ class ModelVersion:
         return task_type_from_meta(self.meta["task_type"])
 
     def adapter(self):
-        """The engine adapter of this version's model (frozen features: with the backend's embedding cache)."""
+        """The engine adapter of this version's model (frozen features: with the backend's embedding cache),
+        built once: a frozen backbone is loaded once per version, not per /predict call."""
+        if self._adapter is None:
+            self._adapter = self._build_adapter()
+        return self._adapter
+
+    def _build_adapter(self):
         m = self.meta
         settings = ModelSettings(arch=m["arch"], image_size=int(m["image_size"]), weights=m.get("weights"),
                                  mode="frozen" if m.get("adapter") == "frozen" else "finetune",
