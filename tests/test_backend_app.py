@@ -532,3 +532,32 @@ def test_frozen_features_are_embedded_once_across_jobs(label_studio, tmp_path):
     new["id"] = 10**6
     r = c.post("/predict", json={"project": f"{pid}.0", "tasks": [new]})
     assert r.status_code == 200 and 0 < r.json["results"][0]["score"] < 1
+
+
+@pytest.mark.integration
+def test_a_backbone_changed_mid_project_keeps_the_published_version_working(label_studio, tmp_path):
+    """ISAL_WEIGHTS changes between jobs: the published version keeps scoring with its own backbone,
+    the next job embeds every image with the new one, and nothing is lost."""
+    ls = label_studio.client()
+    pid, by_task, train, weights = frozen_project(label_studio, tmp_path, 16, 6, 7, "backbone change")
+    other = tmp_path / "other.pt"
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in torch.load(weights).items()}, other)
+    engine = {"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1}
+    first = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
+                     engine=engine).test_client()
+    first.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})
+    assert first.post("/train", json={"project": f"{pid}.0"}).status_code == 202
+    v1 = wait_for_job(lambda p: first.get(f"/status?project={p}").json, pid, timeout=300)["model_version"]
+
+    second = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
+                      engine={**engine, "weights": str(other)}).test_client()
+    new = ls.tasks.get(id=train[-1]).model_dump(mode="json")
+    new["id"] = 10**6  # not in v1's pool: scored now, with v1's own backbone
+    r = second.post("/predict", json={"project": f"{pid}.0", "tasks": [new]})
+    assert r.status_code == 200 and r.json["results"][0]["model_version"] == v1
+    assert 0 < r.json["results"][0]["score"] < 1
+    assert second.post("/train", json={"project": f"{pid}.0"}).status_code == 202
+    status = wait_for_job(lambda p: second.get(f"/status?project={p}").json, pid, timeout=300)
+    assert status["last_error"] is None and status["model_version"] != v1
+    assert status["job"]["last_job"]["embedding_cache"]["computed"] == 16 + 6  # the new backbone's own entries
+    assert second.get(f"/versions?project={pid}").json["versions"] == [status["model_version"], v1]
