@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .adapter import ClassificationAdapter
 from .atomic import atomic_write
-from .data import ImageDataset, read_bytes
+from .data import ImageDataset, _split_zip, read_bytes
 from .errors import ModelError
 from .models import last_linear
 from .runtime import resolve_device
@@ -95,6 +96,7 @@ class FrozenFeatureAdapter(ClassificationAdapter):
         self.cache, self.head, self.device, self.batch_size = cache, head, resolve_device(device), batch_size
         self._backbone: nn.Module | None = None
         self._dim = 0
+        self._digests: dict[tuple, str] = {}
 
     def to_meta(self) -> dict:
         return {**super().to_meta(), "adapter": "frozen", "head": self.head, "backbone": self.backbone_id}
@@ -133,7 +135,7 @@ class FrozenFeatureAdapter(ClassificationAdapter):
     def dataset(self, records, train=False) -> Embeddings:
         """The records' embeddings (from the cache, or computed once); the same with or without `train`."""
         backbone = self.backbone_id
-        digests = [hashlib.sha256(read_bytes(r.path)).hexdigest() for r in records]
+        digests = [self._digest(r.path) for r in records]
         found = [self.cache.get(backbone, d) for d in digests]
         todo = [i for i, f in enumerate(found) if f is None]
         if todo:
@@ -148,6 +150,16 @@ class FrozenFeatureAdapter(ClassificationAdapter):
                         found[i] = value
         x = torch.stack(found).double() if found else torch.empty(0, self.dim, dtype=torch.float64)
         return Embeddings(x, [r.label for r in records])
+
+    def _digest(self, path: str) -> str:
+        """sha256 of an image's bytes, remembered while the file (or its zip archive) is unchanged: the
+        same images come back every round (evaluation set, labeled set read twice)."""
+        split = _split_zip(path)
+        stat = os.stat(split[0] if split else path)
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = hashlib.sha256(read_bytes(path)).hexdigest()
+        return self._digests[key]
 
     def embed(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return inputs  # the embeddings are the features (coreset)
