@@ -76,7 +76,7 @@ class Trainer:
         reference = adapter.dataset(tasks.records("reference"))
         result = learner.round(self.engine.strategy, labeled, pool, reference,
                                train_set=adapter.dataset(tasks.records("labeled"), train=True), on_phase=set_phase)
-        clusters = self._clusters(store, adapter, tasks, labeled, pool)
+        clusters = self._clusters(store, adapter, tasks, labeled, pool, result)
         metric = {"name": adapter.metric().name, "value": learner.evaluate(result.model, reference),
                   "on": tasks.reference_source + (" (also trained on: optimistic)"
                                                   if tasks.reference_source != REFERENCE_FLAG else "")}
@@ -108,10 +108,14 @@ class Trainer:
         if not tasks.pool:
             raise JobError("no unlabeled task with a usable image is left to rank")
 
-    def _clusters(self, store: ProjectStore, adapter, tasks: ProjectTasks, labeled, pool):
-        """(centroids, cluster id per pool task) with cluster serving, else None."""
-        if not self.engine.serves_clusters:
+    def _clusters(self, store: ProjectStore, adapter, tasks: ProjectTasks, labeled, pool, result):
+        """(centroids or None, cluster id per pool task) with cluster serving, else None. Without frozen
+        features a task's cluster is its predicted class (no centroids)."""
+        source = self.engine.cluster_source
+        if source is None:
             return None
+        if source == "predictions":
+            return None, [adapter.cluster(p) for p in result.scores.predictions]
         k = self.engine.clusters or adapter.num_classes
         centroids = project_centroids(store.root, adapter.backbone_id, k, self.engine.seed, labeled, pool,
                                       [i.task_id for i in tasks.labeled], [i.task_id for i in tasks.pool])
@@ -136,7 +140,8 @@ class Trainer:
             "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
             "top_task": task_ids[top], "top_score": float(scores[top]), "top_influence": float(influences[top]),
             "reference_metric": metric, "prelabel": prelabel_decision(e.prelabel, e.prelabel_min_metric, metric),
-            "clusters": None if clusters is None else len(clusters[0]),
+            "clusters": None if clusters is None or clusters[0] is None else len(clusters[0]),
+            "cluster_source": e.cluster_source,
         }
         with store.staging(version) as staging:  # published when the block ends, removed if it fails
             store.write_files(staging, result.model, adapter.to_meta(), result.scorer, task_ids,

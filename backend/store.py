@@ -168,7 +168,7 @@ class ProjectStore:
         save_checkpoint(staging / "model.pt", model, model_meta)
         scorer.save(staging / "s_test.pt")
         save_scores(staging / "scores.npz", task_ids, influences, predictions, None if clusters is None else clusters[1])
-        if clusters is not None:
+        if clusters is not None and clusters[0] is not None:
             with atomic_write(staging / "clusters.pt", "wb") as f:
                 torch.save(clusters[0], f)
 

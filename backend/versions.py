@@ -136,6 +136,8 @@ class ModelVersion:
         dataset = adapter.dataset(records)
         with self._lock:
             scores = loaded["scorer"].score(loaded["model"], adapter, dataset, loaded["device"], batch_size)
+        if self.meta.get("cluster_source") == "predictions":
+            return scores, [adapter.cluster(p) for p in scores.predictions]
         if loaded["centroids"] is None:
             return scores, [None] * len(records)
         return scores, assign(dataset.x, loaded["centroids"]).tolist()

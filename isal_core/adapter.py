@@ -12,6 +12,7 @@ pool scoring, the baselines and the backend's predictions all go through it:
                                    it into a Label Studio result)
     metric()                       an accumulator: update(outputs, targets), compute()
     probabilities, embed           optional: for the uncertainty and coreset baselines
+    cluster(prediction)            optional: cluster serving without frozen features
 
 Everything else (reference gradient, s_test, influence, ranking) is task-agnostic.
 """
@@ -70,6 +71,12 @@ class TaskAdapter(ABC):
     def predict(self, outputs: Any) -> list:
         """One JSON-able prediction per sample of the batch."""
         raise NotImplementedError(f"{type(self).__name__} has no predictions")
+
+    def cluster(self, prediction: Any) -> int:
+        """The cluster id of one of `predict`'s predictions, for cluster serving without frozen
+        features (an id that keeps its meaning across model versions, e.g. the predicted class)."""
+        raise NotImplementedError(f"{type(self).__name__} has no clusters of predictions: cluster serving "
+                                  "needs frozen features (weights) with this task")
 
     def metric(self) -> Metric:
         """A fresh evaluation metric."""
@@ -195,6 +202,9 @@ class ClassificationAdapter(TaskAdapter):
 
     def predict(self, outputs: Tensor) -> list[int]:
         return outputs.detach().argmax(1).tolist()
+
+    def cluster(self, prediction: int) -> int:
+        return int(prediction)
 
     def metric(self) -> Metric:
         return Accuracy()

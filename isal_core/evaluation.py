@@ -50,3 +50,8 @@ def evaluate(model: nn.Module, adapter: TaskAdapter, loader: Iterable, device) -
     for out, targets, _ in outputs(model, adapter, loader, device):
         metric.update(out, adapter.check_targets(targets, "the evaluation set"))
     return metric.compute()
+
+
+def predict(model: nn.Module, adapter: TaskAdapter, loader: Iterable, device) -> list:
+    """The adapter's prediction for every sample, in loader order."""
+    return [p for out, _, _ in outputs(model, adapter, loader, device) for p in adapter.predict(out)]

@@ -57,6 +57,10 @@ class Learner:
         """The adapter's metric on a labeled dataset."""
         return evaluation.evaluate(model, self.adapter, self.loader(dataset), self.device)
 
+    def predict(self, model: nn.Module, dataset: Dataset) -> list:
+        """The adapter's prediction for every sample of `dataset`."""
+        return evaluation.predict(model, self.adapter, self.loader(dataset), self.device)
+
     def loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=False,
                           num_workers=self.settings.workers, collate_fn=self.adapter.collate_fn)

@@ -6,8 +6,10 @@ the unlabeled tasks first by how many tasks the annotator already solved in the 
 makes Label Studio itself serve the highest-influence task of the least-labeled cluster:
 no class (or region of the feature space) is starved, which influence alone tends to do.
 
-Clusters are k-means on the frozen backbone's embeddings, fitted once per project and
-backbone and saved, so a task keeps its cluster id across model versions.
+With frozen features the clusters are k-means on the backbone's embeddings, fitted once per
+project and backbone and saved, so a task keeps its cluster id across model versions. A model
+trained from scratch each round has no fixed feature space: its clusters are the predicted
+classes (ids that keep their meaning, though a task's may change between versions).
 `serving_order` is the same rule, for the offline simulation to select what Label Studio
 would serve.
 """
@@ -48,10 +50,13 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 
 def serving_order(scores: Sequence[float], clusters: Sequence[int], solved: Counter | None = None,
-                  budget: int | None = None) -> list[int]:
-    """Positions in the order Label Studio serves them, each served task counting as solved in its
-    cluster: the task of the least-solved cluster with the lowest score, ties by position."""
+                  budget: int | None = None, counts_as: Sequence[int] | None = None) -> list[int]:
+    """Positions in the order Label Studio serves them: the task of the least-solved cluster with the
+    lowest score, ties by position. A served task then counts as solved in `counts_as[i]` (default:
+    its cluster): Label Studio counts a labeled task in the largest cluster of all its predictions,
+    of every model version, which differs from the current one when ids change between versions."""
     solved = Counter(solved or {})
+    counts_as = clusters if counts_as is None else counts_as
     queues: dict[int, list[tuple[float, int]]] = {}
     for i, (score, cluster) in enumerate(zip(scores, clusters)):
         queues.setdefault(int(cluster), []).append((float(score), i))
@@ -63,8 +68,13 @@ def serving_order(scores: Sequence[float], clusters: Sequence[int], solved: Coun
     while heads and len(order) < budget:
         _, _, i, c = heapq.heappop(heads)
         order.append(i)
-        solved[c] += 1
         queues[c].pop()
+        if counts_as[i] == c:
+            solved[c] += 1
+        else:  # another cluster's count grows: rebuild the heap (one entry per cluster)
+            solved[int(counts_as[i])] += 1
+            heads = [(solved[k], q[-1][0], q[-1][1], k) for k, q in queues.items() if q and k != c]
+            heapq.heapify(heads)
         if queues[c]:
             heapq.heappush(heads, (solved[c], queues[c][-1][0], queues[c][-1][1], c))
     return order

@@ -131,21 +131,23 @@ class EngineSettings(ModelSettings, TrainSettings, InfluenceSettings):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     workers: int = Field(0, ge=0, description="data-loading worker processes")
     cluster_serving: Literal["auto", "on", "off"] = Field(
-        "auto", description="serve the best task of the least-labeled cluster (k-means on frozen embeddings), "
-                            "as Label Studio's uncertainty sampling does with prediction clusters; auto = on "
-                            "with frozen features")
-    clusters: int = Field(0, ge=0, description="cluster serving: k of k-means (0 = as many as classes)")
+        "auto", description="serve the best task of the least-labeled cluster, as Label Studio's uncertainty "
+                            "sampling does with prediction clusters: k-means on frozen embeddings, else the "
+                            "predicted class; auto = on with frozen features")
+    clusters: int = Field(0, ge=0, description="cluster serving with frozen features: k of k-means "
+                                               "(0 = as many as classes)")
 
     @property
     def serves_clusters(self) -> bool:
         return self.cluster_serving == "on" or (self.cluster_serving == "auto" and self.frozen)
 
-    @model_validator(mode="after")
-    def _clusters_need_frozen_features(self):
-        if self.cluster_serving == "on" and not self.frozen:
-            raise ValueError("cluster_serving needs frozen features (set weights): clusters of a model that "
-                             "changes every round would not keep their ids")
-        return self
+    @property
+    def cluster_source(self) -> str | None:
+        """"embeddings" (k-means on the frozen features, ids fixed per project), "predictions" (the
+        predicted class: the only id a model retrained from scratch every round keeps), or None."""
+        if not self.serves_clusters:
+            return None
+        return "embeddings" if self.frozen else "predictions"
 
 
 def validate(cls: type[Settings], values: dict, source: str) -> Any:

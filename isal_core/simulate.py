@@ -109,25 +109,44 @@ class Simulation:
     def rank(self, strategy: str, model: nn.Module, labeled: list[int], seed: int) -> list[int]:
         """The unlabeled pool (given the labeled set the model was trained on), best first, as
         train-split indices. The strategy's own randomness is seeded with `seed`."""
+        return self._round(strategy, model, labeled, seed)[0]
+
+    def _round(self, strategy: str, model: nn.Module, labeled: list[int], seed: int):
+        """(the ranked pool, {train index: the model's prediction} when the strategy made them)."""
         pool = self.pool(seed, labeled)
         learner = self.learner(seed)
         chosen = learner.strategy("isal" if strategy in ("isal_l1", "isal_labeled") else strategy,
                                   reference="labeled" if strategy == "isal_labeled" else "given")
         result = learner.round(chosen, self.dataset(sorted(labeled)), self.dataset(pool),
                                self._reference(strategy, seed), budget=min(self.config.step, len(pool)), model=model)
-        return [pool[i] for i in result.ranking.order.tolist()]
+        predictions = None if result.scores is None else dict(zip(pool, result.scores.predictions))
+        return [pool[i] for i in result.ranking.order.tolist()], predictions
 
-    def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int) -> list[int]:
+    def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int,
+               seen: dict[int, int] | None = None) -> list[int]:
         """The `step` images to label next: the ranking's head, or with cluster serving what Label
-        Studio would serve (the best of the least-labeled cluster, one after another)."""
-        order = self.rank(strategy, model, labeled, seed)
+        Studio would serve (the best of the least-labeled cluster, one after another).
+
+        Clusters of predictions (no frozen features) change between model versions, and Label Studio
+        counts a labeled task in the largest cluster of all its predictions: `seen` holds that for
+        every task predicted so far (the run's state keeps it), and is updated in place."""
+        order, predictions = self._round(strategy, model, labeled, seed)
         budget = check_budget(self.config.step, len(order))
         if not self.config.serves_clusters:
             return order[:budget]
-        clusters = self.clusters(seed)
+        if self.config.cluster_source == "embeddings":
+            clusters = counts_as = self.clusters(seed)
+        else:
+            if predictions is None:
+                predictions = dict(zip(order, self.learner(seed).predict(model, self.dataset(order))))
+            clusters = {i: self.adapter.cluster(p) for i, p in predictions.items()}
+            counts_as = {} if seen is None else seen
+            for i, c in clusters.items():
+                counts_as[i] = max(c, counts_as.get(i, c))
         initial = set(self.initial(seed))  # labeled before any prediction existed: no cluster in Label Studio
-        solved = Counter(clusters[i] for i in labeled if i not in initial)
-        served = serving_order(range(len(order)), [clusters[i] for i in order], solved, budget)
+        solved = Counter(counts_as[i] for i in labeled if i not in initial)
+        served = serving_order(range(len(order)), [clusters[i] for i in order], solved, budget,
+                               [counts_as[i] for i in order])
         return [order[p] for p in served]
 
     def clusters(self, seed: int) -> dict[int, int]:
@@ -187,7 +206,8 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
             start = time.perf_counter()
             if model is None:
                 model = _model_of(sim, models, name, state, seed, r - 1)
-            state.add(r, sim.select(strategy, model, state.labeled(r - 1), seed), time.perf_counter() - start)
+            added = sim.select(strategy, model, state.labeled(r - 1), seed, state.seen)
+            state.add(r, added, time.perf_counter() - start)
             state.save()
         model, metric, seconds = _train_and_evaluate(sim, models, state.labeled(r), seed, r)
         models.save(name, model, round=r)

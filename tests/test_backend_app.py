@@ -180,8 +180,10 @@ def file_server(tmp_path):
     server.server_close()
 
 
-def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), influences=(-2.0, 0.5, 1.0)):
-    """A real model version (untrained weights, random s_test) written the way a job writes it."""
+def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), influences=(-2.0, 0.5, 1.0),
+                    cluster_source=None):
+    """A real model version (untrained weights, random s_test) written the way a job writes it
+    (with cluster_source "predictions": each task's cluster is its predicted class)."""
     store = Registry(model_dir).get(project_id)
     task_type = parse_label_config(CONFIG)
     store.register(CONFIG, task_type)
@@ -194,11 +196,13 @@ def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), in
     meta = {"version": version, "job": job, "sigma": influence_scale(influences), "task_type": task_type.to_meta(),
             "params": "weights", "top_k": 1, "arch": "small_cnn", "num_classes": 2, "image_size": 32,
             "counts": {"labeled": 4, "reference": 2, "unlabeled": len(task_ids)}, "reference_source": "isal_reference",
-            "top_task": task_ids[int(np.argmin(influences))]}
+            "top_task": task_ids[int(np.argmin(influences))], "cluster_source": cluster_source}
+    predictions = [0, 1, 0]
+    clusters = None if cluster_source is None else (None, predictions)
     names = [n for n, _ in select_parameters(model, "weights")]
     with store.staging(version) as staging:
         store.write_files(staging, model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(s_test, names),
-                          list(task_ids), list(influences), [0, 1, 0])
+                          list(task_ids), list(influences), predictions, clusters)
         store.write_meta(staging, meta)
     return store.current
 
@@ -233,6 +237,24 @@ def test_predict_with_a_model_scores_each_task_or_says_why_not(tmp_path, file_se
     status = c.get("/status?project=7").json
     assert status["model_version"] == version.name and status["top_task"] == 1
     assert c.get("/versions?project=7").json["versions"] == [version.name]
+
+
+def test_predictions_carry_the_predicted_class_as_cluster_without_frozen_features(tmp_path, file_server):
+    """Cluster serving from scratch: /predict gives a task the job scored the job's cluster, and a
+    task that arrived later its predicted class, as the job would have."""
+    www, url = file_server
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(www / "new.jpg")
+    publish_version(tmp_path / "models", cluster_source="predictions")
+    c = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40).test_client()
+    tasks = [{"id": 2, "data": {"image": "/data/upload/7/known.jpg"}}, {"id": 51, "data": {"image": f"{url}/new.jpg"}}]
+    res = c.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]
+    assert res[0]["cluster"] == 1 and res[0]["result"][0]["value"]["choices"] == ["dog"]
+    predicted = ["cat", "dog"].index(res[1]["result"][0]["value"]["choices"][0])
+    assert res[1]["cluster"] == predicted
+    plain = publish_version(tmp_path / "models")  # a version without cluster serving: no cluster
+    c = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40).test_client()
+    res = c.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]
+    assert res[0]["model_version"] == plain.name and all("cluster" not in r for r in res)
 
 
 def test_a_restart_loads_the_newest_complete_version(tmp_path):

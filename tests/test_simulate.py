@@ -143,6 +143,20 @@ def test_raising_rounds_computes_only_the_new_round(dataset, tmp_path, monkeypat
     assert selections(out, "isal", 1) == selections(straight, "isal", 1)  # ranked by the reloaded model
 
 
+def test_cluster_serving_by_prediction_resumes_with_what_each_task_was_predicted(dataset, tmp_path):
+    """Without frozen features the served cluster is the predicted class; a labeled task counts in the
+    largest one of its predictions so far, which the run's state keeps for a resumed run."""
+    kw = dict(strategies=["random", "isal"], cluster_serving="on", step=4, epochs=2)
+    straight = simulate(config(dataset, tmp_path / "straight", rounds=4, **kw))
+    out = tmp_path / "run"
+    simulate(config(dataset, out, rounds=2, **kw))
+    simulate(config(dataset, out, rounds=4, **kw))
+    for strategy in kw["strategies"]:
+        assert selections(out, strategy) == selections(straight, strategy)
+        state = json.loads((out / "state" / f"{strategy}-0.json").read_text())
+        assert len(state["seen"]) == len(Simulation(config(dataset, "unused")).universe(0)) - 6
+
+
 def test_interrupted_run_resumes_where_it_stopped(dataset, tmp_path):
     """A corrupt image that only round 2 reads stops the run; once fixed, the rerun
     finishes with exactly the rows and selections of an uninterrupted run."""

@@ -18,6 +18,7 @@ except ImportError:  # tests/ imported as a package
 pytestmark = pytest.mark.integration
 
 STRATEGIES = ["isal", "isal_l1"]
+CLOSE_COLORS = {"grey": (110, 110, 110), "reddish": (130, 105, 105), "greenish": (105, 130, 105)}
 
 
 def tiny(data, out, **kw) -> SimulationConfig:
@@ -112,4 +113,26 @@ def test_frozen_features_and_cluster_serving_select_alike_offline_and_through_la
     assert config["weights"] == str(weights) and config["mode"] == "auto" and config["cluster_serving"] == "auto"
     plain = simulate(tiny(data, tmp_path / "plain", embedding_cache=str(tmp_path / "emb"), cluster_serving="off",
                           **frozen))
+    assert selections(plain, "isal") != expected  # the clusters changed what was served
+
+
+def test_cluster_serving_by_predicted_class_selects_alike_offline_and_through_label_studio(label_studio, tmp_path):
+    """From scratch (no weights) the clusters are the predicted classes, which change between
+    versions: Label Studio then counts a labeled task in the largest cluster of all its
+    predictions. Four rounds, so tasks predicted by three versions are served and counted; colours
+    close together, so the predicted classes do change between versions."""
+    data = make_dataset(tmp_path / "data", classes=CLOSE_COLORS)
+    # (checked when written: in this configuration both the clusters and the Max over versions change
+    # what is served, so an emulation without either fails here)
+    scratch = dict(strategies=["isal"], cluster_serving="on", rounds=4, step=6, epochs=3, damping=1.0)
+    offline = simulate(tiny(data, tmp_path / "offline", **scratch))
+    state = json.loads((offline / "state" / "isal-0.json").read_text())
+    # every task but the 6 initial ones was predicted (and remembered) at least once, as one of 3 classes
+    assert len(state["seen"]) == 16 * 3 - 6 and set(state["seen"].values()) <= {0, 1, 2}
+    run = tmp_path / "ls"
+    simulate_label_studio(tiny(data, run, **scratch), label_studio.url, label_studio.legacy_token,
+                          str(label_studio.files_root))
+    expected = selections(offline, "isal")
+    assert [len(a) for a in expected] == [6, 6, 6, 6] and selections(run, "isal") == expected
+    plain = simulate(tiny(data, tmp_path / "plain", **{**scratch, "cluster_serving": "off"}))
     assert selections(plain, "isal") != expected  # the clusters changed what was served
