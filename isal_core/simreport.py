@@ -8,13 +8,17 @@ and compare that label count with the baseline's final one.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import write_text
 
 _TOLERANCE = 1e-9  # means of equal numbers may differ in the last bit
+#: Student's t, two-sided 95 %, by degrees of freedom (n - 1 seeds); 1.96 beyond the table
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        15: 2.131, 20: 2.086, 30: 2.042}
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,55 @@ def plot_curves(rows: list[dict], path: Path, cost: str = "labels", title: str =
     plt.close(fig)
 
 
-def write_report(out: Path, rows: list[dict], title: str = "") -> None:
-    """curves.png and savings.md next to results.csv (rewritten in full each time)."""
+def interval95(values: list[float]) -> float:
+    """Half-width of the 95 % confidence interval of the mean (Student's t; 0 for one value)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = _T95.get(n - 1) or next((t for df, t in sorted(_T95.items()) if df >= n - 1), 1.96)
+    return t * sd / math.sqrt(n)
+
+
+def label_balance(picks: list[list[int]], num_classes: int) -> float:
+    """Mean over selection rounds of the label entropy of a round's picks, as a fraction of the
+    maximum log(num_classes): 1 = every class equally often."""
+    values = []
+    for labels in picks:
+        if labels:
+            counts = Counter(labels).values()
+            values.append(-sum(c / len(labels) * math.log(c / len(labels)) for c in counts) / math.log(num_classes))
+    return sum(values) / len(values) if values else float("nan")
+
+
+def metric_table(rows: list[dict], cost: str = "labels", balance: dict[str, float] | None = None) -> str:
+    """Markdown: the mean metric (%) per strategy and round, +- the 95 % confidence interval over
+    seeds, and with `balance` the label balance of each strategy's picks."""
+    grouped: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        grouped[row["strategy"]][float(row[cost])].append(100 * float(row["metric"]))
+    xs = sorted({x for points in grouped.values() for x in points})
+    head = f"| {cost} | " + " | ".join(f"{x:.0f}" for x in xs) + " |" + (" label balance |" if balance else "")
+    lines = ["# Metric per round\n", "Mean over seeds (%), +- the 95 % confidence interval of the mean (Student's t); "
+             "(n) where fewer seeds than the most. Label balance: the label entropy of a round's picks / log(classes), "
+             "mean over rounds and seeds.\n", head, "|---|" + "---:|" * (len(xs) + bool(balance))]
+    most = max(len(v) for points in grouped.values() for v in points.values())
+    for name, points in sorted(grouped.items()):
+        cells = []
+        for x in xs:
+            v = points.get(x, [])
+            cells.append("" if not v else f"{sum(v) / len(v):.1f} ± {interval95(v):.1f}" +
+                         ("" if len(v) == most else f" ({len(v)})"))
+        extra = f" {balance[name]:.3f} |" if balance and name in balance else (" |" if balance else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |" + extra)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, rows: list[dict], title: str = "", balance: dict[str, float] | None = None) -> None:
+    """curves.png, savings.md and metrics.md next to results.csv (rewritten in full each time)."""
     if not rows:
         return
     plot_curves(rows, out / "curves.png", title=title)
     write_text(out / "savings.md", savings_table(rows))
+    write_text(out / "metrics.md", metric_table(rows, balance=balance))

@@ -39,7 +39,7 @@ from .errors import DataError
 from .learner import Learner
 from .simconfig import SIM_STRATEGIES, USES_R, SimulationConfig, load_config
 from .simdata import SimulationData
-from .simreport import write_report
+from .simreport import label_balance, write_report
 from .simstore import Checkpoints, ResultsFile, RunState, check_config
 from .serving import assign, kmeans, serving_order
 from .strategies import check_budget
@@ -187,7 +187,7 @@ def simulate(config: SimulationConfig, data: SimulationData | None = None) -> Pa
         for seed in config.seeds:
             for strategy in config.strategies:
                 _run(sim, strategy, seed, out, results, models, bar)
-            write_report(out, results.rows(), title)  # every row so far, all strategies and seeds
+            write_report(out, results.rows(), title, pick_balance(sim, out))  # every row so far
     return out
 
 
@@ -217,6 +217,18 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
         log.info("%s seed %d round %d: %d labels, metric %.4f (%.1f s)", strategy, seed, r, row["labels"], metric,
                  row["seconds"])
         bar.update()
+
+
+def pick_balance(sim: Simulation, out: Path) -> dict[str, float]:
+    """Per strategy: the label balance of its picks (simreport.label_balance), over every seed run so far."""
+    picks: dict[str, list[list[int]]] = {}
+    for strategy in sim.config.strategies:
+        for seed in sim.config.seeds:
+            path = out / "state" / f"{strategy}-{seed}.json"
+            if path.exists():
+                rounds = RunState.load(path, strategy, seed, sim.initial(seed)).rounds[1:]
+                picks.setdefault(strategy, []).extend([sim.data.train[i].label for i in r["added"]] for r in rounds)
+    return {s: label_balance(p, len(sim.data.classes)) for s, p in picks.items() if p}
 
 
 def _train_and_evaluate(sim: Simulation, models: Checkpoints, labeled: list[int], seed: int, round_: int):

@@ -11,7 +11,7 @@ from backend.cli import main as isal
 from isal_core import cifar10
 from isal_core.cli import main
 from isal_core.data import DataError, ImageDecodeError
-from isal_core.simreport import cost_to_reach, mean_curves, savings, savings_table
+from isal_core.simreport import cost_to_reach, interval95, label_balance, mean_curves, metric_table, savings, savings_table
 from isal_core.simstore import RESULT_COLUMNS, ConfigMismatch
 from isal_core.simulate import SIM_STRATEGIES, Simulation, SimulationConfig, load_config, simulate
 
@@ -242,6 +242,23 @@ def test_mean_curve_and_edge_cases():
 def test_savings_md_matches_results_csv(dataset, tmp_path):
     out = simulate(config(dataset, tmp_path / "run", seeds=[0, 1]))
     assert (out / "savings.md").read_text() == savings_table(read_rows(out))
+    metrics = (out / "metrics.md").read_text()
+    sim = Simulation(config(dataset, "unused"))
+    for strategy in ("random", "isal"):  # each seed's one selection round of 6 picks, 3 classes
+        picks = [[sim.data.train[i].label for i in selections(out, strategy, seed)[1]] for seed in (0, 1)]
+        assert f"{label_balance(picks, 3):.3f} |" in next(line for line in metrics.splitlines()
+                                                          if line.startswith(f"| {strategy} |"))
+
+
+def test_confidence_interval_and_label_balance_against_hand_computed_values():
+    assert interval95([1.0, 2.0, 3.0]) == pytest.approx(4.303 / 3 ** 0.5)  # sd 1, t(2 df) 4.303
+    assert interval95([0.5]) == 0.0 and interval95([2.0, 2.0]) == 0.0
+    assert label_balance([[0, 1], [0, 0]], 2) == pytest.approx(0.5)  # entropy log 2, then 0
+    assert label_balance([[0, 1, 2, 3]], 4) == pytest.approx(1.0)
+    table = metric_table(rows_of({"a": {0: [(10, 0.5), (20, 0.6)], 1: [(10, 0.7), (20, 0.8)]},
+                                  "b": {0: [(10, 0.5)]}}), balance={"a": 0.25})
+    assert "| a | 60.0 ± 127.1 | 70.0 ± 127.1 | 0.250 |" in table  # sd 14.14, t(1 df) 12.706, / sqrt 2
+    assert "| b | 50.0 ± 0.0 (1) |  | |" in table
 
 
 # ---------------------------------------------------------------------------
