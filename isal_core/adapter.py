@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .errors import DataError, ModelError, NonFiniteError
+from .errors import ConfigError, DataError, ModelError, NonFiniteError
 
 
 class Metric(ABC):
@@ -144,6 +144,7 @@ class ClassificationAdapter(TaskAdapter):
                  weights: str | None = None):
         self.arch, self.num_classes, self.image_size, self.weights = arch, num_classes, image_size, weights
         self._pretrained = None
+        self._size_checked = False
 
     @classmethod
     def from_meta(cls, meta: dict) -> ClassificationAdapter:
@@ -171,7 +172,15 @@ class ClassificationAdapter(TaskAdapter):
         model = build_model(self.arch, self.num_classes)
         if self.pretrained is not None:
             load_backbone(model, self.pretrained.state_dict, last_linear(model)[0], f"{self.weights!r}")
+        if not self._size_checked:
+            check_input_size(model, self.arch, self.input_size)
+            self._size_checked = True
         return model
+
+    @property
+    def input_size(self) -> int:
+        """The side of the images the model sees: the weights' crop size, else image_size."""
+        return self.pretrained.preprocessing.size if self.pretrained is not None else self.image_size
 
     def transform(self, train: bool = False):
         from .transforms import classification_transform, pretrained_transform
@@ -238,3 +247,30 @@ def move(x: Any, device: torch.device) -> Any:
     if isinstance(x, dict):
         return {k: move(v, device) for k, v in x.items()}
     return x
+
+
+PROBE_SIZES = (16, 32, 64, 75, 96, 128, 160, 224, 299)
+
+
+def check_input_size(model: nn.Module, arch: str, size: int) -> None:
+    """Refuse an input size the architecture cannot take (its pooling shrinks the image below one
+    pixel) before any training, naming the smallest probed size that works."""
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, side, side))
+            return True
+        except RuntimeError:
+            return False
+
+    was_training = model.training
+    model.eval()
+    try:
+        if runs(size):
+            return
+        fits = next((s for s in PROBE_SIZES if s > size and runs(s)), None)
+    finally:
+        model.train(was_training)
+    hint = f"use image_size (ISAL_IMAGE_SIZE, --image-size) {fits} or more" if fits else "use a larger image_size"
+    raise ConfigError(f"images of {size} x {size} px are too small for {arch}: its forward pass fails at that "
+                      f"size; {hint}")

@@ -446,6 +446,15 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
     assert r.status_code == 200 and r.json["results"][0]["model_version"] == v1
     assert ls.projects.get(id=pid).model_version == v1
 
+    # Images too small for the architecture (a misconfiguration): the job says so before training, v1 stays.
+    small = make_app(tmp_path, **{**settings, "engine": {"epochs": 2, "retrain_every": 0, "arch": "alexnet"}})
+    sc = small.test_client()
+    assert sc.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 202
+    status = wait_for_job(lambda p: sc.get(f"/status?project={p}").json, pid, timeout=120)
+    assert status["model_version"] == v1 and "32 x 32 px are too small for alexnet" in status["last_error"], status
+    assert "image_size (ISAL_IMAGE_SIZE, --image-size) 64 or more" in status["last_error"]
+    assert ls.projects.get(id=pid).model_version == v1
+
 
 @pytest.mark.integration
 def test_without_reference_tasks_the_first_labeled_set_is_the_reference(label_studio, tmp_path):

@@ -10,6 +10,7 @@ from isal_core import evaluation
 from isal_core.adapter import ClassificationAdapter
 from isal_core.checkpoints import load_checkpoint, save_checkpoint
 from isal_core.data import TensorDataset3
+from isal_core.errors import ConfigError
 from isal_core.models import small_cnn
 from isal_core.runtime import resolve_device, seed_everything
 from isal_core.settings import EngineSettings, TrainSettings
@@ -184,3 +185,10 @@ def test_seed_and_device_helpers():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             resolve_device("cuda")
+
+
+def test_images_too_small_for_the_architecture_are_refused_before_training():
+    with pytest.raises(ConfigError, match=r"4 x 4 px are too small for small_cnn.* 16 or more"):
+        ClassificationAdapter("small_cnn", 3, image_size=4).build_model()
+    model = ClassificationAdapter("small_cnn", 3, image_size=8).build_model()  # the smallest it takes
+    assert model.training  # the probe leaves the fresh model in training mode
