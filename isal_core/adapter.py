@@ -72,6 +72,11 @@ class TaskAdapter(ABC):
         """One JSON-able prediction per sample of the batch."""
         raise NotImplementedError(f"{type(self).__name__} has no predictions")
 
+    def unscored(self, prediction: Any) -> bool:
+        """True when influence cannot rank this sample (e.g. a detection image without a pseudo-box):
+        it is then ranked after every scored sample, at random."""
+        return False
+
     def cluster(self, prediction: Any) -> int:
         """The cluster id of one of `predict`'s predictions, for cluster serving without frozen
         features (an id that keeps its meaning across model versions, e.g. the predicted class)."""

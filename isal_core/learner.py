@@ -23,7 +23,7 @@ from .errors import SelectionError
 from .runtime import resolve_device, seed_everything
 from .scorer import InfluenceScorer, PoolScores
 from .settings import EngineSettings
-from .strategies import ISAL, Ranking, SelectionContext, Strategy, make_strategy
+from .strategies import ISAL, Ranking, SelectionContext, Strategy, influence_ranking, make_strategy
 from .training import train
 
 
@@ -114,4 +114,4 @@ class Learner:
         scorer = self.prepare(chosen, model, labeled, reference)
         on_phase("scoring the pool")
         scores = self.score(scorer, model, pool)
-        return RoundResult(model, Ranking.ascending(scores.influence), scorer, scores)
+        return RoundResult(model, influence_ranking(scores, self.adapter, self.seed), scorer, scores)

@@ -216,7 +216,8 @@ def influence_loop(
     with eval_mode(model):
         for i in range(len(dataset)):
             item = dataset[i]
-            batch = (_unsqueeze(item[0]), _unsqueeze(torch.as_tensor(item[1])))
+            batch = adapter.collate_fn([item]) if adapter.collate_fn is not None else \
+                (_unsqueeze(item[0]), _unsqueeze(torch.as_tensor(item[1])))
             inputs, _ = adapter.to_device(batch, device)
             outputs = adapter.forward(model, inputs)
             targets = adapter.pseudo_targets(outputs, top_k)

@@ -19,7 +19,7 @@ from .adapter import TaskAdapter
 from .errors import ConfigError, NonFiniteError, SelectionError
 from .gradients import HessianOperator, collect_batches, reference_gradient
 from .params import select_parameters
-from .scorer import InfluenceScorer
+from .scorer import InfluenceScorer, PoolScores
 from .settings import InfluenceSettings
 from .stest import CG, Identity, SolveResult, solver_from
 
@@ -60,6 +60,22 @@ class Ranking:
 
     def top(self, budget: int) -> Tensor:
         return self.order[:check_budget(budget, len(self.order))]
+
+
+def influence_ranking(scores, adapter, seed: int = 0) -> Ranking:
+    """Ascending influence (PoolScores); samples the adapter calls unscored (a detection image with no
+    pseudo-box) come after every scored one, in a seeded random order: drawn only when the scored
+    pool is short, as in the reference code."""
+    unscored = torch.tensor([bool(adapter.unscored(p)) for p in scores.predictions], dtype=torch.bool)
+    if not unscored.any():
+        return Ranking.ascending(scores.influence)
+    values = scores.influence.cpu().clone()
+    scored = (~unscored).nonzero().flatten()
+    scored = scored[torch.argsort(values[scored], stable=True)]
+    rest = unscored.nonzero().flatten()
+    rest = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))]
+    values[unscored] = float("inf")
+    return Ranking(torch.cat([scored, rest]), values)
 
 
 def check_budget(budget: int, pool_size: int) -> int:
@@ -199,8 +215,14 @@ class ISAL(ScoreStrategy):
     name = "isal"
 
     def scores(self, ctx):
+        return self.pool_scores(ctx).influence
+
+    def pool_scores(self, ctx) -> PoolScores:
         return self.prepare(ctx).score(ctx.model, ctx.adapter, ctx.pool, ctx.device, ctx.batch_size,
-                                       ctx.num_workers, ctx.progress).influence
+                                       ctx.num_workers, ctx.progress)
+
+    def _rank(self, ctx):
+        return influence_ranking(self.pool_scores(ctx), ctx.adapter, self.seed)
 
     def prepare(self, ctx: SelectionContext) -> InfluenceScorer:
         """s_test over the parameters `self.params` selects, as a scorer for any pool, now or later."""

@@ -1,0 +1,165 @@
+"""Detection in the engine: FCOS through the adapter, per-image influence equal to a per-image
+loop, unscored images ranked last, box sanitation, VOC/COCO loaders (BCCD when present)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from isal_core.boxes import BoxProblems, clean_boxes, load_coco, load_voc, read_voc_xml
+from isal_core.data import ImageRecord
+from isal_core.detection import HEAD_PARAMS, DetectionAdapter
+from isal_core.params import select_parameters
+from isal_core.scorer import PoolScores
+from isal_core.scoring import influence, influence_loop
+from isal_core.strategies import influence_ranking
+
+BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd-voc.zip"
+
+
+def blob_images(folder: Path, n: int, seed: int = 0) -> list[ImageRecord]:
+    """Images with one to three bright rectangles on a dark background, labeled by colour."""
+    g = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        w, h = 96 + 16 * (i % 3), 80
+        pixels = torch.full((h, w, 3), 20, dtype=torch.uint8)
+        boxes, labels = [], []
+        for _ in range(1 + i % 3):
+            x1, y1 = int(torch.randint(0, w - 30, (1,), generator=g)), int(torch.randint(0, h - 30, (1,), generator=g))
+            x2, y2 = x1 + 20 + int(torch.randint(0, 10, (1,), generator=g)), y1 + 20
+            c = int(torch.randint(0, 2, (1,), generator=g))
+            pixels[y1:y2, x1:x2] = torch.tensor([(230, 40, 40), (40, 40, 230)][c], dtype=torch.uint8)
+            boxes.append([x1, y1, x2, y2])
+            labels.append(c)
+        path = folder / f"img{i:02d}.png"
+        Image.fromarray(pixels.numpy()).save(path)
+        records.append(ImageRecord(path.name, str(path), {"boxes": boxes, "labels": labels}))
+    return records
+
+
+class Double(Dataset):
+    """float64 images: the check of the arithmetic, free of float32's rounding at FCOS's kinks
+    (a relu on the box regression, GIoU's min/max), where batch and single-image float32
+    forwards may take different sub-gradients."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, target, index = self.dataset[i]
+        return x.double(), target, index
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return blob_images(tmp_path_factory.mktemp("blobs"), 6)
+
+
+def test_batched_image_influence_equals_a_per_image_loop(blobs):
+    torch.manual_seed(0)
+    adapter = DetectionAdapter(2, min_size=96, max_size=128, score_threshold=0.05)
+    model = adapter.build_model().double().eval()
+    params = select_parameters(model, HEAD_PARAMS)
+    assert [n for n, _ in params] == HEAD_PARAMS  # the head's three final convolutions
+    dataset = Double(adapter.dataset(blobs))
+    s_test = torch.randn(sum(p.numel() for _, p in params), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(dataset, batch_size=3, collate_fn=adapter.collate_fn)
+    fast = influence(model, adapter, loader, s_test, params)
+    loop = influence_loop(model, adapter, dataset, s_test, params)
+    assert torch.allclose(fast, loop, rtol=1e-4, atol=0) and fast.abs().min() > 0
+    # the three parts of each image's loss are all there: zeroing s_test for the box regression changes it
+    names = [n for n, _ in params]
+    sizes = [p.numel() for _, p in params]
+    masked = s_test.clone()
+    start = sum(sizes[:names.index("head.regression_head.bbox_reg.weight")])
+    masked[start:start + sizes[names.index("head.regression_head.bbox_reg.weight")]] = 0
+    assert not torch.allclose(influence(model, adapter, loader, masked, params), fast)
+
+
+def test_images_without_a_pseudo_box_are_ranked_after_every_scored_one(blobs):
+    adapter = DetectionAdapter(2, score_threshold=0.5)
+    boxes = lambda *scores: {"boxes": [[0, 0, 1, 1]] * len(scores), "labels": [0] * len(scores),  # noqa: E731
+                             "scores": list(scores)}
+    predictions = [boxes(0.9), boxes(0.2), boxes(), boxes(0.6, 0.1), boxes(0.4), boxes(0.7)]
+    influence_values = torch.tensor([0.5, -9.0, -8.0, -1.0, -7.0, 2.0])  # the unscored have the lowest values
+    ranking = influence_ranking(PoolScores(influence_values, predictions), adapter, seed=0)
+    order = ranking.order.tolist()
+    assert order[:3] == [3, 0, 5]  # scored, by influence
+    assert sorted(order[3:]) == [1, 2, 4]  # then the unscored
+    assert ranking.scores[[1, 2, 4]].isinf().all()
+    orders = {tuple(influence_ranking(PoolScores(influence_values, predictions), adapter, seed=s).order[3:].tolist())
+              for s in range(20)}
+    assert len(orders) > 1  # drawn at random among themselves (seeded)
+    assert adapter.cost(predictions[3]) == 1 and adapter.unscored(predictions[2])
+
+
+def test_training_lowers_the_loss_and_the_metric_is_map(blobs):
+    from isal_core.evaluation import evaluate
+    from isal_core.settings import TrainSettings
+    from isal_core.training import train
+
+    adapter = DetectionAdapter(2, min_size=96, max_size=128, score_threshold=0.3)
+    torch.manual_seed(0)
+    model = adapter.build_model()
+    dataset = adapter.dataset(blobs)
+    loader = DataLoader(dataset, batch_size=3, collate_fn=adapter.collate_fn)
+
+    def mean_loss():
+        model.eval()
+        with torch.no_grad():
+            return float(torch.cat([adapter.loss(adapter.forward(model, x), t) for x, t, _ in loader]).mean())
+
+    before = mean_loss()
+    train(model, adapter, dataset, TrainSettings(epochs=1, min_steps=60, lr=0.002, batch_size=3, milestones=[]))
+    assert mean_loss() < 0.85 * before
+    metric = adapter.metric()
+    value = evaluate(model, adapter, loader, "cpu")
+    assert 0.0 <= value <= 1.0 and metric.name == "mAP@0.5"
+
+
+def test_boxes_outside_the_image_are_clipped_and_empty_or_unknown_ones_dropped():
+    problems = BoxProblems()
+    boxes = torch.tensor([[10, 10, 50, 50], [-5, 0, 20, 30], [60, 10, 60, 40], [90, 90, 120, 130], [0, 0, 5, 5]])
+    labels = torch.tensor([0, 1, 0, 1, 7])
+    kept, kept_labels = clean_boxes(boxes, labels, width=100, height=100, num_classes=2, problems=problems)
+    assert kept.tolist() == [[10, 10, 50, 50], [0, 0, 20, 30], [90, 90, 100, 100]] and kept_labels.tolist() == [0, 1, 1]
+    assert problems.counts == {"box_clipped": 2, "box_degenerate": 1, "box_unknown_label": 1}
+
+
+def test_voc_xml_and_coco_json_loaders(tmp_path):
+    xml = ("<annotation><filename>a.jpg</filename><object><name>RBC</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
+           "<xmax>30</xmax><ymax>40</ymax></bndbox></object><object><name>zebra</name><bndbox><xmin>1</xmin>"
+           "<ymin>2</ymin><xmax>3</xmax><ymax>4</ymax></bndbox></object></annotation>")
+    label, unknown = read_voc_xml(xml, ["RBC", "WBC"])
+    assert label == {"boxes": [[1.0, 2.0, 30.0, 40.0]], "labels": [0]} and unknown == ["zebra"]
+    coco = {"images": [{"id": 1, "file_name": "b.jpg"}, {"id": 2, "file_name": "a.jpg"}],
+            "categories": [{"id": 7, "name": "cell"}, {"id": 3, "name": "dot"}],
+            "annotations": [{"image_id": 1, "category_id": 7, "bbox": [5, 6, 10, 20]},
+                            {"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "iscrowd": 1}]}
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    records, classes = load_coco(tmp_path / "ann.json", tmp_path)
+    assert classes == ["dot", "cell"] and [r.id for r in records] == ["a.jpg", "b.jpg"]
+    assert records[1].label == {"boxes": [[5, 6, 15, 26]], "labels": [1]} and records[0].label["boxes"] == []
+
+
+@pytest.mark.skipif(not BCCD.exists(), reason="needs ../shared/data/bccd-voc.zip")
+def test_bccd_loads_with_its_splits_and_its_two_bad_boxes_are_counted():
+    records, classes = load_voc(BCCD)
+    assert classes == ["Platelets", "RBC", "WBC"] and len(records) == 364
+    train, _ = load_voc(BCCD, "train", classes)
+    test, _ = load_voc(BCCD, "test", classes)
+    assert 0 < len(test) < len(train) < len(records) and not {r.id for r in train} & {r.id for r in test}
+    dataset = DetectionAdapter(3).dataset(records)
+    for i in range(len(dataset)):
+        image, target, _ = dataset[i]
+        assert target["boxes"].shape[1] == 4 and (target["boxes"][:, 2:] > target["boxes"][:, :2]).all()
+    assert sum(dataset.problems.counts.values()) >= 2, dataset.problems.counts
