@@ -33,7 +33,7 @@ from .errors import JobError, describe_api_error
 from .ls_client import ApiError, LabelStudioAPI
 from .prelabel import prelabel_decision
 from .project_tasks import REFERENCE_FLAG, ProjectTasks, Warnings, read_tasks
-from .scores import encode, influence_scale
+from .scores import encode, influence_scale, ranking_scores
 from .settings import EngineSettings
 from .store import ProjectStore, new_version_name
 from .tasktypes import TaskType, UnsupportedConfig
@@ -71,7 +71,7 @@ class Trainer:
         t["download"] = time.time()
         self._choose_reference(store, tasks, warnings)
         adapter = task_type.adapter(self.engine)
-        learner = Learner(adapter, self.engine, self.engine.seed)
+        learner = Learner(adapter, task_type.engine_settings(self.engine), self.engine.seed)
         labeled, pool = adapter.dataset(tasks.records("labeled")), adapter.dataset(tasks.records("pool"))
         reference = adapter.dataset(tasks.records("reference"))
         result = learner.round(self.engine.strategy, labeled, pool, reference,
@@ -127,15 +127,16 @@ class Trainer:
         e = self.engine
         influences = result.scores.influence.double().numpy()
         sigma = influence_scale(influences)
-        scores = encode(influences, sigma)
-        top = int(np.argmin(influences))
+        scores = ranking_scores(influences, result.ranking, sigma)
+        top = int(result.ranking.order[0])
         task_ids = [i.task_id for i in tasks.pool]
         job = store.next_job_number()
         version = new_version_name(store.id, job)
         meta = {
             "version": version, "project": store.id, "job": job, "created_at": time.time(),
             "task_type": task_type.to_meta(), **adapter.to_meta(), "strategy": e.strategy,
-            "solver": e.solver, "damping": e.damping, "params": e.params, "top_k": e.top_k, "epochs": e.epochs,
+            "solver": e.solver, "damping": e.damping, "params": task_type.engine_settings(e).params,
+            "top_k": e.top_k, "epochs": e.epochs,
             "seed": e.seed, "solver_info": result.scorer.info, "sigma": sigma, "counts": tasks.counts(warnings),
             "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
             "top_task": task_ids[top], "top_score": float(scores[top]), "top_influence": float(influences[top]),

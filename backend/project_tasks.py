@@ -125,10 +125,12 @@ def read_tasks(api: LabelStudioAPI, project_id: int, task_type: TaskType, warnin
                 tasks.pool.append(Item(tid, url))
             continue
         try:
-            label = task_type.target(ann.get("result"))
+            label, problems = task_type.target_with_problems(ann.get("result"))
         except LabelError as exc:
             warnings.add("label_outside_config", tid, str(exc))
             continue
+        for problem in problems:  # regions skipped inside an annotation that is kept
+            warnings.add("region_skipped", tid, problem)
         if label is None:
             warnings.add("annotation_without_label", tid, f"annotation {ann.get('id')} has no choice for this "
                          "config's control")

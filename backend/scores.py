@@ -50,3 +50,17 @@ def encode(influences, sigma: float) -> np.ndarray:
     ez = np.exp(z[~pos])
     out[~pos] = ez / (1.0 + ez)
     return out
+
+
+def ranking_scores(influences, ranking, sigma: float) -> np.ndarray:
+    """Scores that make Label Studio serve the job's ranking: encode(I) for scored tasks; tasks the
+    ranking puts after them (unscored: a detection image with no pseudo-box) get scores above every
+    scored one, in the ranking's (seeded random) order, so they are served only when the scored run out."""
+    scores = encode(influences, sigma)
+    order = np.asarray(ranking.order.tolist(), dtype=np.int64)
+    unscored = order[~np.isfinite(np.asarray(ranking.scores.double().numpy()))[order]]
+    if unscored.size:
+        scored = np.setdiff1d(np.arange(len(scores)), unscored)
+        floor = float(scores[scored].max()) if scored.size else 0.5
+        scores[unscored] = floor + (1.0 - floor) * np.arange(1, unscored.size + 1) / (unscored.size + 1)
+    return scores

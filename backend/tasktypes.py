@@ -4,9 +4,9 @@ A `TaskType` is what the backend knows about a labeling config: which object tag
 the media, how an annotation becomes a training target, how one of the engine's
 predictions becomes a Label Studio result, and which engine adapter (isal_core) learns
 the task. Everything about the model (building, training, loss, predictions) is the
-adapter's. Image classification (`<Image>` + one single-choice `<Choices>`) is the one
-kind built; detection (`<RectangleLabels>` on an `<Image>`) is a second subclass added
-to TASK_TYPES plus its engine adapter, with nothing else changing.
+adapter's. Image classification (`<Image>` + one single-choice `<Choices>`) is here;
+detection (`<RectangleLabels>` on an `<Image>`) is backend.detection_task, a second
+subclass in task_types() with its engine adapter (isal_core.detection).
 
 Configs are parsed with label-studio-sdk's LabelInterface, so the backend reads them
 exactly as Label Studio does.
@@ -26,7 +26,8 @@ from isal_core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = "an <Image> with one single-choice <Choices> of at least two <Choice> values (image classification)"
+SUPPORTED = ("an <Image> with one single-choice <Choices> of at least two <Choice> values (image classification), "
+             "or an <Image> with one <RectangleLabels> (object detection)")
 
 
 class UnsupportedConfig(ValueError):
@@ -76,6 +77,10 @@ class TaskType(ABC):
         """Training target from one annotation's `result`; None if it holds none for our
         control; LabelError if it names something outside the config."""
 
+    def target_with_problems(self, result: list[dict]) -> tuple[Any, list[str]]:
+        """(target, what was skipped inside the annotation): detection skips single bad regions."""
+        return self.target(result), []
+
     @abstractmethod
     def prediction(self, output: Any) -> list[dict]:
         """A Label Studio `result` list from one sample's prediction (the adapter's `predict`)."""
@@ -83,6 +88,17 @@ class TaskType(ABC):
     @abstractmethod
     def adapter(self, settings: ModelSettings) -> TaskAdapter:
         """The engine adapter that learns this task with these model settings."""
+
+    def adapter_from_meta(self, meta: dict, embedding_cache: str | None = None) -> TaskAdapter:
+        """The adapter of a saved model version (its meta.json)."""
+        settings = ModelSettings(arch=meta["arch"], image_size=int(meta["image_size"]), weights=meta.get("weights"),
+                                 mode="frozen" if meta.get("adapter") == "frozen" else "finetune",
+                                 head=meta.get("head", "linear"), embedding_cache=embedding_cache)
+        return self.adapter(settings)
+
+    def engine_settings(self, settings):
+        """The engine settings a job of this task runs with (detection: influence over the head by default)."""
+        return settings
 
 
 class ImageClassification(TaskType):
@@ -185,9 +201,12 @@ def choice_result(label: str) -> list[dict]:
     return [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
 
 
-#: Task types tried in order; the first that matches the config wins.
-TASK_TYPES: tuple[type[TaskType], ...] = (ImageClassification,)
-_BY_KIND = {t.kind: t for t in TASK_TYPES}
+def task_types() -> tuple[type[TaskType], ...]:
+    """Task types tried in order; the first that matches the config wins (detection first: a <Choices>
+    beside a <RectangleLabels> is refused there with the reason)."""
+    from .detection_task import ObjectDetection  # it subclasses TaskType: imported once this module is
+
+    return ObjectDetection, ImageClassification
 
 
 def parse_label_config(xml: str) -> TaskType:
@@ -198,18 +217,17 @@ def parse_label_config(xml: str) -> TaskType:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises its own XML/validation errors
         raise UnsupportedConfig(f"the labeling config cannot be parsed: {exc}") from None
-    for task_type in TASK_TYPES:
+    for task_type in task_types():
         found = task_type.match(interface)
         if found is not None:
             return found
     tags = sorted({c.tag for c in interface.controls}) or ["no control tags"]
-    if "RectangleLabels" in tags:
-        raise UnsupportedConfig(f"object detection (<RectangleLabels>) is not supported yet. Supported: {SUPPORTED}")
     raise UnsupportedConfig(f"the labeling config has {', '.join(tags)}. Supported: {SUPPORTED}")
 
 
 def task_type_from_meta(meta: dict) -> TaskType:
     kind = meta.get("kind")
-    if kind not in _BY_KIND:
-        raise ValueError(f"unknown task type {kind!r} in saved metadata; known: {sorted(_BY_KIND)}")
-    return _BY_KIND[kind].from_meta(meta)
+    by_kind = {t.kind: t for t in task_types()}
+    if kind not in by_kind:
+        raise ValueError(f"unknown task type {kind!r} in saved metadata; known: {sorted(by_kind)}")
+    return by_kind[kind].from_meta(meta)

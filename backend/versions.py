@@ -24,7 +24,6 @@ from isal_core.checkpoints import load_checkpoint, read_checkpoint
 from isal_core.runtime import resolve_device
 from isal_core.scorer import InfluenceScorer, PoolScores
 from isal_core.serving import assign
-from isal_core.settings import ModelSettings
 
 from .scores import encode
 from .tasktypes import TaskType, task_type_from_meta
@@ -72,11 +71,7 @@ class ModelVersion:
         return self._adapter
 
     def _build_adapter(self):
-        m = self.meta
-        settings = ModelSettings(arch=m["arch"], image_size=int(m["image_size"]), weights=m.get("weights"),
-                                 mode="frozen" if m.get("adapter") == "frozen" else "finetune",
-                                 head=m.get("head", "linear"), embedding_cache=self.embedding_cache)
-        return self.task_type.adapter(settings)
+        return self.task_type.adapter_from_meta(self.meta, self.embedding_cache)
 
     @classmethod
     def open(cls, path: Path, device: str = "auto", verify: bool = False,

@@ -79,7 +79,7 @@ class DetectionAdapter(TaskAdapter):
     collate_fn = staticmethod(collate)
 
     def __init__(self, num_classes: int, backbone: str = "resnet18", min_size: int = 256, max_size: int = 320,
-                 score_threshold: float = 0.5, detections_per_img: int = 100):
+                 score_threshold: float = 0.5, detections_per_img: int = 100, weights: str | None = None):
         if backbone not in BACKBONES:
             raise ConfigError(f"unknown detection backbone {backbone!r}; one of {', '.join(BACKBONES)}")
         if not 0.0 < score_threshold < 1.0:
@@ -87,16 +87,38 @@ class DetectionAdapter(TaskAdapter):
         self.num_classes, self.backbone = num_classes, backbone
         self.min_size, self.max_size = min_size, max_size
         self.score_threshold, self.detections_per_img = score_threshold, detections_per_img
+        self.weights = weights
+        self._backbone_weights = None
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> DetectionAdapter:
+        return cls(int(meta["num_classes"]), meta["backbone"], int(meta["min_size"]), int(meta["max_size"]),
+                   float(meta["score_threshold"]), weights=meta.get("weights"))
 
     def to_meta(self) -> dict:
+        # arch and image_size: what every model version names (the backbone and the shorter side)
         return {"adapter": "detection", "num_classes": self.num_classes, "backbone": self.backbone,
-                "min_size": self.min_size, "max_size": self.max_size, "score_threshold": self.score_threshold}
+                "arch": self.backbone, "image_size": self.min_size, "min_size": self.min_size,
+                "max_size": self.max_size, "score_threshold": self.score_threshold, "weights": self.weights}
 
     def build_model(self) -> nn.Module:
         body = resnet_fpn_backbone(backbone_name=self.backbone, weights=None, trainable_layers=5,
                                    returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+        if self.weights is not None:
+            self._load_backbone(body.body)
         return FCOS(body, self.num_classes, min_size=self.min_size, max_size=self.max_size,
                     score_thresh=min(0.05, self.score_threshold), detections_per_img=self.detections_per_img)
+
+    def _load_backbone(self, body: nn.Module) -> None:
+        """Classifier weights (a torchvision name or a file, backbones.load_weights) into the ResNet body."""
+        from .backbones import load_weights
+
+        if self._backbone_weights is None:
+            self._backbone_weights = load_weights(self.backbone, self.weights, self.min_size).state_dict
+        missing, _ = body.load_state_dict(self._backbone_weights, strict=False)  # the classifier's fc is not used
+        if missing:
+            raise ConfigError(f"weights {self.weights!r} do not fit a {self.backbone} backbone: missing "
+                              f"{missing[:4]}{' ...' if len(missing) > 4 else ''}")
 
     def dataset(self, records, train=False):
         from .boxes import DetectionDataset
@@ -131,8 +153,14 @@ class DetectionAdapter(TaskAdapter):
         return targets
 
     def predict(self, outputs: DetectionOutputs) -> list[dict]:
-        return [{"boxes": d["boxes"].tolist(), "labels": d["labels"].tolist(), "scores": d["scores"].tolist()}
-                for d in outputs.detections()]
+        """The boxes scoring at least `score_threshold` (the pseudo-labels), in original pixels, with the
+        image's (height, width)."""
+        out = []
+        for d, size in zip(outputs.detections(), outputs.original):
+            keep = d["scores"] >= self.score_threshold
+            out.append({"boxes": d["boxes"][keep].tolist(), "labels": d["labels"][keep].tolist(),
+                        "scores": d["scores"][keep].tolist(), "size": list(size)})
+        return out
 
     def unscored(self, prediction: dict) -> bool:
         return not any(s >= self.score_threshold for s in prediction["scores"])
@@ -140,6 +168,7 @@ class DetectionAdapter(TaskAdapter):
     def cost(self, prediction: dict) -> int:
         """Boxes an annotator would draw, as predicted (the cost before labeling)."""
         return sum(s >= self.score_threshold for s in prediction["scores"])
+
 
     def check_targets(self, targets, what):
         for t in targets:
@@ -162,6 +191,19 @@ class DetectionAdapter(TaskAdapter):
         images, _ = model.transform(inputs)
         features = list(model.backbone(images.tensors).values())
         return features[-1].mean(dim=(2, 3))
+
+
+def detection_adapter(settings, num_classes: int) -> DetectionAdapter:
+    """The adapter for these model settings: arch is the backbone (resnet18 unless set), weights
+    pretrained classifier weights for it."""
+    backbone = settings.arch if "arch" in settings.model_fields_set else "resnet18"
+    return DetectionAdapter(num_classes, backbone, settings.min_size, settings.max_size, settings.score_threshold,
+                            weights=settings.weights)
+
+
+def detection_settings(settings):
+    """Engine settings for a detection round: influence over the head unless params were set."""
+    return settings if "params" in settings.model_fields_set else settings.model_copy(update={"params": "head"})
 
 
 class MeanAP(Metric):

@@ -15,8 +15,13 @@ from .errors import ModelError
 from .settings import PARAMETER_SETS
 
 
+#: The final convolutions of an FCOS head, as torchvision and mmdet name them.
+HEAD_LAYERS = ("cls_logits", "bbox_reg", "bbox_ctrness", "conv_cls", "conv_reg", "conv_centerness")
+
+
 def select_parameters(model: nn.Module, which: str | Sequence[str] = "weights") -> list[tuple[str, nn.Parameter]]:
-    """Named parameters for `which`: "weights" (ndim > 1), "last", "all", or explicit names."""
+    """Named parameters for `which`: "weights" (ndim > 1), "last", "all", "head" (a detector's final
+    convolutions: FCOS's class logits, box regression and centerness), or explicit names."""
     named = [(n, p) for n, p in model.named_parameters()]
     if isinstance(which, str) and which not in PARAMETER_SETS:
         which = [w.strip() for w in which.split(",") if w.strip()]
@@ -24,6 +29,10 @@ def select_parameters(model: nn.Module, which: str | Sequence[str] = "weights") 
         chosen = [(n, p) for n, p in named if p.ndim > 1]
     elif which == "all":
         chosen = named
+    elif which == "head":
+        chosen = [(n, p) for n, p in named if n.rsplit(".", 2)[-2:-1] and n.rsplit(".", 2)[-2] in HEAD_LAYERS]
+        if not chosen:
+            raise ModelError(f"parameter set 'head' needs a detector with final convolutions named {HEAD_LAYERS}")
     elif which == "last":
         linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not linears:

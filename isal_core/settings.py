@@ -24,7 +24,7 @@ from .errors import ConfigError
 
 #: The reference code's effective damping (damp 0.01 x scale 10,000).
 REFERENCE_DAMPING = 100.0
-PARAMETER_SETS = ("weights", "last", "all")
+PARAMETER_SETS = ("weights", "last", "all", "head")
 #: Which solver each solver-specific option belongs to.
 SOLVER_OPTIONS = {
     "cg_iters": "cg", "cg_tol": "cg",
@@ -50,6 +50,11 @@ class ModelSettings(Settings):
     head: Literal["linear", "mlp"] = Field("linear", description="frozen mode: the head trained on the embeddings")
     embedding_cache: str | None = Field(None, description="frozen mode: folder of cached embeddings "
                                                           "(none: ~/.cache/isal/embeddings)")
+    score_threshold: float = Field(0.5, gt=0, lt=1, description="detection: a predicted box from this score on is "
+                                                                "a pseudo-label and a pre-drawn box (reference "
+                                                                "code 0.5, its COCO run 0.1)")
+    min_size: int = Field(256, ge=32, description="detection: images are resized to this shorter side ...")
+    max_size: int = Field(320, ge=32, description="detection: ... and at most this longer side (FCOS's resize)")
 
     @property
     def frozen(self) -> bool:
@@ -87,7 +92,8 @@ class TrainSettings(Settings):
 class InfluenceSettings(Settings):
     solver: Literal["cg", "lissa", "identity"] = Field("cg", description="s_test solver: cg, lissa or identity (H = I)")
     damping: float = Field(REFERENCE_DAMPING, ge=0, description="lambda in (H + lambda I); the reference code's is 100")
-    params: str = Field("weights", description="parameters influence is taken over: weights, last, all, or names")
+    params: str = Field("weights", description="parameters influence is taken over: weights, last, all, head "
+                                                "(a detector's final convolutions: detection's default), or names")
     top_k: int = Field(1, ge=1, description="pseudo-label classes in the expected gradient (1 = argmax)")
     hessian_samples: int = Field(1024, ge=0, description="labeled samples that define H (seeded subset; 0 = all)")
     cg_iters: int = Field(50, ge=1, description="CG: iteration cap")

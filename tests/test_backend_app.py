@@ -60,7 +60,10 @@ def test_health(tmp_path):
 
 @pytest.mark.parametrize("schema, says", [
     ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
-     '<Label value="cell"/></RectangleLabels></View>', "object detection (<RectangleLabels>) is not supported yet"),
+     '<Label value="cell"/></RectangleLabels><Choices name="c" toName="image"><Choice value="a"/>'
+     '<Choice value="b"/></Choices></View>', "a <Choices> beside it would be left unlearned"),
+    ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
+     '</RectangleLabels></View>', "no distinct static <Label>"),
     ('<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/>'
      '<Choice value="b"/></Choices></View>', "not one <Image>"),
     (CONFIG.replace('toName="image"', 'toName="image" choice="multiple"'), "multi-label"),
