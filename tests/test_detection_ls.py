@@ -64,8 +64,8 @@ def test_rectangles_in_fcos_trained_rectangle_predictions_out_and_next_serves_th
              "original_height": 480, "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rotation": 0,
                                                "rectanglelabels": ["zebra"]}}
     ls.annotations.create(id=ids[N_LABELED], result=[zebra])  # labeled, its only box is skipped: no objects
-    engine = {"epochs": 1, "min_steps": 12, "batch_size": 4, "lr": 0.002, "min_size": 128, "max_size": 160,
-              "score_threshold": 0.05, "retrain_every": 0, "min_labeled": 4}
+    engine = {"epochs": 1, "min_steps": 16, "batch_size": 4, "lr": 0.005, "min_size": 96, "max_size": 128,
+              "score_threshold": 0.05, "retrain_every": 0, "min_labeled": 4, "prelabel": "always"}
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                    engine=engine)
     c = app.test_client()
