@@ -71,12 +71,13 @@ class Trainer:
         t["download"] = time.time()
         self._choose_reference(store, tasks, warnings)
         adapter = task_type.adapter(self.engine)
-        learner = Learner(adapter, task_type.engine_settings(self.engine), self.engine.seed)
+        engine = task_type.engine_settings(self.engine)  # detection: influence over the head, ...
+        learner = Learner(adapter, engine, self.engine.seed)
         labeled, pool = adapter.dataset(tasks.records("labeled")), adapter.dataset(tasks.records("pool"))
         reference = adapter.dataset(tasks.records("reference"))
         result = learner.round(self.engine.strategy, labeled, pool, reference,
                                train_set=adapter.dataset(tasks.records("labeled"), train=True), on_phase=set_phase)
-        clusters = self._clusters(store, adapter, tasks, labeled, pool, result)
+        clusters = self._clusters(store, adapter, tasks, labeled, pool, result, engine.cluster_source)
         metric = {"name": adapter.metric().name, "value": learner.evaluate(result.model, reference),
                   "on": tasks.reference_source + (" (also trained on: optimistic)"
                                                   if tasks.reference_source != REFERENCE_FLAG else "")}
@@ -108,10 +109,9 @@ class Trainer:
         if not tasks.pool:
             raise JobError("no unlabeled task with a usable image is left to rank")
 
-    def _clusters(self, store: ProjectStore, adapter, tasks: ProjectTasks, labeled, pool, result):
+    def _clusters(self, store: ProjectStore, adapter, tasks: ProjectTasks, labeled, pool, result, source):
         """(centroids or None, cluster id per pool task) with cluster serving, else None. Without frozen
         features a task's cluster is its predicted class (no centroids)."""
-        source = self.engine.cluster_source
         if source is None:
             return None
         if source == "predictions":
@@ -142,7 +142,7 @@ class Trainer:
             "top_task": task_ids[top], "top_score": float(scores[top]), "top_influence": float(influences[top]),
             "reference_metric": metric, "prelabel": prelabel_decision(e.prelabel, e.prelabel_min_metric, metric),
             "clusters": None if clusters is None or clusters[0] is None else len(clusters[0]),
-            "cluster_source": e.cluster_source,
+            "cluster_source": task_type.engine_settings(e).cluster_source,
         }
         with store.staging(version) as staging:  # published when the block ends, removed if it fails
             store.write_files(staging, result.model, adapter.to_meta(), result.scorer, task_ids,

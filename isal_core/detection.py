@@ -170,6 +170,9 @@ class DetectionAdapter(TaskAdapter):
         return sum(s >= self.score_threshold for s in prediction["scores"])
 
 
+    def cluster(self, prediction: dict) -> int:
+        raise ConfigError("cluster serving is not available for detection yet: set cluster_serving off")
+
     def check_targets(self, targets, what):
         for t in targets:
             if t is None or "boxes" not in t:
@@ -202,8 +205,14 @@ def detection_adapter(settings, num_classes: int) -> DetectionAdapter:
 
 
 def detection_settings(settings):
-    """Engine settings for a detection round: influence over the head unless params were set."""
-    return settings if "params" in settings.model_fields_set else settings.model_copy(update={"params": "head"})
+    """Engine settings for a detection round: influence over the head unless params were set; weights
+    initialise the backbone (no frozen-feature mode), and no cluster serving unless asked for."""
+    update = {"mode": "finetune"}
+    if "params" not in settings.model_fields_set:
+        update["params"] = "head"
+    if "cluster_serving" not in settings.model_fields_set:
+        update["cluster_serving"] = "off"
+    return settings.model_copy(update=update)
 
 
 class MeanAP(Metric):

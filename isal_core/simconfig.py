@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from .settings import EngineSettings, read_protocol, validate
@@ -28,6 +30,15 @@ class SimulationConfig(EngineSettings):
                                                "(none: the shared CIFAR-10 zip, else torchvision's download)")
     classes: list[str] | None = Field(None, description="only these class folders (e.g. the target classes a "
                                                         "pretrained backbone never saw); none = all")
+    task: Literal["classification", "detection"] = Field(
+        "classification", description="detection: data is a Pascal VOC tree (folder or zip) with "
+                                      "ImageSets/Main/<train_split>.txt and <test_split>.txt; FCOS learns it")
+    train_split: str = Field("trainval", description="detection: the VOC split the pool comes from")
+    test_split: str = Field("test", description="detection: the VOC split R and the evaluation set come from")
+    budget: Literal["images", "boxes"] = Field(
+        "images", description="what initial and step count: images, or (detection) boxes: true boxes for the "
+                              "random initial set, predicted boxes (at least 1 an image) for a round's picks")
+    per_box: bool = Field(False, description="detection: rank by influence per predicted box (cost-normalized)")
     strategies: list[str] = Field(["random", "coreset", "gradsim", "isal"],
                                   description=f"comma list from {', '.join(SIM_STRATEGIES)}")
     initial: PositiveInt = Field(500, description="random labels before round 1 (same for every strategy of a seed)")
@@ -56,6 +67,14 @@ class SimulationConfig(EngineSettings):
         if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
             raise ValueError(f"seeds must be distinct non-negative integers; got {seeds}")
         return seeds
+
+    @model_validator(mode="after")
+    def _detection_options(self):
+        if self.task == "classification" and (self.budget == "boxes" or self.per_box):
+            raise ValueError("budget: boxes and per_box need task: detection")
+        if self.task == "detection" and self.data is None:
+            raise ValueError("task: detection needs data: a Pascal VOC folder or zip (e.g. ../shared/data/bccd-voc.zip)")
+        return self
 
     @model_validator(mode="after")
     def _reference_when_needed(self):

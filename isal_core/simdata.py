@@ -1,5 +1,6 @@
-"""A simulation's dataset: train/<class>/* and test/<class>/*, and the fixed cut of the
-test split into ISAL's reference set R and the evaluation set.
+"""A simulation's dataset: train/<class>/* and test/<class>/* (detection: a Pascal VOC tree and
+its splits), and the fixed cut of the test split into ISAL's reference set R and the
+evaluation set.
 
 The cut uses split seed 0 for every seed and strategy alike, so accuracy is never
 measured on the images R steers the selection with.
@@ -33,12 +34,21 @@ class SimulationData:
     @classmethod
     def load(cls, config: SimulationConfig) -> SimulationData:
         root = (config.data or cifar10_root()).rstrip("/")
-        classes, train = load_records(f"{root}/train")
-        _, test = load_records(f"{root}/test", classes)
+        if config.task == "detection":
+            from .boxes import load_voc
+
+            train, classes = load_voc(root, config.train_split)
+            test, _ = load_voc(root, config.test_split, classes)
+        else:
+            classes, train = load_records(f"{root}/train")
+            _, test = load_records(f"{root}/test", classes)
+        if config.classes and config.task == "detection":
+            raise DataError("classes (keep some class folders) is for classification datasets")
         if config.classes:
             classes, train, test = only(classes, config.classes, train, test, root)
         if len(classes) < 2:
-            raise DataError(f"{root}/train has a single class ({classes[0]!r}): a classifier needs at least two")
+            if config.task == "classification":
+                raise DataError(f"{root}/train has a single class ({classes[0]!r}): a classifier needs at least two")
         order = torch.randperm(len(test), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
         reference, rest = order[:config.reference_size], order[config.reference_size:]
         evaluation = rest[:config.test_subset] if config.test_subset else rest

@@ -94,7 +94,8 @@ def savings_table(rows: list[dict], cost: str = "labels") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(rows: list[dict], path: Path, cost: str = "labels", title: str = "") -> None:
+def plot_curves(rows: list[dict], path: Path, cost: str = "labels", title: str = "",
+                metric: str = "test accuracy") -> None:
     """Mean metric per strategy against labels, with the min-max band over seeds."""
     import matplotlib
 
@@ -109,7 +110,7 @@ def plot_curves(rows: list[dict], path: Path, cost: str = "labels", title: str =
         ax.fill_between(x, [100 * p.low for p in curve], [100 * p.high for p in curve], color=line.get_color(),
                         alpha=0.15)
     ax.set_xlabel(f"number of {cost}")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{title}\nmean over seeds, band = min-max" if title else "mean over seeds, band = min-max")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -163,10 +164,15 @@ def metric_table(rows: list[dict], cost: str = "labels", balance: dict[str, floa
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, rows: list[dict], title: str = "", balance: dict[str, float] | None = None) -> None:
-    """curves.png, savings.md and metrics.md next to results.csv (rewritten in full each time)."""
+def write_report(out: Path, rows: list[dict], title: str = "", balance: dict[str, float] | None = None,
+                 metric: str = "test accuracy") -> None:
+    """curves.png, savings.md and metrics.md next to results.csv (rewritten in full each time); with
+    a boxes column (detection) also curves-boxes.png and savings-boxes.md, against boxes."""
     if not rows:
         return
-    plot_curves(rows, out / "curves.png", title=title)
+    plot_curves(rows, out / "curves.png", title=title, metric=metric)
     write_text(out / "savings.md", savings_table(rows))
     write_text(out / "metrics.md", metric_table(rows, balance=balance))
+    if all(str(r.get("boxes", "")).strip() for r in rows):
+        plot_curves(rows, out / "curves-boxes.png", cost="boxes", title=title, metric=metric)
+        write_text(out / "savings-boxes.md", savings_table(rows, "boxes"))

@@ -102,15 +102,17 @@ class RunState:
         assert len(self.rounds) == round_ - 1, "rounds are added in order"
         self.rounds.append({"round": round_, "added": list(added), "select_seconds": seconds})
 
-    def finish(self, round_: int, metric: float, seconds: float) -> dict:
+    def finish(self, round_: int, metric: float, seconds: float, boxes: int | str = "") -> dict:
         entry = self.rounds[round_ - 1]
         entry.update(metric=metric, seconds=entry["select_seconds"] + seconds)
+        if boxes != "":
+            entry["boxes"] = boxes
         return self.row(round_)
 
     def row(self, round_: int) -> dict:
         entry = self.rounds[round_ - 1]
         return {"strategy": self.strategy, "seed": self.seed, "round": round_, "labels": len(self.labeled(round_)),
-                "boxes": "", "metric": entry["metric"], "seconds": round(entry["seconds"], 3)}
+                "boxes": entry.get("boxes", ""), "metric": entry["metric"], "seconds": round(entry["seconds"], 3)}
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

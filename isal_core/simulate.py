@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .detection import detection_adapter, detection_settings
 from .frozen import classification_adapter
 from .errors import DataError
 from .learner import Learner
@@ -42,6 +43,7 @@ from .simdata import SimulationData
 from .simreport import label_balance, write_report
 from .simstore import Checkpoints, ResultsFile, RunState, check_config
 from .serving import assign, kmeans, serving_order
+from .simboxes import per_box_ranking, prefix_by_cost, true_boxes
 from .strategies import check_budget
 
 __all__ = ["SIM_STRATEGIES", "Simulation", "SimulationConfig", "SimulationData", "load_config", "simulate"]
@@ -60,12 +62,17 @@ class Simulation:
     def __init__(self, config: SimulationConfig, data: SimulationData | None = None):
         self.config = config
         self.data = data or SimulationData.load(config)
-        self.adapter = classification_adapter(config, len(self.data.classes), config.device, config.batch_size)
+        if config.task == "detection":
+            self.adapter = detection_adapter(config, len(self.data.classes))
+            self.settings = detection_settings(config)
+        else:
+            self.adapter = classification_adapter(config, len(self.data.classes), config.device, config.batch_size)
+            self.settings = config
         self.device = self.learner(0).device
         self._clusters: dict[int, dict[int, int]] = {}
 
     def learner(self, seed: int) -> Learner:
-        return Learner(self.adapter, self.config, seed, progress=self.config.progress)
+        return Learner(self.adapter, self.settings, seed, progress=self.config.progress)
 
     def dataset(self, indices: list[int], split: str = "train", train: bool = False):
         return self.adapter.dataset(self.data.records(split, indices), train=train)
@@ -76,7 +83,15 @@ class Simulation:
         return order[:self.config.pool_subset] if self.config.pool_subset else order
 
     def initial(self, seed: int) -> list[int]:
-        return self.universe(seed)[:self.config.initial]
+        universe = self.universe(seed)
+        if self.config.budget == "boxes":  # no model yet: the random set is cut by its true boxes
+            return prefix_by_cost(universe, [len(r.label["boxes"]) for r in self.data.records("train", universe)],
+                                  self.config.initial)
+        return universe[:self.config.initial]
+
+    def boxes(self, labeled: list[int]) -> int | str:
+        """True boxes of a labeled set (detection), for the results' boxes column."""
+        return true_boxes(self.data.records("train", labeled)) if self.config.task == "detection" else ""
 
     def pool(self, seed: int, labeled: list[int]) -> list[int]:
         """The unlabeled images of this seed's universe, sorted by train-split index."""
@@ -89,6 +104,8 @@ class Simulation:
         if c.pool_subset and c.pool_subset > n:
             raise DataError(f"pool_subset {c.pool_subset} is larger than the train split ({n} images)")
         size = len(self.universe(0))
+        if c.budget == "boxes":
+            return  # rounds cost what the model predicts: checked as they run
         if c.initial > size:
             raise DataError(f"initial {c.initial} is larger than the pool ({size} train images)")
         if c.rounds > 1 and c.step > size - c.initial:
@@ -120,7 +137,10 @@ class Simulation:
         result = learner.round(chosen, self.dataset(sorted(labeled)), self.dataset(pool),
                                self._reference(strategy, seed), budget=min(self.config.step, len(pool)), model=model)
         predictions = None if result.scores is None else dict(zip(pool, result.scores.predictions))
-        return [pool[i] for i in result.ranking.order.tolist()], predictions
+        ranking = result.ranking
+        if self.config.per_box and result.scores is not None:
+            ranking = per_box_ranking(result.scores, self.adapter, seed)
+        return [pool[i] for i in ranking.order.tolist()], predictions
 
     def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int,
                seen: dict[int, int] | None = None) -> list[int]:
@@ -131,10 +151,14 @@ class Simulation:
         counts a labeled task in the largest cluster of all its predictions: `seen` holds that for
         every task predicted so far (the run's state keeps it), and is updated in place."""
         order, predictions = self._round(strategy, model, labeled, seed)
+        if self.config.budget == "boxes":  # the picks' predicted boxes pay for the round
+            if predictions is None:
+                predictions = dict(zip(order, self.learner(seed).predict(model, self.dataset(order))))
+            return prefix_by_cost(order, [self.adapter.cost(predictions[i]) for i in order], self.config.step)
         budget = check_budget(self.config.step, len(order))
-        if not self.config.serves_clusters:
+        if not self.settings.serves_clusters:
             return order[:budget]
-        if self.config.cluster_source == "embeddings":
+        if self.settings.cluster_source == "embeddings":
             clusters = counts_as = self.clusters(seed)
         else:
             if predictions is None:
@@ -187,7 +211,7 @@ def simulate(config: SimulationConfig, data: SimulationData | None = None) -> Pa
         for seed in config.seeds:
             for strategy in config.strategies:
                 _run(sim, strategy, seed, out, results, models, bar)
-            write_report(out, results.rows(), title, pick_balance(sim, out))  # every row so far
+            write_report(out, results.rows(), title, pick_balance(sim, out), sim.adapter.metric().name)
     return out
 
 
@@ -211,7 +235,7 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
             state.save()
         model, metric, seconds = _train_and_evaluate(sim, models, state.labeled(r), seed, r)
         models.save(name, model, round=r)
-        row = state.finish(r, metric, seconds)
+        row = state.finish(r, metric, seconds, sim.boxes(state.labeled(r)))
         state.save()
         results.append(row)
         log.info("%s seed %d round %d: %d labels, metric %.4f (%.1f s)", strategy, seed, r, row["labels"], metric,
@@ -222,6 +246,8 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
 def pick_balance(sim: Simulation, out: Path) -> dict[str, float]:
     """Per strategy: the label balance of its picks (simreport.label_balance), over every seed run so far."""
     picks: dict[str, list[list[int]]] = {}
+    if sim.config.task == "detection":
+        return picks  # an image holds boxes of several classes
     for strategy in sim.config.strategies:
         for seed in sim.config.seeds:
             path = out / "state" / f"{strategy}-{seed}.json"

@@ -163,3 +163,52 @@ def test_bccd_loads_with_its_splits_and_its_two_bad_boxes_are_counted():
         image, target, _ = dataset[i]
         assert target["boxes"].shape[1] == 4 and (target["boxes"][:, 2:] > target["boxes"][:, :2]).all()
     assert sum(dataset.problems.counts.values()) >= 2, dataset.problems.counts
+
+
+def voc_tree(root: Path, n_train: int = 10, n_test: int = 6) -> Path:
+    """A Pascal VOC tree (Annotations, JPEGImages, ImageSets/Main/{trainval,test}.txt) of blob images."""
+    records = blob_images(root / "JPEGImages", n_train + n_test, seed=3)
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    names = ["red", "blue"]
+    for r in records:
+        objects = "".join(f"<object><name>{names[c]}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+                          f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                          for b, c in zip(r.label["boxes"], r.label["labels"]))
+        (root / "Annotations" / f"{Path(r.id).stem}.xml").write_text(
+            f"<annotation><filename>{r.id}</filename>{objects}</annotation>")
+    stems = [Path(r.id).stem for r in records]
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(stems[:n_train]) + "\n")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems[n_train:]) + "\n")
+    return root
+
+
+def test_detection_simulation_with_box_budgets_reports_curves_against_boxes(tmp_path):
+    from isal_core.simulate import SimulationConfig, simulate
+
+    data = voc_tree(tmp_path / "voc")
+    config = SimulationConfig(data=str(data), out=str(tmp_path / "run"), task="detection", budget="boxes",
+                              strategies=["random", "isal"], initial=6, step=4, rounds=2, seeds=[0], epochs=1,
+                              min_steps=3, batch_size=4, lr=0.002, min_size=64, max_size=96, score_threshold=0.05,
+                              reference_size=3, hessian_samples=0, progress=False)
+    out = simulate(config)
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 4 and all(int(r["boxes"]) > 0 for r in rows)
+    sim_records, _ = load_voc(data, "trainval")
+    for strategy in ("random", "isal"):
+        state = json.loads((out / "state" / f"{strategy}-0.json").read_text())
+        first, picks = state["rounds"][0]["added"], state["rounds"][1]["added"]
+        true = [len(sim_records[i].label["boxes"]) for i in first]
+        assert sum(true) >= 6 and sum(true[:-1]) < 6  # the initial set: the fewest random images with 6 true boxes
+        assert 1 <= len(picks) and not set(picks) & set(first)
+        boxes = {int(r["round"]): int(r["boxes"]) for r in rows if r["strategy"] == strategy}
+        assert boxes[1] == sum(true) and boxes[2] == sum(true) + sum(len(sim_records[i].label["boxes"]) for i in picks)
+    assert (out / "curves-boxes.png").exists() and "| random | 2 |" not in (out / "savings-boxes.md").read_text()
+    assert "final boxes" in (out / "savings-boxes.md").read_text()
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
