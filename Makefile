@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+MMCV_WHEEL ?= ../shared/wheels/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test test-fast test-browser bench backend simulate simulate-label-studio clean
@@ -11,6 +12,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 	$(BIN)/python -m pip install -qq -r requirements-dev.txt
+	# mmcv 2.1 with its compiled ops for the mmdet adapter's tests: a CPU build for torch 2.14 (no compiling)
+	if ls $(MMCV_WHEEL) >/dev/null 2>&1; then $(BIN)/python -m pip install -qq --no-deps $(MMCV_WHEEL); fi
 	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
