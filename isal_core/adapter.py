@@ -99,6 +99,11 @@ class TaskAdapter(ABC):
         """Class probabilities [B, C], for the uncertainty baselines."""
         raise NotImplementedError(f"{type(self).__name__} has no class probabilities")
 
+    def confidence(self, outputs: Any) -> Tensor:
+        """How sure the model is of each sample [B], for least-confidence sampling: the top class
+        probability unless the task defines its own."""
+        return self.probabilities(outputs).max(1).values
+
     def embed(self, model: nn.Module, inputs: Any) -> Tensor:
         """Feature vectors [B, D], for the coreset baseline."""
         raise NotImplementedError(f"{type(self).__name__} has no embedding")

@@ -170,6 +170,12 @@ class DetectionAdapter(TaskAdapter):
         return sum(s >= self.score_threshold for s in prediction["scores"])
 
 
+    def confidence(self, outputs) -> Tensor:
+        """The mean max-class score of each image's detected boxes (0 with none): least-confidence
+        sampling for detection, the uncertainty baseline of detection active learning."""
+        return torch.stack([d["scores"].mean() if len(d["scores"]) else d["scores"].new_zeros(())
+                            for d in outputs.detections()])
+
     def cluster(self, prediction: dict) -> int:
         raise ConfigError("cluster serving is not available for detection yet: set cluster_serving off")
 

@@ -144,10 +144,18 @@ class Margin(ScoreStrategy):
 
 
 class LeastConfidence(ScoreStrategy):
+    """Lowest confidence first: the top class probability, or the adapter's own confidence (detection:
+    the mean max-class score of an image's boxes)."""
+
     name = "least_confidence"
 
     def scores(self, ctx):
-        return _probabilities(ctx).max(1).values
+        out = torch.cat([ctx.adapter.confidence(outputs).float().cpu()
+                         for outputs, _, _ in evaluation.outputs(ctx.model, ctx.adapter, ctx.loader(ctx.pool),
+                                                                 ctx.device)])
+        if not torch.isfinite(out).all():
+            raise NonFiniteError("model confidences are NaN/inf")
+        return out
 
 
 @dataclass

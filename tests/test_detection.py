@@ -212,3 +212,18 @@ def read_csv(path):
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_least_confidence_ranks_images_by_the_mean_score_of_their_boxes(blobs):
+    from isal_core.learner import Learner
+
+    adapter = DetectionAdapter(2, min_size=64, max_size=96, score_threshold=0.05)
+    torch.manual_seed(0)
+    model = adapter.build_model().eval()
+    dataset = adapter.dataset(blobs)
+    ranking = Learner(adapter).rank("least_confidence", model, dataset)
+    with torch.no_grad():
+        found = adapter.forward(model, [dataset[i][0] for i in range(len(dataset))]).detections()
+    means = torch.tensor([float(d["scores"].mean()) if len(d["scores"]) else 0.0 for d in found])
+    assert torch.allclose(ranking.scores, means, atol=1e-5)
+    assert ranking.order.tolist() == torch.argsort(means, stable=True).tolist()
