@@ -1,6 +1,6 @@
 """What a training job does: one ISAL round on a Label Studio project as it is now.
 
- 1. pull every task with its annotations (ls_client.iter_tasks);
+ 1. pull every task with its annotations (ls_client.tasks_with_annotations);
  2. labeled set = tasks whose latest non-cancelled annotation carries a label of the
     config; reference set R = labeled tasks with data["isal_reference"] true (never
     trained on, never in the pool); without any, R = the first labeled set L1, saved

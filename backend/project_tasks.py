@@ -110,7 +110,7 @@ class ProjectTasks:
 def read_tasks(api: LabelStudioAPI, project_id: int, task_type: TaskType, warnings: Warnings) -> ProjectTasks:
     """Every task of the project, sorted into labeled, reference and pool (bad ones counted)."""
     tasks = ProjectTasks()
-    for task in api.iter_tasks(project_id):
+    for task in api.tasks_with_annotations(project_id):
         tid = task["id"]
         try:
             url = task_type.media_url(task)

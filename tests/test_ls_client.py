@@ -226,3 +226,23 @@ def test_invalid_predictions_are_dropped_with_a_warning(label_studio, caplog):
         assert "kept 2 of 5" in caplog.text
         kept = {t["id"]: t["predictions"] for t in api.iter_tasks(project_id)}
     assert [len(kept[t]) for t in task_ids] == [1, 1, 0, 0, 0]
+
+
+def test_tasks_with_annotations_reads_what_the_full_listing_reads(label_studio, api):
+    """The fast path (task-only listing + one export) gives every task the annotations, skipped ones
+    included, that the full listing gives it."""
+    ls = label_studio.client()
+    pid, task_ids, _ = make_project(label_studio, n_tasks=6)
+    result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
+    ls.annotations.create(id=task_ids[0], result=result)
+    ls.annotations.create(id=task_ids[1], result=result)
+    ls.annotations.create(id=task_ids[1], result=[], was_cancelled=True)  # a skip after a label
+    ls.annotations.create(id=task_ids[2], result=[], was_cancelled=True)  # only skipped
+    full = {t["id"]: t for t in api.iter_tasks(pid)}
+    fast = {t["id"]: t for t in api.tasks_with_annotations(pid, page_size=4)}
+    assert sorted(fast) == sorted(full) == sorted(task_ids)
+    key = lambda a: (a["id"], bool(a.get("was_cancelled")), a.get("result"))  # noqa: E731
+    for tid in task_ids:
+        assert fast[tid]["data"] == full[tid]["data"]
+        assert sorted(map(key, fast[tid]["annotations"])) == sorted(map(key, full[tid]["annotations"])), tid
+    assert len(fast[task_ids[1]]["annotations"]) == 2 and fast[task_ids[3]]["annotations"] == []
