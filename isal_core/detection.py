@@ -23,7 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.fcos import FCOSHead
+import torchvision
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from .adapter import Metric, TaskAdapter
@@ -79,7 +82,8 @@ class DetectionAdapter(TaskAdapter):
     collate_fn = staticmethod(collate)
 
     def __init__(self, num_classes: int, backbone: str = "resnet18", min_size: int = 256, max_size: int = 320,
-                 score_threshold: float = 0.5, detections_per_img: int = 100, weights: str | None = None):
+                 score_threshold: float = 0.5, detections_per_img: int = 100, weights: str | None = None,
+                 head_convs: int = 4, fpn_channels: int = 256):
         if backbone not in BACKBONES:
             raise ConfigError(f"unknown detection backbone {backbone!r}; one of {', '.join(BACKBONES)}")
         if not 0.0 < score_threshold < 1.0:
@@ -88,25 +92,32 @@ class DetectionAdapter(TaskAdapter):
         self.min_size, self.max_size = min_size, max_size
         self.score_threshold, self.detections_per_img = score_threshold, detections_per_img
         self.weights = weights
+        self.head_convs, self.fpn_channels = head_convs, fpn_channels
         self._backbone_weights = None
 
     @classmethod
     def from_meta(cls, meta: dict) -> DetectionAdapter:
         return cls(int(meta["num_classes"]), meta["backbone"], int(meta["min_size"]), int(meta["max_size"]),
-                   float(meta["score_threshold"]), weights=meta.get("weights"))
+                   float(meta["score_threshold"]), weights=meta.get("weights"),
+                   head_convs=int(meta.get("head_convs", 4)), fpn_channels=int(meta.get("fpn_channels", 256)))
 
     def to_meta(self) -> dict:
         # arch and image_size: what every model version names (the backbone and the shorter side)
         return {"adapter": "detection", "num_classes": self.num_classes, "backbone": self.backbone,
                 "arch": self.backbone, "image_size": self.min_size, "min_size": self.min_size,
-                "max_size": self.max_size, "score_threshold": self.score_threshold, "weights": self.weights}
+                "max_size": self.max_size, "score_threshold": self.score_threshold, "weights": self.weights,
+                "head_convs": self.head_convs, "fpn_channels": self.fpn_channels}
 
     def build_model(self) -> nn.Module:
-        body = resnet_fpn_backbone(backbone_name=self.backbone, weights=None, trainable_layers=5,
-                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+        c = self.fpn_channels
+        resnet = getattr(torchvision.models, self.backbone)(weights=None, norm_layer=FrozenBatchNorm2d)
+        stage2 = resnet.inplanes // 8  # torchvision's rule: the channels of layer2..layer4
+        body = BackboneWithFPN(resnet, {"layer2": "0", "layer3": "1", "layer4": "2"}, [stage2 * 2, stage2 * 4,
+                               stage2 * 8], c, extra_blocks=LastLevelP6P7(c, c))
         if self.weights is not None:
             self._load_backbone(body.body)
-        return FCOS(body, self.num_classes, min_size=self.min_size, max_size=self.max_size,
+        head = FCOSHead(c, 1, self.num_classes, num_convs=self.head_convs)
+        return FCOS(body, self.num_classes, min_size=self.min_size, max_size=self.max_size, head=head,
                     score_thresh=min(0.05, self.score_threshold), detections_per_img=self.detections_per_img)
 
     def _load_backbone(self, body: nn.Module) -> None:
@@ -207,7 +218,8 @@ def detection_adapter(settings, num_classes: int) -> DetectionAdapter:
     pretrained classifier weights for it."""
     backbone = settings.arch if "arch" in settings.model_fields_set else "resnet18"
     return DetectionAdapter(num_classes, backbone, settings.min_size, settings.max_size, settings.score_threshold,
-                            weights=settings.weights)
+                            weights=settings.weights, head_convs=settings.head_convs,
+                            fpn_channels=settings.fpn_channels)
 
 
 def detection_settings(settings):

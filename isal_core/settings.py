@@ -55,6 +55,9 @@ class ModelSettings(Settings):
                                                                 "code 0.5, its COCO run 0.1)")
     min_size: int = Field(256, ge=32, description="detection: images are resized to this shorter side ...")
     max_size: int = Field(320, ge=32, description="detection: ... and at most this longer side (FCOS's resize)")
+    head_convs: int = Field(4, ge=0, le=8, description="detection: convolutions in each FCOS head tower (4, the "
+                                                       "paper's; fewer for CPUs)")
+    fpn_channels: int = Field(256, ge=16, description="detection: FPN and head width (256, the paper's)")
 
     @property
     def frozen(self) -> bool:
