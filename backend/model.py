@@ -123,9 +123,13 @@ class ISALModel:
         results: list[dict | None] = [None] * len(tasks)
         todo: list[tuple[int, int, str]] = []
 
+        adapter = version.adapter()
+
         def answer(i, influence, prediction, cluster=None):
+            # an unscored sample (detection: no box above the threshold) is served after every scored one
+            score = UNSCORABLE_SCORE if adapter.unscored(prediction) else float(version.encode([influence])[0])
             results[i] = {"result": task_type.prediction(prediction) if prelabel else [],
-                          "score": float(version.encode([influence])[0]), "model_version": version.name}
+                          "score": score, "model_version": version.name}
             if cluster is not None:
                 results[i]["cluster"] = int(cluster)
 

@@ -595,3 +595,34 @@ def test_a_backbone_changed_mid_project_keeps_the_published_version_working(labe
     assert status["last_error"] is None and status["model_version"] != v1
     assert status["job"]["last_job"]["embedding_cache"]["computed"] == 16 + 6  # the new backbone's own entries
     assert second.get(f"/versions?project={pid}").json["versions"] == [status["model_version"], v1]
+
+
+def test_a_detection_task_without_a_box_above_the_threshold_is_served_after_the_scored(tmp_path):
+    from backend.detection_task import ObjectDetection, rectangle_config
+    from isal_core.detection import DetectionAdapter
+
+    config = rectangle_config(["cell", "dot"])
+    store = Registry(tmp_path / "models").get(7)
+    task_type = parse_label_config(config)
+    assert isinstance(task_type, ObjectDetection)
+    store.register(config, task_type)
+    adapter = DetectionAdapter(2, min_size=64, max_size=96, head_convs=1, fpn_channels=32)
+    model = adapter.build_model()
+    params = [n for n, _ in select_parameters(model, "head")]
+    s_test = torch.zeros(sum(p.numel() for _, p in select_parameters(model, "head")))
+    boxed = {"boxes": [[1.0, 2.0, 30.0, 40.0]], "labels": [1], "scores": [0.9], "size": [80, 96]}
+    empty = {"boxes": [], "labels": [], "scores": [], "size": [80, 96]}
+    job = store.next_job_number()
+    meta = {"version": f"isal-7-{job}-det", "job": job, "sigma": 1.0, "task_type": task_type.to_meta(), "params": "head",
+            "top_k": 1, **adapter.to_meta(), "counts": {}, "reference_source": "isal_reference", "top_task": 1}
+    with store.staging(meta["version"]) as staging:
+        store.write_files(staging, model, adapter.to_meta(), InfluenceScorer(s_test, params), [1, 2], [-1.0, -5.0],
+                          [boxed, empty])
+        store.write_meta(staging, meta)
+    c = make_app(tmp_path).test_client()
+    tasks = [{"id": 1, "data": {"image": "/data/upload/7/a.jpg"}}, {"id": 2, "data": {"image": "/data/upload/7/b.jpg"}}]
+    res = c.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]
+    assert res[0]["score"] < 0.5 and res[1]["score"] == 1.0  # lower influence, but no box: served last
+    (region,) = res[0]["result"]
+    assert region["type"] == "rectanglelabels" and region["value"]["rectanglelabels"] == ["dot"]
+    assert region["original_width"] == 96 and res[1]["result"] == []
