@@ -12,7 +12,7 @@ from __future__ import annotations
 from isal_core.detection import DetectionAdapter, detection_adapter, detection_settings
 
 from .rectangles import boxes_of, rectangle_results
-from .tasktypes import MissingMedia, TaskType, UnsupportedConfig
+from .tasktypes import TaskType, UnsupportedConfig, image_of
 
 SUPPORTED = "an <Image> with one <RectangleLabels> of at least one <Label> (object detection)"
 
@@ -38,20 +38,12 @@ class ObjectDetection(TaskType):
                 f"the ISAL backend learns one detection task, so it needs exactly one <RectangleLabels> and no other "
                 f"control (a <Choices> beside it would be left unlearned). Supported: {SUPPORTED}")
         control = rectangles[0]
-        objects = {o.name: o for o in interface.objects}
-        targets = [objects.get(n) for n in control.to_name]
-        if len(targets) != 1 or targets[0] is None or targets[0].tag != "Image":
-            raise UnsupportedConfig(f"<RectangleLabels name=\"{control.name}\"> does not label one <Image>. "
-                                    f"Supported: {SUPPORTED}")
+        image, value_key = image_of(interface, control, SUPPORTED)
         labels = list(control.labels or [])
         if not labels or len(set(labels)) != len(labels):
             raise UnsupportedConfig(f"<RectangleLabels name=\"{control.name}\"> has no distinct static <Label> "
                                     f"values ({labels}). Supported: {SUPPORTED}")
-        value = targets[0].value or ""
-        if not value.startswith("$") or len(value) < 2:
-            raise UnsupportedConfig(f"<Image name=\"{targets[0].name}\" value=\"{value}\"> does not read a task "
-                                    f"field ($field). Supported: {SUPPORTED}")
-        return cls(control.name, targets[0].name, value[1:], labels)
+        return cls(control.name, image, value_key, labels)
 
     def to_meta(self):
         return {"kind": self.kind, "from_name": self.from_name, "to_name": self.to_name,
@@ -60,12 +52,6 @@ class ObjectDetection(TaskType):
     @classmethod
     def from_meta(cls, meta):
         return cls(meta["from_name"], meta["to_name"], meta["value_key"], meta["classes"])
-
-    def media_url(self, task):
-        value = (task.get("data") or {}).get(self.value_key)
-        if not isinstance(value, str) or not value.strip():
-            raise MissingMedia(f"task {task.get('id')} has no image URL under data[{self.value_key!r}]")
-        return value
 
     def target(self, result):
         return self.target_with_problems(result)[0]

@@ -68,9 +68,14 @@ class TaskType(ABC):
         """What in the config works but will cost the user (shown by /setup's log and /status)."""
         return []
 
-    @abstractmethod
+    value_key: str = "image"  # the task data field the object tag reads ($image)
+
     def media_url(self, task: dict) -> str:
-        """The task's media URL/path; MissingMedia if absent."""
+        """The task's media URL/path (data[value_key]); MissingMedia if absent."""
+        value = (task.get("data") or {}).get(self.value_key)
+        if not isinstance(value, str) or not value.strip():
+            raise MissingMedia(f"task {task.get('id')} has no image URL under data[{self.value_key!r}]")
+        return value
 
     @abstractmethod
     def target(self, result: list[dict]) -> Any:
@@ -122,13 +127,7 @@ class ImageClassification(TaskType):
                 f"found {len(choices)} <Choices> ({', '.join(c.name for c in choices)}); the ISAL backend "
                 f"learns from exactly one. Supported: {SUPPORTED}")
         control = choices[0]
-        objects = {o.name: o for o in interface.objects}
-        targets = [objects.get(n) for n in control.to_name]
-        if len(targets) != 1 or targets[0] is None or targets[0].tag != "Image":
-            names = ", ".join(f"<{objects[n].tag} name={n}>" if n in objects else f"missing '{n}'"
-                              for n in control.to_name)
-            raise UnsupportedConfig(
-                f"<Choices name=\"{control.name}\"> labels {names or 'nothing'}, not one <Image>. Supported: {SUPPORTED}")
+        image, value_key = image_of(interface, control, SUPPORTED)
         if control.attr.get("choice", "single") not in ("single", "single-radio"):
             raise UnsupportedConfig(
                 f"<Choices name=\"{control.name}\" choice=\"{control.attr['choice']}\"> is multi-label; the ISAL "
@@ -138,14 +137,8 @@ class ImageClassification(TaskType):
             raise UnsupportedConfig(
                 f"<Choices name=\"{control.name}\"> has {len(labels)} distinct static <Choice> value(s) "
                 f"{labels}; dynamic or fewer than two choices cannot be learned. Supported: {SUPPORTED}")
-        image = targets[0]
-        value = image.value or ""
-        if not value.startswith("$") or len(value) < 2:
-            raise UnsupportedConfig(
-                f"<Image name=\"{image.name}\" value=\"{value}\"> does not read a task field ($field). "
-                f"Supported: {SUPPORTED}")
         required = str(control.attr.get("required", "false")).lower() == "true"
-        return cls(control.name, image.name, value[1:], labels, required)
+        return cls(control.name, image, value_key, labels, required)
 
     def to_meta(self):
         return {"kind": self.kind, "from_name": self.from_name, "to_name": self.to_name,
@@ -161,12 +154,6 @@ class ImageClassification(TaskType):
     @classmethod
     def from_meta(cls, meta):
         return cls(meta["from_name"], meta["to_name"], meta["value_key"], meta["classes"], meta.get("required", True))
-
-    def media_url(self, task):
-        value = (task.get("data") or {}).get(self.value_key)
-        if not isinstance(value, str) or not value.strip():
-            raise MissingMedia(f"task {task.get('id')} has no image URL under data[{self.value_key!r}]")
-        return value
 
     def target(self, result):
         picked = [r for r in result or [] if r.get("from_name") == self.from_name and r.get("type") == "choices"]
@@ -186,6 +173,21 @@ class ImageClassification(TaskType):
     def adapter(self, settings):
         return classification_adapter(settings, len(self.classes), getattr(settings, "device", "auto"),
                                       getattr(settings, "batch_size", 64))
+
+
+def image_of(interface: LabelInterface, control, supported: str) -> tuple[str, str]:
+    """(name, data key) of the one <Image value="$key"> a control labels; UnsupportedConfig saying why not."""
+    objects = {o.name: o for o in interface.objects}
+    targets = [objects.get(n) for n in control.to_name]
+    if len(targets) != 1 or targets[0] is None or targets[0].tag != "Image":
+        names = ", ".join(f"<{objects[n].tag} name={n}>" if n in objects else f"missing '{n}'" for n in control.to_name)
+        raise UnsupportedConfig(f"<{control.tag} name=\"{control.name}\"> labels {names or 'nothing'}, not one "
+                                f"<Image>. Supported: {supported}")
+    value = targets[0].value or ""
+    if not value.startswith("$") or len(value) < 2:
+        raise UnsupportedConfig(f"<Image name=\"{targets[0].name}\" value=\"{value}\"> does not read a task field "
+                                f"($field). Supported: {supported}")
+    return targets[0].name, value[1:]
 
 
 def classification_config(classes: list[str]) -> str:

@@ -102,15 +102,14 @@ def test_images_without_a_pseudo_box_are_ranked_after_every_scored_one(blobs):
     assert adapter.cost(predictions[3]) == 1 and adapter.unscored(predictions[2])
 
 
-def test_training_lowers_the_loss_and_the_metric_is_map(blobs):
-    from isal_core.evaluation import evaluate
+def loss_after_training(adapter, records, steps: int = 60) -> tuple[float, float, object]:
+    """(mean loss before, after `steps` SGD steps, the model): training through the adapter."""
     from isal_core.settings import TrainSettings
     from isal_core.training import train
 
-    adapter = DetectionAdapter(2, min_size=96, max_size=128, score_threshold=0.3)
     torch.manual_seed(0)
     model = adapter.build_model()
-    dataset = adapter.dataset(blobs)
+    dataset = adapter.dataset(records)
     loader = DataLoader(dataset, batch_size=3, collate_fn=adapter.collate_fn)
 
     def mean_loss():
@@ -119,9 +118,18 @@ def test_training_lowers_the_loss_and_the_metric_is_map(blobs):
             return float(torch.cat([adapter.loss(adapter.forward(model, x), t) for x, t, _ in loader]).mean())
 
     before = mean_loss()
-    train(model, adapter, dataset, TrainSettings(epochs=1, min_steps=60, lr=0.002, batch_size=3, milestones=[]))
-    assert mean_loss() < 0.85 * before
+    train(model, adapter, dataset, TrainSettings(epochs=1, min_steps=steps, lr=0.002, batch_size=3, milestones=[]))
+    return before, mean_loss(), model
+
+
+def test_training_lowers_the_loss_and_the_metric_is_map(blobs):
+    from isal_core.evaluation import evaluate
+
+    adapter = DetectionAdapter(2, min_size=96, max_size=128, score_threshold=0.3)
+    before, after, model = loss_after_training(adapter, blobs)
+    assert after < 0.85 * before
     metric = adapter.metric()
+    loader = DataLoader(adapter.dataset(blobs), batch_size=3, collate_fn=adapter.collate_fn)
     value = evaluate(model, adapter, loader, "cpu")
     assert 0.0 <= value <= 1.0 and metric.name == "mAP@0.5"
 

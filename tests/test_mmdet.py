@@ -15,9 +15,9 @@ from isal_core.scoring import influence, influence_loop
 from isal_core.strategies import influence_ranking
 
 try:
-    from test_detection import blob_images
+    from test_detection import blob_images, loss_after_training
 except ImportError:  # tests/ imported as a package
-    from tests.test_detection import blob_images
+    from tests.test_detection import blob_images, loss_after_training
 
 needs_mmdet = pytest.mark.skipif(not mmdet_available(), reason="mmdet 3.x with mmcv ops is not installed")
 WHEEL = Path(__file__).resolve().parents[2] / "shared" / "wheels" / "mmcv-2.1.0-cp311-cp311-linux_x86_64.whl"
@@ -75,20 +75,5 @@ def test_mmdet_and_torchvision_adapters_give_the_same_ranking_interface(blobs):
 
 @needs_mmdet
 def test_mmdet_training_lowers_the_loss(blobs):
-    from isal_core.settings import TrainSettings
-    from isal_core.training import train
-
-    a = adapter()
-    torch.manual_seed(0)
-    model = a.build_model()
-    dataset = a.dataset(blobs)
-    loader = DataLoader(dataset, batch_size=3, collate_fn=a.collate_fn)
-
-    def mean_loss():
-        model.eval()
-        with torch.no_grad():
-            return float(torch.cat([a.loss(a.forward(model, x), t) for x, t, _ in loader]).mean())
-
-    before = mean_loss()
-    train(model, a, dataset, TrainSettings(epochs=1, min_steps=30, lr=0.002, batch_size=3, milestones=[]))
-    assert mean_loss() < 0.9 * before
+    before, after, _ = loss_after_training(adapter(), blobs, steps=30)
+    assert after < 0.9 * before
