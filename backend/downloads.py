@@ -29,5 +29,5 @@ def fetch_images(api: LabelStudioAPI, urls: list[str], cache_dir: Path, workers:
 
 
 def is_key_problem(error) -> bool:
-    """Label Studio refused the API key (not a missing or broken file)."""
-    return isinstance(error, DownloadError) and error.status in (401, 403)
+    """Label Studio itself refused the API key (not a missing or broken file, nor another host's 401/403)."""
+    return isinstance(error, DownloadError) and error.status in (401, 403) and error.from_label_studio

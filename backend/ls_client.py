@@ -25,7 +25,7 @@ import httpx
 from label_studio_sdk.client import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from isal_core.atomic import atomic_write
+from .download_policy import DownloadError, DownloadPolicy, fetch_file
 
 __all__ = ["ApiError", "DownloadError", "LabelStudioAPI"]
 
@@ -35,22 +35,13 @@ _CLOUD_SCHEMES = ("s3:", "gs:", "azure-blob:")
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}$")
 
 
-class DownloadError(RuntimeError):
-    """A task file could not be fetched; `status` is the HTTP status, or None (timeout, network)."""
-
-    def __init__(self, url: str, status: int | None = None, reason: str = ""):
-        self.url = url
-        self.status = status
-        what = f"HTTP {status}" if status is not None else "no response"
-        super().__init__(f"cannot download {url}: {what}" + (f" ({reason})" if reason else ""))
-
-
 class LabelStudioAPI:
     """One Label Studio server as seen with one API key (legacy token or personal access token)."""
 
-    def __init__(self, url: str, api_key: str, timeout: float = 30):
+    def __init__(self, url: str, api_key: str, timeout: float = 30, policy: DownloadPolicy | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.policy = policy or DownloadPolicy(self.url)  # default: files from Label Studio's origin only
         # Our own httpx client (thread-safe, pooled) serves both the SDK and downloads.
         self._http = httpx.Client(timeout=timeout, follow_redirects=True)
         # The trailing slash keeps a path prefix (https://host/ls/) in the SDK's
@@ -235,8 +226,9 @@ class LabelStudioAPI:
 
         The file is named by a hash of its absolute URL, so a second call costs no
         request, and written atomically (isal_core.atomic), so readers never see
-        a partial file. Auth headers go only to this server's origin (never to third
-        parties; httpx also drops them on cross-origin redirects). Raises
+        a partial file. Which hosts may be fetched is the policy's (download_policy:
+        Label Studio's origin by default), checked again on every redirect; auth headers
+        go only to this server's origin, never to third parties. Raises
         DownloadError naming the URL and status (401 bad key, 403, 404 missing file
         -- Label Studio also answers 404 when no local storage of the project covers
         a /data/local-files/ path), or with status None on timeouts/network errors.
@@ -245,25 +237,10 @@ class LabelStudioAPI:
             raise DownloadError(url_or_path, None, "raw cloud URI: use the presign URL Label Studio "
                                 "returns in task data (iter_tasks resolves them)")
         url = self.absolute_url(url_or_path)
-        dest_dir = Path(dest_dir)
-        dest = dest_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
+        dest = Path(dest_dir) / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
         if dest.exists():
             return dest
-        try:
-            headers = self._auth_headers() if _origin(url) == _origin(self.url) else {}
-            with self._http.stream("GET", url, headers=headers) as r:
-                if r.status_code != 200:
-                    raise DownloadError(url, r.status_code, r.reason_phrase)
-                with atomic_write(dest, "wb") as f:
-                    for block in r.iter_bytes(1 << 16):
-                        f.write(block)
-            return dest
-        except httpx.TimeoutException as e:
-            raise DownloadError(url, None, f"timed out after {self.timeout} s: {type(e).__name__}") from e
-        except httpx.HTTPError as e:
-            raise DownloadError(url, None, f"{type(e).__name__}: {e}") from e
-        except ApiError as e:  # a personal access token could not be exchanged
-            raise DownloadError(url, e.status_code, f"token refresh failed: {e.body}") from e
+        return fetch_file(self._http, url, dest, self.policy, self._auth_headers, self.timeout)
 
     def _auth_headers(self) -> dict[str, str]:
         """The SDK's current Authorization header (`Token <key>`, or `Bearer <access>` for a PAT).

@@ -60,7 +60,8 @@ class ISALModel:
         with self._lock:
             api = self._apis.get((url, key))
             if api is None:
-                api = self._apis[(url, key)] = LabelStudioAPI(url, key, timeout=self.settings.label_studio_timeout)
+                api = self._apis[(url, key)] = LabelStudioAPI(url, key, timeout=self.settings.label_studio_timeout,
+                                                                   policy=self.settings.download_policy(url))
             return api
 
     # -- the protocol ----------------------------------------------------------

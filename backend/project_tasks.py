@@ -85,7 +85,7 @@ class ProjectTasks:
                 raise JobError(f"Label Studio refused the backend's API key (HTTP {path.status}) for {path.url}: "
                                "set LABEL_STUDIO_API_KEY to a valid legacy token or personal access token")
             elif isinstance(path, DownloadError):
-                warnings.add("image_download_failed", item.task_id, str(path))
+                warnings.add("download_refused" if path.refused else "image_download_failed", item.task_id, str(path))
             else:
                 warnings.add("image_undecodable", item.task_id, str(path))
         for part in ("labeled", "reference", "pool"):

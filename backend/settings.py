@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     threads: int = Field(8, ge=1, description="gunicorn threads per worker")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     label_studio_timeout: float = Field(60.0, gt=0, description="seconds per Label Studio request")
+    download_allowed_hosts: str = Field("", description="comma list of other hosts (host, host:port or *.domain) "
+                                                        "task files may be downloaded from; default: Label Studio only")
+    download_max_mb: float = Field(100.0, gt=0, description="largest task file downloaded, in MB")
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
     @field_validator("log_level", mode="before")
@@ -102,6 +105,12 @@ class Settings(BaseSettings):
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         return self
+
+    def download_policy(self, label_studio_url: str):
+        from .download_policy import DownloadPolicy
+
+        return DownloadPolicy(label_studio_url, self.download_allowed_hosts.split(","),
+                              int(self.download_max_mb * (1 << 20)))
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:

@@ -215,7 +215,8 @@ def test_predict_with_a_model_scores_each_task_or_says_why_not(tmp_path, file_se
     Image.new("RGB", (40, 30), (200, 10, 10)).save(www / "new.jpg")
     (www / "broken.jpg").write_bytes(b"not a jpeg")
     version = publish_version(tmp_path / "models")
-    c = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40).test_client()
+    c = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40,
+                 download_allowed_hosts=url.split("//")[1]).test_client()
     tasks = [
         {"id": 2, "data": {"image": "/data/upload/7/known.jpg"}},  # scored by the job: no download
         {"id": 50, "data": {"caption": "no image"}},
@@ -248,7 +249,8 @@ def test_predictions_carry_the_predicted_class_as_cluster_without_frozen_feature
     www, url = file_server
     Image.new("RGB", (40, 30), (10, 200, 10)).save(www / "new.jpg")
     publish_version(tmp_path / "models", cluster_source="predictions")
-    c = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40).test_client()
+    c = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40,
+                 download_allowed_hosts=url.split("//")[1]).test_client()
     tasks = [{"id": 2, "data": {"image": "/data/upload/7/known.jpg"}}, {"id": 51, "data": {"image": f"{url}/new.jpg"}}]
     res = c.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]
     assert res[0]["cluster"] == 1 and res[0]["result"][0]["value"]["choices"] == ["dog"]

@@ -1,0 +1,118 @@
+"""No SSRF through a task's image URL: Label Studio's origin by default, an allow-list for other
+hosts, no private or link-local addresses, redirects checked again, a size cap, and a bomb guard.
+Two local HTTP servers stand in for "Label Studio" and "another host"."""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+
+import pytest
+from PIL import Image
+
+from backend.download_policy import DownloadPolicy, DownloadRefused
+from backend.downloads import fetch_images, is_key_problem
+from backend.ls_client import DownloadError, LabelStudioAPI
+from isal_core.data import open_image
+from isal_core.errors import ImageDecodeError
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    redirects: dict[str, str] = {}
+
+    def do_GET(self):
+        target = self.redirects.get(self.path)
+        if target:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
+            return
+        if self.path == "/forbidden.png":
+            self.send_error(403)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(root, redirects=None):
+    handler = type("H", (Handler,), {"redirects": redirects or {}})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def two_hosts(tmp_path):
+    ls_root, other_root = tmp_path / "ls", tmp_path / "other"
+    for root in (ls_root, other_root):
+        root.mkdir()
+        Image.new("RGB", (8, 8), (10, 200, 10)).save(root / "a.png")
+    other, other_url = serve(other_root)
+    ls, ls_url = serve(ls_root, {"/to-other": f"{other_url}/a.png", "/to-metadata": "http://169.254.169.254/x"})
+    (ls_root / "big.bin").write_bytes(b"x" * 5000)
+    yield ls_url, other_url
+    for server in (ls, other):
+        server.shutdown()
+        server.server_close()
+
+
+def test_policy_rules():
+    policy = DownloadPolicy("http://ls.example:8080", ["cdn.example.org", "*.bucket.example.net", "localhost",
+                                                       "169.254.169.254"])
+    policy.check("http://ls.example:8080/data/upload/1/a.jpg")  # Label Studio's origin
+    with pytest.raises(DownloadRefused, match="not in DOWNLOAD_ALLOWED_HOSTS"):
+        policy.check("http://elsewhere.example.org/a.jpg")
+    with pytest.raises(DownloadRefused, match="not in DOWNLOAD_ALLOWED_HOSTS"):
+        policy.check("http://ls.example:9999/a.jpg")  # Label Studio's host, another port: not listed
+    with pytest.raises(DownloadRefused, match="loopback, private, link-local"):
+        policy.check("http://localhost/a.jpg")  # listed, but resolves to 127.0.0.1
+    with pytest.raises(DownloadRefused, match="169.254.169.254"):
+        policy.check("http://169.254.169.254/latest/meta-data/")  # cloud metadata, even when listed
+    with pytest.raises(DownloadRefused, match="only http"):
+        policy.check("file:///etc/passwd")
+    assert DownloadPolicy._matches("*.bucket.example.net", "eu.bucket.example.net", "eu.bucket.example.net")
+    assert not DownloadPolicy._matches("*.bucket.example.net", "bucket.example.net.evil.io", "x")
+
+
+def test_downloads_follow_the_policy_and_each_redirect(two_hosts, tmp_path):
+    ls_url, other_url = two_hosts
+    with LabelStudioAPI(ls_url, "0" * 40) as api:
+        assert open_image(str(api.download("/a.png", tmp_path / "c1")))  # Label Studio's own file
+        with pytest.raises(DownloadError, match="refused: .*not in DOWNLOAD_ALLOWED_HOSTS") as e:
+            api.download(f"{other_url}/a.png", tmp_path / "c1")
+        assert e.value.refused and not is_key_problem(e.value)
+        with pytest.raises(DownloadError, match="refused: .*not in DOWNLOAD_ALLOWED_HOSTS"):
+            api.download("/to-other", tmp_path / "c1")  # Label Studio's origin, redirected elsewhere
+        with pytest.raises(DownloadError, match="refused: .*169.254.169.254"):
+            api.download("/to-metadata", tmp_path / "c1")
+        assert not list((tmp_path / "c1").glob("*.bin"))
+    allowed = DownloadPolicy(ls_url, [other_url.split("//")[1]], max_bytes=4000)
+    with LabelStudioAPI(ls_url, "0" * 40, policy=allowed) as api:
+        assert open_image(str(api.download(f"{other_url}/a.png", tmp_path / "c2")))  # listed (Label Studio's host)
+        assert open_image(str(api.download("/to-other", tmp_path / "c2")))  # the redirect target is listed
+        with pytest.raises(DownloadError, match="4000-byte cap"):
+            api.download("/big.bin", tmp_path / "c2")
+        assert not list((tmp_path / "c2").glob("*.bin"))  # nothing partial left
+        with pytest.raises(DownloadError) as e:
+            api.download(f"{other_url}/forbidden.png", tmp_path / "c2")
+        assert e.value.status == 403 and not is_key_problem(e.value)  # another host's 403: not our key
+        with pytest.raises(DownloadError) as e:
+            api.download("/forbidden.png", tmp_path / "c2")
+        assert is_key_problem(e.value)  # Label Studio's own 403 is
+
+
+def test_one_refused_task_does_not_stop_the_others(two_hosts, tmp_path):
+    ls_url, other_url = two_hosts
+    with LabelStudioAPI(ls_url, "0" * 40) as api:
+        got = fetch_images(api, ["/a.png", f"{other_url}/a.png", "/a.png?copy=1"], tmp_path / "c", workers=3)
+    assert [type(g).__name__ for g in got] == ["PosixPath", "DownloadError", "PosixPath"]
+
+
+def test_a_decompression_bomb_is_a_clean_decode_error(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (Image.MAX_IMAGE_PIXELS // 1000 + 1, 1001)).save(path)  # a tiny file, too many pixels
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ImageDecodeError, match="pixel limit"):
+        open_image(str(path))
