@@ -403,7 +403,7 @@ def test_a_failing_job_is_reported_and_the_server_keeps_serving(tmp_path):
 
 
 @pytest.mark.integration
-def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_studio, tmp_path):
+def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_studio, tmp_path, caplog):
     ls = label_studio.client()
     sub, images = cifar_images(label_studio.files_root, 50, 10, seed=2)
     missing = [{"image": f"/data/local-files/?d={sub}/train/cat/gone-{i}.jpg", "isal_reference": False}
@@ -439,7 +439,8 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
     assert len(scored) == 29 and extra[2] not in {t.id for t in scored}
 
     # The same MODEL_DIR with a key Label Studio refuses: the job fails, v1 stays and is served.
-    bad = make_app(tmp_path, **{**settings, "label_studio_api_key": "0" * 40}).test_client()
+    bad_key = "badc0ffee" * 4 + "abcd"
+    bad = make_app(tmp_path, **{**settings, "label_studio_api_key": bad_key}).test_client()
     assert bad.get(f"/status?project={pid}").json["model_version"] == v1
     assert bad.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 202
     status = wait_for_job(lambda p: bad.get(f"/status?project={p}").json, pid, timeout=120)
@@ -450,6 +451,10 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
     r = bad.post("/predict", json={"project": f"{pid}.0", "tasks": [one.model_dump(mode="json")]})
     assert r.status_code == 200 and r.json["results"][0]["model_version"] == v1
     assert ls.projects.get(id=pid).model_version == v1
+    # neither key appears in what the backend says or logs, even about the refused one
+    said = json.dumps([status, bad.get("/").json, bad.get("/status").json, r.json]) + bad.get("/metrics").text + \
+        caplog.text
+    assert bad_key not in said and label_studio.legacy_token not in said
 
     # Images too small for the architecture (a misconfiguration): the job says so before training, v1 stays.
     small = make_app(tmp_path, **{**settings, "engine": {"epochs": 2, "retrain_every": 0, "arch": "alexnet"}})
