@@ -239,6 +239,7 @@ class LabelStudioAPI:
         url = self.absolute_url(url_or_path)
         dest = Path(dest_dir) / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
         if dest.exists():
+            os.utime(dest)  # a hit refreshes the file for the cache's least-recently-used pruning
             return dest
         return fetch_file(self._http, url, dest, self.policy, self._auth_headers, self.timeout)
 

@@ -21,6 +21,7 @@ from .errors import ApiProblem, JobError
 from .job import Trainer
 from .ls_client import LabelStudioAPI
 from .scheduler import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
+from .retention import prune_cache, prune_versions
 from .scores import UNSCORABLE_SCORE, UNTRAINED_SCORE
 from .settings import Settings
 from .store import Registry, parse_project_id
@@ -47,7 +48,12 @@ class ISALModel:
         self._lock = threading.Lock()
 
     def _run_job(self, project_id: int, set_phase) -> dict:
-        return self.trainer.run(self.registry.known(project_id), set_phase)
+        store = self.registry.known(project_id)
+        report = self.trainer.run(store, set_phase)
+        report["pruned_versions"] = prune_versions(store, self.settings.keep_versions)
+        if self.settings.cache_max_mb:
+            report["image_cache"] = prune_cache(self.registry.cache_dir, int(self.settings.cache_max_mb * (1 << 20)))
+        return report
 
     def api_for(self, project_id: int) -> LabelStudioAPI:
         """Label Studio client: LABEL_STUDIO_URL / _API_KEY, else what /setup sent for the project."""

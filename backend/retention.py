@@ -1,0 +1,59 @@
+"""Bounded disk: old model versions and cached task files are pruned after each job.
+
+`KEEP_VERSIONS` keeps the newest N complete versions of a project (the current one always;
+0 = keep all). `CACHE_MAX_MB` caps the downloaded-image cache: the least recently used
+files go first (a cache hit refreshes a file's time), down to the cap (0 = no cap).
+Label Studio keeps the predictions of pruned versions; only the backend's files go.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def prune_versions(store, keep: int) -> list[str]:
+    """Remove a project's versions beyond the newest `keep` complete ones (torn ones older than those
+    too); never the current version. Returns the removed names."""
+    if keep <= 0:
+        return []
+    good = store.versions(good_only=True)
+    kept = set(good[:keep]) | ({store.current.name} if store.current is not None else set())
+    oldest_kept = max((store.versions(good_only=False).index(n) for n in kept), default=0)
+    removed = []
+    for position, name in enumerate(store.versions(good_only=False)):
+        if name not in kept and (name in good or position > oldest_kept):
+            shutil.rmtree(store.root / name, ignore_errors=True)
+            removed.append(name)
+    if removed:
+        log.info("project %s: pruned %d old model version(s) (KEEP_VERSIONS=%d)", store.id, len(removed), keep)
+    return removed
+
+
+def cache_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob("*") if f.is_file())
+
+
+def prune_cache(folder: Path, max_bytes: int) -> dict:
+    """Delete the least recently used files until the folder holds at most `max_bytes`."""
+    folder = Path(folder)
+    files = sorted((f for f in folder.glob("*") if f.is_file()), key=lambda f: f.stat().st_mtime)
+    before = total = sum(f.stat().st_size for f in files)
+    removed = 0
+    for f in files:
+        if max_bytes <= 0 or total <= max_bytes:
+            break
+        size = f.stat().st_size
+        try:
+            os.remove(f)
+        except FileNotFoundError:
+            continue
+        total -= size
+        removed += 1
+    if removed:
+        log.info("image cache: removed %d least recently used file(s), %d -> %d bytes (CACHE_MAX_MB)", removed,
+                 before, total)
+    return {"files_removed": removed, "bytes_before": before, "bytes_after": total}

@@ -1,0 +1,63 @@
+"""Bounded disk: old versions beyond KEEP_VERSIONS and the least recently used cached images
+beyond CACHE_MAX_MB are removed after a job; the current version and fresh files stay."""
+from __future__ import annotations
+
+import os
+import time
+
+from backend.retention import cache_bytes, prune_cache, prune_versions
+from backend.store import Registry
+
+try:
+    from test_backend_app import make_app, publish_version
+except ImportError:  # tests/ imported as a package
+    from tests.test_backend_app import make_app, publish_version
+
+
+def test_old_versions_beyond_the_kept_ones_are_removed_never_the_current(tmp_path):
+    models = tmp_path / "models"
+    names = [publish_version(models).name for _ in range(5)]
+    (models / "7" / "isal-7-0-torn").mkdir()  # an old torn dir (no meta)
+    store = Registry(models).get(7)
+    assert store.current.name == names[-1] and len(store.versions(good_only=False)) == 6
+    removed = prune_versions(store, keep=2)
+    assert sorted(removed) == sorted(names[:3] + ["isal-7-0-torn"])
+    assert store.versions(good_only=False) == [names[4], names[3]] and store.current.name == names[-1]
+    assert prune_versions(store, keep=0) == [] and prune_versions(store, keep=2) == []
+
+
+def test_the_cache_is_cut_to_its_cap_least_recently_used_first(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    now = time.time()
+    for i in range(10):
+        f = cache / f"{i}.jpg"
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (now - 100 + i, now - 100 + i))  # 0 is the oldest
+    os.utime(cache / "0.jpg")  # ... but was just used again (a cache hit)
+    assert cache_bytes(cache) == 10_000
+    report = prune_cache(cache, 4_000)
+    assert report == {"files_removed": 6, "bytes_before": 10_000, "bytes_after": 4_000}
+    assert sorted(f.name for f in cache.iterdir()) == ["0.jpg", "7.jpg", "8.jpg", "9.jpg"]
+
+
+def test_a_job_prunes_with_the_backend_settings(tmp_path):
+    """KEEP_VERSIONS and CACHE_MAX_MB act after each job (the job itself stands in: it publishes one)."""
+    models = tmp_path / "models"
+    first = publish_version(models)
+    cache = models / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for i in range(5):
+        (cache / f"{i}.png").write_bytes(b"y" * (1 << 20))  # 5 MB of images
+    backend = make_app(tmp_path, keep_versions=1, cache_max_mb=2).extensions["isal"]
+    backend.registry.known(7)
+    def job(store, set_phase):  # publishes a version as a job does, then the store sees it
+        name = publish_version(models).name
+        store.load()
+        return {"model_version": name}
+
+    backend.trainer.run = job
+    report = backend._run_job(7, lambda phase: None)
+    assert report["pruned_versions"] == [first.name]
+    assert report["image_cache"]["bytes_after"] <= 2 << 20 and cache_bytes(cache) <= 2 << 20
+    assert Registry(models).get(7).versions() == [report["model_version"]]
