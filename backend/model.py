@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from isal_core.data import ImageRecord
@@ -29,6 +30,8 @@ from .tasktypes import MissingMedia, UnsupportedConfig, parse_label_config
 from .versions import ModelVersion
 
 log = logging.getLogger("backend")
+#: New tasks /predict downloads and scores at a time, checking its time budget between chunks.
+PREDICT_CHUNK = 64
 
 UNTRAINED = "untrained"
 
@@ -150,12 +153,19 @@ class ISALModel:
                     todo.append((i, task["id"], task_type.media_url(task)))
                 except MissingMedia as exc:
                     results[i] = _unscorable(version, str(exc))
-        usable = self._download(project_id, todo, results, version)
-        if usable:
-            scores, clusters = version.score([ImageRecord(str(tid), str(p)) for _, tid, p in usable],
-                                             self.settings.engine.batch_size)
-            for (i, _, _), *scored in zip(usable, scores.influence.tolist(), scores.predictions, clusters):
-                answer(i, *scored)
+        deadline = time.monotonic() + self.settings.predict_budget_s
+        for start in range(0, len(todo), PREDICT_CHUNK):  # new tasks, scored while the time budget lasts
+            chunk = todo[start:start + PREDICT_CHUNK]
+            if time.monotonic() >= deadline:
+                for i, _, _ in chunk:
+                    results[i] = _deferred(version, self.settings.predict_budget_s)
+                continue
+            usable = self._download(project_id, chunk, results, version)
+            if usable:
+                scores, clusters = version.score([ImageRecord(str(tid), str(p)) for _, tid, p in usable],
+                                                 self.settings.engine.batch_size)
+                for (i, _, _), *scored in zip(usable, scores.influence.tolist(), scores.predictions, clusters):
+                    answer(i, *scored)
         return results
 
     def _download(self, project_id: int, todo: list, results: list, version: ModelVersion) -> list:
@@ -224,6 +234,13 @@ def _job_message(outcome: str, number: int, project_id: int) -> str:
                 f"and will see every annotation made until then.")
     return (f"ISAL: a job is running and training job {number} is already queued for project {project_id}; this "
             f"request joins it.")
+
+
+def _deferred(version: ModelVersion, budget: float) -> dict:
+    """A new task left for the next job: /predict must answer within Label Studio's timeout."""
+    return {"result": [], "score": UNTRAINED_SCORE, "model_version": version.name,
+            "deferred": f"not scored: /predict's time budget (PREDICT_BUDGET_S={budget:g} s) was spent on other "
+                        "tasks; the next training scores it"}
 
 
 def _unscorable(version: ModelVersion, why: str) -> dict:

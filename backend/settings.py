@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     download_allowed_hosts: str = Field("", description="comma list of other hosts (host, host:port or *.domain) "
                                                         "task files may be downloaded from; default: Label Studio only")
     download_max_mb: float = Field(100.0, gt=0, description="largest task file downloaded, in MB")
+    predict_budget_s: float = Field(60.0, ge=0, description="seconds /predict spends scoring new tasks (Label Studio "
+                                                              "waits 100 s); the rest answer 0.5 and 'deferred'")
     keep_versions: int = Field(0, ge=0, description="newest model versions kept per project (0 = all)")
     cache_max_mb: float = Field(0.0, ge=0, description="image cache cap in MB, least recently used first (0 = none)")
     engine: EngineSettings = Field(default_factory=EngineSettings)

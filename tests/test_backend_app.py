@@ -633,3 +633,22 @@ def test_a_detection_task_without_a_box_above_the_threshold_is_served_after_the_
     (region,) = res[0]["result"]
     assert region["type"] == "rectanglelabels" and region["value"]["rectanglelabels"] == ["dot"]
     assert region["original_width"] == 96 and res[1]["result"] == []
+
+
+def test_predict_defers_new_tasks_once_its_time_budget_is_spent(tmp_path, file_server):
+    """Label Studio gives /predict 100 s: stored scores always answer; new tasks are scored while the
+    budget lasts (PREDICT_BUDGET_S), the rest get the neutral score and say they wait for the next job."""
+    www, url = file_server
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(www / "new.jpg")
+    publish_version(tmp_path / "models")
+    tasks = [{"id": 2, "data": {"image": "/data/upload/7/known.jpg"}}, {"id": 51, "data": {"image": f"{url}/new.jpg"}}]
+    host = url.split("//")[1]
+    spent = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40,
+                     download_allowed_hosts=host, predict_budget_s=0).test_client()
+    res = spent.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]
+    assert res[0]["result"] and "deferred" not in res[0]  # the job's stored score
+    assert res[1]["score"] == 0.5 and "PREDICT_BUDGET_S=0 s" in res[1]["deferred"] and res[1]["result"] == []
+    roomy = make_app(tmp_path, label_studio_url="http://127.0.0.1:9", label_studio_api_key="0" * 40,
+                     download_allowed_hosts=host).test_client()
+    res = roomy.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]
+    assert "deferred" not in res[1] and res[1]["result"]
