@@ -59,6 +59,8 @@ def _json_body() -> dict:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiProblem(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiProblem(400, "request body is nested too deeply to be a Label Studio request") from None
     if not isinstance(data, dict):
         raise ApiProblem(400, f"request body must be a JSON object, not {type(data).__name__}")
     return data
