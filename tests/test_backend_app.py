@@ -133,14 +133,18 @@ def test_webhook_without_action_is_400_and_other_actions_are_ignored(client):
     assert r.status_code == 200 and r.json["status"] == "ignored"
 
 
-def test_basic_auth_is_enforced_when_set(tmp_path):
+def test_basic_auth_is_enforced_on_every_route_but_health(tmp_path):
     c = make_app(tmp_path, basic_auth_user="ls", basic_auth_pass="s3cret").test_client()
-    r = c.get("/health")
-    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
-    assert "BASIC_AUTH_USER" in r.json["error"]
-    assert c.get("/health", auth=("ls", "wrong")).status_code == 401
-    assert c.post("/setup", json={"project": PROJECT, "schema": CONFIG}).status_code == 401
-    assert c.get("/health", auth=("ls", "s3cret")).status_code == 200
+    routes = [("GET", "/"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"), ("POST", "/train"),
+              ("GET", "/versions"), ("GET", "/status"), ("GET", "/metrics"), ("GET", "/nowhere")]
+    for method, path in routes:
+        for auth in (None, ("ls", "wrong"), ("LS", "s3cret"), ("ls", "s3cret "), ("", "")):
+            r = c.open(path, method=method, json={"project": PROJECT}, auth=auth)
+            assert r.status_code == 401, (method, path, auth)
+            assert r.headers["WWW-Authenticate"].startswith("Basic") and "BASIC_AUTH_USER" in r.json["error"]
+    health = c.get("/health")  # liveness stays open, and says nothing about the projects
+    assert health.status_code == 200 and set(health.json) == {"status", "model_class"}
+    assert c.get("/", auth=("ls", "s3cret")).status_code == 200
     assert c.post("/setup", json={"project": PROJECT, "schema": CONFIG}, auth=("ls", "s3cret")).status_code == 200
 
 
