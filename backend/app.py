@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from .errors import ApiProblem
 from .model import ISALModel
+from .openapi import SPEC
 from .scheduler import TRAIN_EVENT
 from .settings import Settings
 from .store import UnknownProject, parse_project_id
@@ -175,3 +176,7 @@ def _routes(app: Flask, backend: ISALModel) -> None:
     @app.get("/metrics")
     def metrics():
         return json_response({})
+
+    @app.get("/openapi.json")
+    def openapi():
+        return json_response(SPEC)

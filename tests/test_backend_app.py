@@ -136,7 +136,8 @@ def test_webhook_without_action_is_400_and_other_actions_are_ignored(client):
 def test_basic_auth_is_enforced_on_every_route_but_health(tmp_path):
     c = make_app(tmp_path, basic_auth_user="ls", basic_auth_pass="s3cret").test_client()
     routes = [("GET", "/"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"), ("POST", "/train"),
-              ("GET", "/versions"), ("GET", "/status"), ("GET", "/metrics"), ("GET", "/nowhere")]
+              ("GET", "/versions"), ("GET", "/status"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+              ("GET", "/nowhere")]
     for method, path in routes:
         for auth in (None, ("ls", "wrong"), ("LS", "s3cret"), ("ls", "s3cret "), ("", "")):
             r = c.open(path, method=method, json={"project": PROJECT}, auth=auth)

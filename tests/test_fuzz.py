@@ -1,4 +1,4 @@
-"""Generated requests against every route (hypothesis): wrong types, deep nesting, unicode, missing
+"""Generated requests against every route of the OpenAPI description (hypothesis): wrong types, deep nesting, unicode, missing
 fields, raw bytes, and shapes of what Label Studio really sends. No answer is a 5xx and every
 error body is JSON with a message. Jobs are stubbed (nothing trains); a project is set up so the
 project routes run their real code."""
@@ -16,7 +16,7 @@ except ImportError:  # tests/ imported as a package
     from tests.test_backend_app import CONFIG, PROJECT, make_app, publish_version
 
 ROUTES = [("GET", "/health"), ("GET", "/"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
-          ("POST", "/train"), ("GET", "/versions"), ("GET", "/status"), ("GET", "/metrics")]
+          ("POST", "/train"), ("GET", "/versions"), ("GET", "/status"), ("GET", "/metrics"), ("GET", "/openapi.json")]
 
 scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=40)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
@@ -55,6 +55,11 @@ def test_no_generated_request_gets_a_server_error(client, method, path, body, qu
     assert r.status_code < 500, (r.status_code, r.get_data(as_text=True)[:300])
     if r.status_code >= 400:
         assert isinstance(r.json, dict) and r.json.get("error"), r.get_data(as_text=True)[:300]
+
+
+def test_the_fuzzed_routes_are_every_described_route(client):
+    spec = client.get("/openapi.json").json
+    assert {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops} == set(ROUTES)
 
 
 def test_a_huge_body_is_refused_or_handled_without_a_server_error(client):
