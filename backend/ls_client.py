@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -239,7 +240,7 @@ class LabelStudioAPI:
         url = self.absolute_url(url_or_path)
         dest = Path(dest_dir) / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
         if dest.exists():
-            os.utime(dest)  # a hit refreshes the file for the cache's least-recently-used pruning
+            os.utime(dest, ns=(time.time_ns(), dest.stat().st_mtime_ns))  # a hit: newer access time (LRU), same file
             return dest
         return fetch_file(self._http, url, dest, self.policy, self._auth_headers, self.timeout)
 

@@ -2,7 +2,8 @@
 
 `KEEP_VERSIONS` keeps the newest N complete versions of a project (the current one always;
 0 = keep all). `CACHE_MAX_MB` caps the downloaded-image cache: the least recently used
-files go first (a cache hit refreshes a file's time), down to the cap (0 = no cap).
+files go first (by access time: a cache hit sets it, the file itself is untouched), down
+to the cap (0 = no cap).
 Label Studio keeps the predictions of pruned versions; only the backend's files go.
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ def cache_bytes(folder: Path) -> int:
 def prune_cache(folder: Path, max_bytes: int) -> dict:
     """Delete the least recently used files until the folder holds at most `max_bytes`."""
     folder = Path(folder)
-    files = sorted((f for f in folder.glob("*") if f.is_file()), key=lambda f: f.stat().st_mtime)
+    files = sorted((f for f in folder.glob("*") if f.is_file()), key=lambda f: max(f.stat().st_atime,
+                                                                                   f.stat().st_mtime))
     before = total = sum(f.stat().st_size for f in files)
     removed = 0
     for f in files:
