@@ -17,7 +17,7 @@ the resize to the network's input happens here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +49,7 @@ class DetectionOutputs:
     per_level: list[int]  # anchors per FPN level
     sizes: list[tuple[int, int]]  # (h, w) the network saw
     original: list[tuple[int, int]]  # (h, w) of the images as given
+    _found: list | None = field(default=None, repr=False)  # post-processed once: pseudo-boxes and predictions
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -57,11 +58,14 @@ class DetectionOutputs:
         return {k: v[i:i + 1] for k, v in self.head.items()}
 
     def detections(self) -> list[dict[str, Tensor]]:
-        """FCOS's post-processing (score filter, top-k, NMS), boxes in original pixels."""
+        """FCOS's post-processing (score filter, top-k, NMS), boxes in original pixels (computed once)."""
+        if self._found is not None:
+            return self._found
         split = {k: list(v.split(self.per_level, dim=1)) for k, v in self.head.items()}
         anchors = [list(a.split(self.per_level)) for a in self.anchors]
         found = self.model.postprocess_detections(split, anchors, self.sizes)
-        return self.model.transform.postprocess(found, self.sizes, self.original)
+        self._found = self.model.transform.postprocess(found, self.sizes, self.original)
+        return self._found
 
 
 def scale_boxes(boxes: Tensor, source: tuple[int, int], target: tuple[int, int]) -> Tensor:

@@ -10,7 +10,7 @@ rule (shorter side min_size, longer at most max_size), as mmdet's pipeline would
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,7 @@ class MMDetOutputs:
     head: tuple[list[Tensor], list[Tensor], list[Tensor]]
     metas: list[dict]
     original: list[tuple[int, int]]
+    _found: list | None = field(default=None, repr=False)  # post-processed once
 
     def __len__(self) -> int:
         return len(self.metas)
@@ -65,9 +66,12 @@ class MMDetOutputs:
         return [[level[i:i + 1] for level in part] for part in self.head]
 
     def detections(self) -> list[dict[str, Tensor]]:
+        if self._found is not None:
+            return self._found
         found = self.model.bbox_head.predict_by_feat(*self.head, batch_img_metas=self.metas, rescale=False)
-        return [{"boxes": scale_boxes(r.bboxes, m["img_shape"], size), "scores": r.scores, "labels": r.labels}
-                for r, m, size in zip(found, self.metas, self.original)]
+        self._found = [{"boxes": scale_boxes(r.bboxes, m["img_shape"], size), "scores": r.scores,
+                        "labels": r.labels} for r, m, size in zip(found, self.metas, self.original)]
+        return self._found
 
 
 class MMDetFCOSAdapter(DetectionAdapter):
