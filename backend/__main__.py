@@ -2,10 +2,11 @@
 
 Runs exactly
     gunicorn --preload --bind $HOST:$PORT --workers $WORKERS --threads $THREADS --timeout 0
-             --no-control-socket 'backend.app:create_app()'
+             --no-control-socket --config python:backend.gunicorn_hooks 'backend.app:create_app()'
 (HOST defaults to 127.0.0.1; set HOST=0.0.0.0 in a container). `--timeout 0` because a
 worker may be busy with a training job for minutes; `--preload` reads the settings and
-MODEL_DIR once, before forking, and fails fast on a bad setting.
+MODEL_DIR once, before forking, and fails fast on a bad setting. The hooks start, in each
+worker, the sweep that runs again a job a killed process left (backend.scheduler).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .settings import Settings
 def gunicorn_command(settings: Settings) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--preload", "--bind", f"{settings.host}:{settings.port}",
             "--workers", str(settings.workers), "--threads", str(settings.threads), "--timeout", "0",
-            "--no-control-socket", "backend.app:create_app()"]
+            "--no-control-socket", "--config", "python:backend.gunicorn_hooks", "backend.app:create_app()"]
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ too: for /setup and /health Label Studio shows only "400 Client Error: <reason> 
 so that is where the user reads why the backend refused a labeling config.
 
 The Label Studio contract itself (setup, predict, fit) is backend.model.ISALModel. Run it
-with gunicorn (`python -m backend`), one worker: jobs coalesce per process.
+with gunicorn (`python -m backend`); job state is shared by every worker (backend.jobstore).
 """
 from __future__ import annotations
 
@@ -73,10 +73,6 @@ def create_app(settings: Settings | None = None, *, run_job=None) -> Flask:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("backend").setLevel(settings.log_level)
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
-    if settings.workers > 1:
-        log.warning("WORKERS=%d: jobs are coalesced per worker process, so two workers can train the same "
-                    "project at once and /status shows one worker's view; WORKERS=1 is recommended",
-                    settings.workers)
     backend = ISALModel(settings, run_job)
     app = Flask("isal_backend")
     app.extensions["isal"] = backend

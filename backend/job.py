@@ -11,11 +11,14 @@
  4. the engine's round (isal_core.Learner.round): train from scratch (seeded), s_test,
     influence and prediction of every pool task in one pass; score = sigmoid(I / sigma)
     (see backend.scores);
- 5. write one prediction per pool task with a new model_version, point the project at
-    it with "Uncertainty sampling", then publish the version on disk.
+ 5. write one prediction per pool task with a new model_version, publish the version on
+    disk, then point the project at it with "Uncertainty sampling".
 A job that fails anywhere leaves the current version, and the project's model_version in
-Label Studio, as they were (predictions it wrote before failing stay, under a version
-nothing points at).
+Label Studio, as they were. The version is recorded as unpublished before its first
+prediction is written; a failed job deletes what it wrote, and each job begins by
+deleting the predictions of recorded versions that never got published (a job killed
+mid-write) and by pointing Label Studio at the current version if a crash came between
+publishing and that (`reconcile`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from isal_core.learner import Learner
 
 from .clusters import cluster_ids, project_centroids
 from .errors import JobError, describe_api_error
+from .faults import hold_point
 from .ls_client import ApiError, LabelStudioAPI
 from .prelabel import prelabel_decision
 from .project_tasks import REFERENCE_FLAG, ProjectTasks, Warnings, read_tasks
@@ -37,7 +41,7 @@ from .scores import encode, influence_scale, ranking_scores
 from .settings import EngineSettings
 from .store import ProjectStore, new_version_name
 from .tasktypes import TaskType, UnsupportedConfig
-from .writeback import prediction_stream, write_back
+from .writeback import prediction_stream
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class Trainer:
             task_type = store.update_config(api.project_label_config(store.id))
         except UnsupportedConfig as exc:
             raise JobError(f"the project's labeling config is not supported: {exc}") from None
+        t["reconcile"] = reconcile(store, api)
         tasks = read_tasks(api, store.id, task_type, warnings)
         t["read"] = time.time()
         set_phase("downloading images")
@@ -84,9 +89,12 @@ class Trainer:
         t["score"] = time.time()
         report = self._publish(store, api, task_type, adapter, tasks, result, metric, clusters, warnings,
                                set_phase)
+        if t["reconcile"]:
+            report["reconciled"] = t["reconcile"]
         if hasattr(adapter, "cache"):  # frozen features: what the embedding cache saved this job
             report["embedding_cache"] = {k: adapter.cache.stats[k] for k in ("hits", "computed", "corrupt")}
         t["write"] = time.time()
+        del t["reconcile"]
         steps = ["start", "read", "download", "score", "write"]
         report["timings_s"] = {k: round(t[k] - t[p], 2) for p, k in zip(steps, steps[1:])}
         return report
@@ -144,20 +152,64 @@ class Trainer:
             "clusters": None if clusters is None or clusters[0] is None else len(clusters[0]),
             "cluster_source": task_type.engine_settings(e).cluster_source,
         }
-        with store.staging(version) as staging:  # published when the block ends, removed if it fails
-            store.write_files(staging, result.model, adapter.to_meta(), result.scorer, task_ids,
-                              influences, result.scores.predictions, clusters)
-            set_phase("writing predictions")
-            stream = prediction_stream(task_type, version, task_ids, result.scores.predictions, scores,
-                                       prelabel=meta["prelabel"]["on"], clusters=clusters and clusters[1])
-            created = write_back(api, store.id, version, stream)
-            if created < len(task_ids):
-                warnings.add("predictions_dropped", "-", f"Label Studio kept {created} of {len(task_ids)} predictions")
-            if created == 0:
-                raise JobError(f"Label Studio kept none of the {len(task_ids)} predictions of {version}")
-            meta["warnings"] = warnings.as_dict()
-            store.write_meta(staging, meta)
+        try:
+            with store.staging(version) as staging:  # published when the block ends, removed if it fails
+                store.write_files(staging, result.model, adapter.to_meta(), result.scorer, task_ids,
+                                  influences, result.scores.predictions, clusters)
+                hold_point("checkpoint")
+                set_phase("writing predictions")
+                stream = prediction_stream(task_type, version, task_ids, result.scores.predictions, scores,
+                                           prelabel=meta["prelabel"]["on"], clusters=clusters and clusters[1])
+                store.mark_unpublished(version)
+                created = api.write_predictions(store.id, stream)
+                hold_point("predictions")
+                if created < len(task_ids):
+                    warnings.add("predictions_dropped", "-", f"Label Studio kept {created} of {len(task_ids)} "
+                                                              "predictions")
+                if created == 0:
+                    raise JobError(f"Label Studio kept none of the {len(task_ids)} predictions of {version}")
+                meta["warnings"] = warnings.as_dict()
+                store.write_meta(staging, meta)
+        except BaseException:
+            _discard(store, api, version)
+            raise
+        api.set_model_version(store.id, version)  # Label Studio serves by it from now on
+        store.forget_unpublished(version)
         warnings.log(store.id)
         keys = ("counts", "reference_source", "reference_note", "top_task", "top_score", "sigma", "solver_info",
                 "warnings", "reference_metric", "prelabel")
         return {"model_version": version, "predictions_written": created, **{k: meta[k] for k in keys}}
+
+
+def _discard(store: ProjectStore, api: LabelStudioAPI, version: str) -> None:
+    """A failed job's predictions go (best effort: if Label Studio is unreachable, the next job's reconcile)."""
+    if version not in store.unpublished():
+        return
+    try:
+        n = api.delete_version_predictions(store.id, version)
+        store.forget_unpublished(version)
+        log.info("project %s: deleted the %d predictions of the failed job's version %s", store.id, n, version)
+    except Exception as exc:  # the job's own error is what the user must see
+        log.warning("project %s: could not delete the predictions of %s yet (%s); the next job will",
+                    store.id, version, exc)
+
+
+def reconcile(store: ProjectStore, api: LabelStudioAPI) -> dict:
+    """Undo what a killed job left in Label Studio: predictions of versions it never published are
+    deleted; a version published on disk that Label Studio does not serve yet becomes current there."""
+    published, done = set(store.versions()), {}
+    for version in store.unpublished():
+        if version not in published:
+            done.setdefault("deleted_predictions", {})[version] = api.delete_version_predictions(store.id, version)
+            log.warning("project %s: deleted %d predictions of %s, a version an interrupted job never published",
+                        store.id, done["deleted_predictions"][version], version)
+        store.forget_unpublished(version)
+    current = store.current.name if store.current else None
+    if current:
+        serving = api.project_model_version(store.id)
+        if serving != current and (not serving or serving.startswith(f"isal-{store.id}-")):
+            api.set_model_version(store.id, current)
+            done["model_version_set"] = current
+            log.warning("project %s: Label Studio served %r; pointed it at the current version %s",
+                        store.id, serving, current)
+    return done

@@ -177,6 +177,23 @@ class LabelStudioAPI:
             kwargs["sampling"] = sampling
         self.ls.projects.update(id=project_id, **kwargs)
 
+    def project_model_version(self, project_id: int) -> str:
+        """The model version the project serves by ("" when none is set)."""
+        return self.ls.projects.get(id=project_id).model_version or ""
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """{model version: number of its predictions} of the project."""
+        response = self.request("GET", f"api/projects/{int(project_id)}/model-versions/")
+        data = response.json()
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def delete_version_predictions(self, project_id: int, version: str) -> int:
+        """Delete every prediction of `version` in the project; how many went."""
+        response = self.request("DELETE", f"api/projects/{int(project_id)}/model-versions/",
+                                json={"model_version": version})
+        data = _body(response)  # Label Studio 1.23: {"deleted_predictions": n}
+        return int(data.get("deleted_predictions", 0)) if isinstance(data, dict) else 0
+
     # -- projects (the demo sets one up with these) ---------------------------
     def create_project(self, title: str, label_config: str, **fields: Any) -> int:
         return self.ls.projects.create(title=title, label_config=label_config, **fields).id

@@ -45,10 +45,16 @@ class ISALModel:
         if settings.engine.embedding_cache is None:  # frozen features are cached beside the models
             settings.engine.embedding_cache = self.registry.embedding_cache
         self.trainer = Trainer(settings.engine, self.registry.cache_dir, self.api_for)
-        self.jobs = JobManager(run_job or self._run_job, settings.engine.retrain_every)
+        self.jobs = JobManager(run_job or self._run_job, settings.engine.retrain_every,
+                               self.registry.root / "jobs.sqlite", settings.job_stale_s)
         self._connections: dict[int, dict] = {}  # from /setup: hostname and access_token (memory only)
         self._apis: dict[tuple[str, str], LabelStudioAPI] = {}
         self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Background work of a serving process: run again the jobs a dead process left (gunicorn calls it
+        in each worker after the fork; an in-process server calls it itself)."""
+        self.jobs.start()
 
     def _run_job(self, project_id: int, set_phase) -> dict:
         store = self.registry.known(project_id)

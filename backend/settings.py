@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     basic_auth_pass: str | None = None
     host: str = Field("127.0.0.1", description="interface gunicorn binds (0.0.0.0 in a container)")
     port: int = Field(9090, ge=1, le=65535)
-    workers: int = Field(1, ge=1, description="gunicorn workers; keep 1: jobs are coalesced per process")
+    workers: int = Field(1, ge=1, description="gunicorn workers (job state is shared: one job per project across them)")
     threads: int = Field(8, ge=1, description="gunicorn threads per worker")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     label_studio_timeout: float = Field(60.0, gt=0, description="seconds per Label Studio request")
@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     predict_budget_s: float = Field(60.0, ge=0, description="seconds /predict spends scoring new tasks (Label Studio "
                                                               "waits 100 s); the rest answer 0.5 and 'deferred'")
     keep_versions: int = Field(0, ge=0, description="newest model versions kept per project (0 = all)")
+    job_stale_s: float = Field(60.0, gt=0, description="a running job whose process sent no heartbeat for this "
+                               "long (another machine's worker) is run again; a dead process on this host at once")
     cache_max_mb: float = Field(0.0, ge=0, description="image cache cap in MB, least recently used first (0 = none)")
     engine: EngineSettings = Field(default_factory=EngineSettings)
 

@@ -3,12 +3,15 @@
     project.json              the labeling config /setup received (a project is "known" once it exists)
     reference_l1.json         the first labeled set, when it stands in for a reference set
     jobs.json                 the last job number used (version names never repeat)
+    unpublished.json          versions whose predictions a job began writing to Label Studio and that
+                              are not yet current there (the next job deletes those never published)
     <version>/                one trained model version, written whole or not at all (backend.versions)
     .tmp-<version>/           a version being built; renamed into place when the job succeeds
 
 A version is built in a temp dir and published with os.rename, so a crash never leaves
 a half-written version that a restart would load. The newest version whose meta.json
-and files are all present is the current one after a restart.
+and files are all present is the current one after a restart, and in every process: a
+process notices another one's publishing by the project dir's mtime (`refresh`).
 """
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ class ProjectStore:
         self._lock = threading.Lock()
         self.current: ModelVersion | None = None
         self.info: dict = {}
+        self._seen = None  # the project dir's mtime when versions were last listed
 
     def register(self, label_config: str, task_type: TaskType) -> None:
         info = {"project": self.id, "label_config": label_config, "task_type": task_type.to_meta(),
@@ -103,14 +107,34 @@ class ProjectStore:
             log.warning("project %s: removing %s left by an interrupted job", self.id, tmp.name)
             shutil.rmtree(tmp, ignore_errors=True)
         self.current = None
-        for version in self.versions(good_only=False):
-            try:
-                self.current = ModelVersion.open(self.root / version, self.device, True, self.embedding_cache)
-                break
-            except ValueError as exc:
-                log.warning("project %s: skipping model version %s: %s", self.id, version, exc)
+        self._pick_current()
         if self.current is not None:
             log.info("project %s: loaded model version %s", self.id, self.current.name)
+        return self
+
+    def _pick_current(self) -> None:
+        self._seen = self._mtime()
+        for version in self.versions(good_only=False):
+            if self.current is not None and version == self.current.name:
+                return
+            try:
+                self.current = ModelVersion.open(self.root / version, self.device, True, self.embedding_cache)
+                return
+            except ValueError as exc:
+                log.warning("project %s: skipping model version %s: %s", self.id, version, exc)
+
+    def _mtime(self) -> int | None:
+        try:
+            return os.stat(self.root).st_mtime_ns
+        except OSError:
+            return None
+
+    def refresh(self) -> "ProjectStore":
+        """Take up a version another process published (one stat when nothing changed)."""
+        if self._mtime() != self._seen:
+            with self._lock:
+                if self._mtime() != self._seen:
+                    self._pick_current()
         return self
 
     def versions(self, good_only: bool = True) -> list[str]:
@@ -151,8 +175,9 @@ class ProjectStore:
     def staging(self, version: str) -> Iterator[Path]:
         """A temp dir for the version's files; renamed into place (and made current) when the
         block ends, removed if it raises."""
+        for tmp in self.root.glob(".tmp-*"):  # one job per project at a time: any other is a dead job's
+            shutil.rmtree(tmp, ignore_errors=True)
         path = self.root / f".tmp-{version}"
-        shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         try:
             yield path
@@ -184,6 +209,25 @@ class ProjectStore:
         os.rename(staging, final)
         self.current = ModelVersion.open(final, self.device, embedding_cache=self.embedding_cache)
         return self.current
+
+    # -- predictions in Label Studio of versions not yet current there ---------
+    def unpublished(self) -> list[str]:
+        try:
+            return [str(v) for v in json.loads((self.root / "unpublished.json").read_text())["versions"]]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("project %s: unreadable unpublished.json (%s); starting it afresh", self.id, exc)
+            return []
+
+    def mark_unpublished(self, version: str) -> None:
+        """Recorded before a job writes the version's predictions, so a crash cannot leave them unknown."""
+        with self._lock:
+            write_json(self.root / "unpublished.json", {"versions": sorted({*self.unpublished(), version})})
+
+    def forget_unpublished(self, version: str) -> None:
+        with self._lock:
+            write_json(self.root / "unpublished.json", {"versions": [v for v in self.unpublished() if v != version]})
 
     # -- reference set fallback ----------------------------------------------
     def first_labeled_set(self, labeled_ids: list[int]) -> tuple[list[int], bool]:
@@ -233,6 +277,8 @@ class Registry:
             store = self._projects.get(project_id)
         if store is None and (self.root / str(project_id) / "project.json").is_file():
             store = self.get(project_id)
+        if store is not None:
+            store.refresh()
         if store is None or not store.info:
             raise UnknownProject(
                 f"project {project_id} is not connected to this ML backend: connect it in Label Studio "

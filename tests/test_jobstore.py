@@ -1,0 +1,122 @@
+"""The durable job state (backend.jobstore) and the scheduler over it: atomic across processes,
+and a job whose process died is claimed and run again."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from backend.jobstore import JobStore, owner_gone, process_id
+from backend.scheduler import JobManager
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_request_is_atomic_across_processes(tmp_path):
+    """Eight processes ask for a job at once: one starts it, one waits, six are coalesced."""
+    db = tmp_path / "jobs.sqlite"
+    JobStore(db)
+    go = tmp_path / "go"
+    code = f"""
+        import os, time
+        from backend.jobstore import JobStore
+        store = JobStore({str(db)!r})
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        print(store.request(3, "test"))
+    """
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True) for _ in range(8)]
+    time.sleep(2)
+    go.write_text("")
+    outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert outcomes == ["coalesced"] * 6 + ["pending", "started"]
+    snap = JobStore(db).snapshot(3)
+    assert snap["state"] == "running" and snap["pending"] and snap["requests_coalesced"] == 6
+    assert snap["jobs_started"] == 1
+
+
+def test_a_job_whose_process_died_is_claimed_once(tmp_path):
+    db = tmp_path / "jobs.sqlite"
+    owner = run_python(f"""
+        from backend.jobstore import JobStore, process_id
+        assert JobStore({str(db)!r}).request(5, "START_TRAINING") == "started"
+        print(process_id())
+    """).strip()
+    assert owner_gone(owner) and not owner_gone(process_id())
+    store = JobStore(db)
+    assert store.snapshot(5)["state"] == "running"
+    (claimed,) = store.claim_orphans()
+    assert claimed[0] == 5 and "resumed" in claimed[1] and "START_TRAINING" in claimed[1]
+    assert store.claim_orphans() == [], "the new owner is alive: nothing to claim twice"
+    snap = store.snapshot(5)
+    assert snap["jobs_resumed"] == 1 and snap["jobs_started"] == 2
+    assert store.finish(5, {"status": "done"}, None) is None
+    assert store.snapshot(5)["state"] == "idle" and store.snapshot(5)["last_job"] == {"status": "done"}
+
+
+def test_another_hosts_job_is_claimed_only_when_its_heartbeat_is_stale(tmp_path):
+    import sqlite3
+
+    store = JobStore(tmp_path / "jobs.sqlite", stale_after=30)
+    assert store.request(1, "x") == "started" and store.request(2, "x") == "started"
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE jobs SET owner = 'elsewhere:1:abc', heartbeat = ? WHERE project = 1", (time.time(),))
+        db.execute("UPDATE jobs SET owner = 'elsewhere:2:abc', heartbeat = ? WHERE project = 2", (time.time() - 31,))
+    assert [p for p, _ in store.claim_orphans()] == [2]
+
+
+def test_finish_hands_the_pending_job_to_the_owner(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    assert store.request(1, "a") == "started"
+    assert store.request(1, "b") == "pending"
+    assert store.finish(1, {"status": "done"}, None) == "pending request"
+    snap = store.snapshot(1)
+    assert snap["state"] == "running" and not snap["pending"] and snap["jobs_started"] == 2
+    assert store.finish(1, {"status": "failed"}, "boom") is None
+    assert store.snapshot(1)["last_error"] == "boom" and store.snapshot(1)["state"] == "idle"
+
+
+def test_event_counts_survive_a_new_manager(tmp_path):
+    db = tmp_path / "jobs.sqlite"
+    jobs = JobManager(lambda p, s: {}, retrain_every=10, store_path=db)
+    for _ in range(4):
+        jobs.annotation_event(9)
+    assert JobManager(lambda p, s: {}, 10, db).snapshot(9)["events_since_request"] == 4
+
+
+def test_the_sweep_runs_a_dead_processs_job_again(tmp_path):
+    db = tmp_path / "jobs.sqlite"
+    run_python(f"""
+        from backend.jobstore import JobStore
+        store = JobStore({str(db)!r})
+        store.request(4, "START_TRAINING")
+        store.update(4, phase="training")
+    """)
+    ran = []
+    done = threading.Event()
+
+    def job(project_id, set_phase):
+        set_phase("training")
+        ran.append(project_id)
+        done.set()
+        return {"model_version": "v"}
+
+    jobs = JobManager(job, 10, db)
+    assert jobs.snapshot(4)["phase"] == "training" and jobs.snapshot(4)["state"] == "running"
+    assert jobs.sweep() == [4]
+    assert done.wait(30) and jobs.wait_idle(4, 30)
+    assert ran == [4] and jobs.sweep() == []
+    snap = jobs.snapshot(4)
+    assert snap["last_job"]["status"] == "done" and snap["last_job"]["reason"].startswith("resumed")
+    assert snap["jobs_resumed"] == 1
