@@ -1,6 +1,6 @@
 """Named points where a job can be held still, so a test can kill -9 the backend exactly there.
 
-ISAL_HOLD_AT=<point> makes a job that reaches <point> create the file ISAL_HOLD_FILE (when
+TEST_HOLD_AT=<point> makes a job that reaches <point> create the file TEST_HOLD_FILE (when
 set) and wait forever. Unset (always, outside crash tests), `hold_point` does nothing.
 Points: "checkpoint" (the version's model file is written, the rest not yet) and
 "predictions" (every prediction of the new version is in Label Studio, the version is
@@ -18,9 +18,9 @@ POINTS = ("checkpoint", "predictions")
 
 
 def hold_point(name: str) -> None:
-    if os.environ.get("ISAL_HOLD_AT") != name:
+    if os.environ.get("TEST_HOLD_AT") != name:
         return
-    log.warning("ISAL_HOLD_AT=%s: the job holds here until the process is killed", name)
-    if marker := os.environ.get("ISAL_HOLD_FILE"):
+    log.warning("TEST_HOLD_AT=%s: the job holds here until the process is killed", name)
+    if marker := os.environ.get("TEST_HOLD_FILE"):
         Path(marker).write_text(name)
     threading.Event().wait()

@@ -123,6 +123,12 @@ class ManagedProcess:
         if proc is not None:
             stop_group(proc, self.stop_steps)
 
+    def kill(self) -> None:
+        """kill -9 the whole group at once, with no chance to clean up (crash tests)."""
+        proc, self._proc = getattr(self, "_proc", None), None
+        if proc is not None:
+            stop_group(proc, ((signal.SIGKILL, 10),))
+
     def running(self) -> bool:
         return getattr(self, "_proc", None) is not None and self._proc.poll() is None
 

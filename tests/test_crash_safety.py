@@ -1,0 +1,130 @@
+"""kill -9 of the backend mid-job, against a real Label Studio: after a restart it serves the last
+complete version, ignores the half-written one, runs the interrupted job again, and Label Studio
+holds exactly the predictions of published versions (none lost, none duplicated, none left over).
+
+The job is held still at a named point (backend.faults: TEST_HOLD_AT) so the kill lands exactly
+while the version's checkpoint is half written, or after its predictions are in Label Studio but
+before the version is published.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend.local_ls import BackendProcess
+from backend.ls_client import LabelStudioAPI
+
+try:
+    from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+except ImportError:  # tests/ imported as a package
+    from tests.backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+
+pytestmark = pytest.mark.integration
+
+N_TRAIN, N_REFERENCE, N_LABELED = 60, 10, 20
+
+
+def status_of(backend: BackendProcess, pid: int) -> dict:
+    return requests.get(f"{backend.url}/status", params={"project": pid}, timeout=10).json()
+
+
+def version_dirs(model_dir: Path, pid: int) -> tuple[list[str], list[str]]:
+    """(published version dirs, leftover temp dirs) of the project."""
+    root = model_dir / str(pid)
+    published = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "meta.json").is_file()
+                       and not d.name.startswith("."))
+    return published, sorted(d.name for d in root.glob(".tmp-*"))
+
+
+def wait_for_file(path: Path, backend: BackendProcess, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert backend.running(), backend.log_tail()
+        assert time.monotonic() < deadline, f"the job never reached its hold point:\n{backend.log_tail()}"
+        time.sleep(0.2)
+
+
+def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_path):
+    token = label_studio.token()
+    ls = label_studio.client()
+    api = LabelStudioAPI(label_studio.url, token)
+    sub, images = cifar_images(label_studio.files_root, N_TRAIN, N_REFERENCE, seed=3)
+    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "crash safety")
+    train = [t for t, im in by_task.items() if im.split == "train"]
+    for t, im in by_task.items():
+        if im.split == "test" or t in train[:N_LABELED]:
+            ls.annotations.create(id=t, result=choice_result(im.label))
+    model_dir = tmp_path / "models"
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(model_dir),
+           "ISAL_EPOCHS": "2", "ISAL_MIN_STEPS": "20", "ISAL_RETRAIN_EVERY": "0", "ISAL_SEED": "0",
+           "LOG_LEVEL": "INFO"}
+    log = tmp_path / "backend.log"
+    marker = tmp_path / "held"
+
+    backend = BackendProcess(env, log_path=log).start()
+    port = backend.port
+    try:
+        requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
+                      timeout=30).raise_for_status()
+        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+        v1 = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)["model_version"]
+    finally:
+        backend.stop()
+    pool = N_TRAIN - N_LABELED
+    assert api.model_versions(pid) == {v1: pool} and api.project_model_version(pid) == v1
+
+    published_before, served = [v1], api.next_task(pid)["id"]
+    for round_, point in enumerate(("checkpoint", "predictions")):
+        # the served task gets its label, so the interrupted job has something new to learn
+        ls.annotations.create(id=served, result=choice_result(by_task[served].label))
+        pool -= 1
+        marker.unlink(missing_ok=True)
+        backend = BackendProcess({**env, "TEST_HOLD_AT": point, "TEST_HOLD_FILE": str(marker)}, port=port,
+                                 log_path=log).start()
+        try:
+            requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+            wait_for_file(marker, backend)
+            published, temps = version_dirs(model_dir, pid)
+            assert published == sorted(published_before) and len(temps) == 1, (published, temps)
+            half = temps[0].removeprefix(".tmp-")
+            if point == "predictions":  # in Label Studio, not yet published anywhere
+                assert api.model_versions(pid)[half] == pool
+            else:
+                assert half not in api.model_versions(pid)
+        finally:
+            backend.kill()
+
+        offset = log.stat().st_size
+        backend = BackendProcess(env, port=port, log_path=log).start()
+        try:
+            status = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)
+            job = status["job"]
+            assert job["jobs_resumed"] == round_ + 1 and job["last_job"]["reason"].startswith("resumed"), job
+            assert status["last_error"] is None, status
+            restart_log = log.read_text()[offset:]
+            assert f"loaded model version {published_before[-1]}" in restart_log, restart_log[-3000:]
+            assert f"removing .tmp-{half} left by an interrupted job" in restart_log
+            new = status["model_version"]
+            assert new not in published_before and new != half
+            published, temps = version_dirs(model_dir, pid)
+            assert published == sorted([*published_before, new]) and temps == [], (published, temps)
+            if point == "predictions":
+                assert job["last_job"]["reconciled"]["deleted_predictions"] == {half: pool}
+            # every published version keeps exactly its predictions; the half-written one left none
+            counts = api.model_versions(pid)
+            expected = {v: json.loads((model_dir / str(pid) / v / "meta.json").read_text())["counts"]["unlabeled"]
+                        for v in published}
+            assert counts == expected, (counts, expected)
+            assert counts[new] == pool and api.project_model_version(pid) == new
+            assert api.next_task(pid)["id"] == status["top_task"]  # (locked to us until annotated)
+            served = status["top_task"]
+            versions = requests.get(f"{backend.url}/versions", params={"project": pid}, timeout=10).json()
+            assert versions["versions"][0] == new and half not in versions["versions"]
+        finally:
+            backend.stop()
+        published_before.append(new)
+    assert log.read_text().count("running it again") == 2
