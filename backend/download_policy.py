@@ -8,6 +8,10 @@ then not when it resolves to a loopback, private, link-local (169.254/16: cloud 
 or otherwise non-global address, unless that is Label Studio's own host. Every redirect
 is checked again (a presigned-storage redirect needs its bucket host listed), and each
 file is capped in size. A refusal is a per-task error; it never fails the job.
+
+The connection goes to the address that was checked (the URL's host is resolved once and
+pinned; Host header and TLS name stay the host's), so a name that resolves to a public
+address for the check and to an internal one a moment later (DNS rebinding) gets nowhere.
 """
 from __future__ import annotations
 
@@ -53,23 +57,29 @@ class DownloadPolicy:
         parts = urlsplit(url)
         return (parts.scheme.lower(), parts.netloc.lower()) == self.ls_origin
 
-    def check(self, url: str) -> None:
-        """Raise DownloadRefused unless the backend may fetch `url` (each redirect target too)."""
+    def check(self, url: str) -> str | None:
+        """Raise DownloadRefused unless the backend may fetch `url` (each redirect target too).
+
+        Returns the checked address to connect to, or None for Label Studio's own host."""
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise DownloadRefused(f"{url}: only http(s) URLs are downloaded")
         if self.is_label_studio(url):
-            return
+            return None
         host, netloc = parts.hostname.lower(), parts.netloc.lower().rsplit("@", 1)[-1]
         if not any(self._matches(rule, host, netloc) for rule in self.allowed):
             raise DownloadRefused(f"{url}: {netloc} is not Label Studio ({self.ls_origin[1]}) and not in "
                                   "DOWNLOAD_ALLOWED_HOSTS; add it there to download task files from it")
         if host == self.ls_host:
-            return  # Label Studio's own machine, another port: allowed by the list
-        for address in _addresses(host, parts.port or (443 if parts.scheme.lower() == "https" else 80)):
+            return None  # Label Studio's own machine, another port: allowed by the list
+        addresses = _addresses(host, parts.port or (443 if parts.scheme.lower() == "https" else 80))
+        for address in addresses:
             if not address.is_global:
                 raise DownloadRefused(f"{url}: {host} resolves to {address}, a loopback, private, link-local or "
                                       "reserved address; only Label Studio's own host may be one")
+        if not addresses:
+            raise DownloadRefused(f"cannot resolve {host}: no address")
+        return str(addresses[0])
 
     @staticmethod
     def _matches(rule: str, host: str, netloc: str) -> bool:
@@ -93,11 +103,14 @@ def fetch_file(http: httpx.Client, url: str, dest: Path, policy: DownloadPolicy,
     try:
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                policy.check(current)  # every hop: a redirect may point anywhere
+                pinned = policy.check(current)  # every hop: a redirect may point anywhere
             except DownloadRefused as exc:
                 raise DownloadError(current, None, f"refused: {exc}") from None
             ours = policy.is_label_studio(current)
-            with http.stream("GET", current, headers=auth_headers() if ours else {}, follow_redirects=False) as r:
+            target, headers, extensions = current, auth_headers() if ours else {}, {}
+            if pinned is not None:  # connect to the address that was checked, not to a fresh lookup
+                target, headers, extensions = _pin(current, pinned)
+            with http.stream("GET", target, headers=headers, extensions=extensions, follow_redirects=False) as r:
                 if r.is_redirect and "location" in r.headers:
                     current = urljoin(current, r.headers["location"])
                     continue
@@ -112,6 +125,16 @@ def fetch_file(http: httpx.Client, url: str, dest: Path, policy: DownloadPolicy,
         raise DownloadError(current, None, f"{type(e).__name__}: {e}") from e
     except ApiError as e:  # a personal access token could not be exchanged
         raise DownloadError(current, e.status_code, f"token refresh failed: {e.body}", from_label_studio=True) from e
+
+
+def _pin(url: str, address: str) -> tuple[str, dict, dict]:
+    """(URL with the host replaced by `address`, Host header, TLS server name) for one request."""
+    parts = urlsplit(url)
+    host = f"[{address}]" if ":" in address else address
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    return (parts._replace(netloc=netloc).geturl(), {"Host": host_header},
+            {"sni_hostname": parts.hostname} if parts.scheme.lower() == "https" else {})
 
 
 def _save(response: httpx.Response, dest: Path, url: str, cap: int) -> None:

@@ -116,3 +116,57 @@ def test_a_decompression_bomb_is_a_clean_decode_error(tmp_path):
     assert path.stat().st_size < 200_000
     with pytest.raises(ImageDecodeError, match="pixel limit"):
         open_image(str(path))
+
+
+def test_dns_rebinding_gets_nowhere(two_hosts, tmp_path, monkeypatch):
+    """A listed name that resolves to a public address for the check and to loopback afterwards: the
+    request goes to the checked address, so the loopback server never sees it."""
+    import ipaddress
+    import socket
+
+    import httpx
+
+    from backend import download_policy
+    from backend.download_policy import fetch_file
+
+    _, other_url = two_hosts
+    port = int(other_url.rsplit(":", 1)[1])
+    hits = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding(host, *args, **kwargs):  # every lookup after the check says loopback
+        if host == "rebind.example":
+            hits.append(host)
+            return real_getaddrinfo("127.0.0.1", *args, **kwargs)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(download_policy, "_addresses", lambda host, port: [ipaddress.ip_address("8.8.8.8")])
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    policy = DownloadPolicy("http://ls.example:8080", [f"rebind.example:{port}"])
+    assert policy.check(f"http://rebind.example:{port}/a.png") == "8.8.8.8"
+    with httpx.Client(timeout=1.0) as http, pytest.raises(DownloadError) as err:
+        fetch_file(http, f"http://rebind.example:{port}/a.png", tmp_path / "a.png", policy, dict, 1.0)
+    assert err.value.status is None and "rebind.example" in str(err.value)
+    assert hits == [] and not (tmp_path / "a.png").exists()
+    # the same fetch without the pin (what a second lookup does) would have reached loopback
+    with httpx.Client(timeout=5.0) as http:
+        assert http.get(f"http://rebind.example:{port}/a.png").status_code == 200
+    assert hits == ["rebind.example"]
+
+
+def test_a_pinned_request_keeps_the_hosts_name(two_hosts, tmp_path, monkeypatch):
+    """The pinned request reaches the checked address with the URL's own Host header."""
+    import httpx
+
+    from backend.download_policy import _pin, fetch_file
+
+    _, other_url = two_hosts
+    port = int(other_url.rsplit(":", 1)[1])
+    assert _pin("https://u@cdn.example:8443/a.png?x=1", "2001:db8::1") == (
+        "https://[2001:db8::1]:8443/a.png?x=1", {"Host": "cdn.example:8443"}, {"sni_hostname": "cdn.example"})
+    policy = DownloadPolicy("http://ls.example:8080", [f"cdn.example:{port}"])
+    monkeypatch.setattr(policy, "check", lambda url: "127.0.0.1")
+    seen = []
+    with httpx.Client(timeout=5.0, event_hooks={"request": [lambda r: seen.append(r.headers["host"])]}) as http:
+        path = fetch_file(http, f"http://cdn.example:{port}/a.png", tmp_path / "a.png", policy, dict, 5.0)
+    assert open_image(str(path)).size == (8, 8) and seen == [f"cdn.example:{port}"]
