@@ -62,6 +62,10 @@ class ISALModel:
         report["pruned_versions"] = prune_versions(store, self.settings.keep_versions)
         if self.settings.cache_max_mb:
             report["image_cache"] = prune_cache(self.registry.cache_dir, int(self.settings.cache_max_mb * (1 << 20)))
+        if self.settings.embedding_cache_max_mb and self.settings.engine.embedding_cache:
+            report["embedding_cache_pruned"] = prune_cache(
+                Path(self.settings.engine.embedding_cache), int(self.settings.embedding_cache_max_mb * (1 << 20)),
+                "embedding cache")
         return report
 
     def api_for(self, project_id: int) -> LabelStudioAPI:

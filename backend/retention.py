@@ -1,9 +1,10 @@
 """Bounded disk: old model versions and cached task files are pruned after each job.
 
 `KEEP_VERSIONS` keeps the newest N complete versions of a project (the current one always;
-0 = keep all). `CACHE_MAX_MB` caps the downloaded-image cache: the least recently used
-files go first (by access time: a cache hit sets it, the file itself is untouched), down
-to the cap (0 = no cap).
+0 = keep all). `CACHE_MAX_MB` caps the downloaded-image cache and `EMBEDDING_CACHE_MAX_MB`
+the frozen-feature embedding cache: the least recently used files go first (by access
+time: a cache hit sets it, the file itself is untouched), down to the cap (0 = no cap).
+A pruned embedding is computed again when an image needs it.
 Label Studio keeps the predictions of pruned versions; only the backend's files go.
 """
 from __future__ import annotations
@@ -34,15 +35,19 @@ def prune_versions(store, keep: int) -> list[str]:
     return removed
 
 
+def _cached_files(folder: Path) -> list[Path]:
+    """Every cached file under `folder` (subfolders too), not the temp files of writes under way."""
+    return [f for f in Path(folder).rglob("*") if f.is_file() and not f.name.startswith(".")]
+
+
 def cache_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).glob("*") if f.is_file())
+    return sum(f.stat().st_size for f in _cached_files(folder))
 
 
-def prune_cache(folder: Path, max_bytes: int) -> dict:
+def prune_cache(folder: Path, max_bytes: int, what: str = "image cache") -> dict:
     """Delete the least recently used files until the folder holds at most `max_bytes`."""
     folder = Path(folder)
-    files = sorted((f for f in folder.glob("*") if f.is_file()), key=lambda f: max(f.stat().st_atime,
-                                                                                   f.stat().st_mtime))
+    files = sorted(_cached_files(folder), key=lambda f: max(f.stat().st_atime, f.stat().st_mtime))
     before = total = sum(f.stat().st_size for f in files)
     removed = 0
     for f in files:
@@ -56,6 +61,5 @@ def prune_cache(folder: Path, max_bytes: int) -> dict:
         total -= size
         removed += 1
     if removed:
-        log.info("image cache: removed %d least recently used file(s), %d -> %d bytes (CACHE_MAX_MB)", removed,
-                 before, total)
+        log.info("%s: removed %d least recently used file(s), %d -> %d bytes", what, removed, before, total)
     return {"files_removed": removed, "bytes_before": before, "bytes_after": total}

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     job_stale_s: float = Field(60.0, gt=0, description="a running job whose process sent no heartbeat for this "
                                "long (another machine's worker) is run again; a dead process on this host at once")
     cache_max_mb: float = Field(0.0, ge=0, description="image cache cap in MB, least recently used first (0 = none)")
+    embedding_cache_max_mb: float = Field(0.0, ge=0, description="embedding cache cap in MB, least recently used "
+                                                                 "first (0 = none)")
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
     @field_validator("log_level", mode="before")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -47,10 +48,11 @@ class EmbeddingCache:
         return self.folder / backbone / digest[:2] / f"{digest}.pt"
 
     def get(self, backbone: str, digest: str) -> torch.Tensor | None:
+        path = self.path(backbone, digest)
         if (backbone, digest) in self._memory:
             self.stats["hits"] += 1
+            self._touch(path)
             return self._memory[backbone, digest]
-        path = self.path(backbone, digest)
         if not path.is_file():
             return None
         try:
@@ -62,8 +64,17 @@ class EmbeddingCache:
             log.warning("embedding cache entry %s is corrupt (%s): computing it again", path, exc)
             return None
         self.stats["hits"] += 1
+        self._touch(path)
         self._memory[backbone, digest] = value
         return value
+
+    @staticmethod
+    def _touch(path: Path) -> None:
+        """A hit refreshes the entry's access time: a capped cache drops the least recently used first."""
+        try:
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+        except OSError:
+            pass  # pruned meanwhile: the memory copy still serves this process
 
     def put(self, backbone: str, digest: str, value: torch.Tensor) -> None:
         self.stats["computed"] += 1

@@ -41,6 +41,30 @@ def test_the_cache_is_cut_to_its_cap_least_recently_used_first(tmp_path):
     assert sorted(f.name for f in cache.iterdir()) == ["0.jpg", "7.jpg", "8.jpg", "9.jpg"]
 
 
+def test_the_embedding_cache_is_capped_and_a_hit_keeps_an_entry(tmp_path):
+    """EmbeddingCache's nested files: a cap cuts the least recently used; a hit (memory or disk) refreshes."""
+    import torch
+
+    from isal_core.frozen import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "emb")
+    now = time.time()
+    for i in range(8):
+        digest = f"{i:02x}" * 32
+        cache.put("bb", digest, torch.full((250,), float(i)))
+        path = cache.path("bb", digest)
+        os.utime(path, (now - 100 + i, now - 100 + i))
+    per_file = cache.path("bb", "00" * 32).stat().st_size
+    assert cache.get("bb", "00" * 32)[0] == 0  # oldest, but used again (a memory hit)
+    assert EmbeddingCache(tmp_path / "emb").get("bb", "01" * 32)[0] == 1  # and a disk hit
+    (tmp_path / "emb" / "bb" / ".partial.tmp").write_bytes(b"z" * 10_000)  # a write under way: never pruned
+    report = prune_cache(tmp_path / "emb", 4 * per_file, "embedding cache")
+    assert report["files_removed"] == 4 and report["bytes_after"] == 4 * per_file
+    left = sorted(p.name[:2] for p in (tmp_path / "emb").rglob("*.pt"))
+    assert left == ["00", "01", "06", "07"] and (tmp_path / "emb" / "bb" / ".partial.tmp").exists()
+    assert EmbeddingCache(tmp_path / "emb").get("bb", "02" * 32) is None  # pruned: computed again when needed
+
+
 def test_a_job_prunes_with_the_backend_settings(tmp_path):
     """KEEP_VERSIONS and CACHE_MAX_MB act after each job (the job itself stands in: it publishes one)."""
     models = tmp_path / "models"
@@ -49,7 +73,11 @@ def test_a_job_prunes_with_the_backend_settings(tmp_path):
     cache.mkdir(parents=True, exist_ok=True)
     for i in range(5):
         (cache / f"{i}.png").write_bytes(b"y" * (1 << 20))  # 5 MB of images
-    backend = make_app(tmp_path, keep_versions=1, cache_max_mb=2).extensions["isal"]
+    embeddings = models / "embeddings" / "bb" / "ab"
+    embeddings.mkdir(parents=True)
+    for i in range(3):
+        (embeddings / f"{i}.pt").write_bytes(b"e" * (1 << 20))  # 3 MB of embeddings
+    backend = make_app(tmp_path, keep_versions=1, cache_max_mb=2, embedding_cache_max_mb=1).extensions["isal"]
     backend.registry.known(7)
     def job(store, set_phase):  # publishes a version as a job does, then the store sees it
         name = publish_version(models).name
@@ -60,4 +88,6 @@ def test_a_job_prunes_with_the_backend_settings(tmp_path):
     report = backend._run_job(7, lambda phase: None)
     assert report["pruned_versions"] == [first.name]
     assert report["image_cache"]["bytes_after"] <= 2 << 20 and cache_bytes(cache) <= 2 << 20
+    assert report["embedding_cache_pruned"]["bytes_before"] == 3 << 20
+    assert cache_bytes(models / "embeddings") <= 1 << 20
     assert Registry(models).get(7).versions() == [report["model_version"]]
