@@ -1,21 +1,32 @@
-"""`python -m backend`: serve the ML backend with gunicorn, configured from the environment.
+"""`python -m backend`: serve the ML backend with gunicorn, and run its job worker, from the environment.
 
-Runs exactly
+Runs
     gunicorn --preload --bind $HOST:$PORT --workers $WORKERS --threads $THREADS --timeout 0
              --no-control-socket --config python:backend.gunicorn_hooks 'backend.app:create_app()'
 (HOST defaults to 127.0.0.1; set HOST=0.0.0.0 in a container). `--timeout 0` because a
-worker may be busy with a training job for minutes; `--preload` reads the settings and
-MODEL_DIR once, before forking, and fails fast on a bad setting. The hooks start, in each
-worker, the sweep that runs again a job a killed process left (backend.scheduler).
+web worker may wait long on a Label Studio call; `--preload` reads the settings and
+MODEL_DIR once, before forking, and fails fast on a bad setting.
+
+With JOB_RUNNER=worker (the default here) it also runs `python -m backend.worker`, which
+trains: the web processes only queue jobs. This process supervises both: a worker that
+dies (kill -9, out of memory) is started again, and its interrupted job runs again; when
+gunicorn stops, so does the worker; SIGTERM / SIGINT stop both. JOB_RUNNER=web runs
+gunicorn alone, with jobs on a thread of the web worker (backend.scheduler).
 """
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 
 from pydantic import ValidationError
 
 from .settings import Settings
+
+#: A worker that keeps dying is started again after this many seconds at most.
+MAX_BACKOFF_S = 30.0
 
 
 def gunicorn_command(settings: Settings) -> list[str]:
@@ -24,7 +35,46 @@ def gunicorn_command(settings: Settings) -> list[str]:
             "--no-control-socket", "--config", "python:backend.gunicorn_hooks", "backend.app:create_app()"]
 
 
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "backend.worker"]
+
+
+def supervise(web_cmd: list[str], worker_cmd: list[str]) -> int:
+    """Run the web server and the job worker; restart the worker when it dies; return gunicorn's exit code."""
+    stopping = False
+
+    def stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        for proc in (web, worker):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    web = subprocess.Popen(web_cmd)
+    worker = subprocess.Popen(worker_cmd)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    backoff, started = 1.0, time.monotonic()
+    while True:
+        if web.poll() is not None:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(20)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+            return web.returncode
+        if worker.poll() is not None and not stopping:
+            print(f"ISAL backend: the job worker exited ({worker.returncode}); starting it again in {backoff:g} s",
+                  file=sys.stderr, flush=True)
+            time.sleep(backoff)
+            backoff = 1.0 if time.monotonic() - started > 60 else min(MAX_BACKOFF_S, backoff * 2)
+            worker, started = subprocess.Popen(worker_cmd), time.monotonic()
+        time.sleep(0.2)
+
+
 def main() -> None:
+    os.environ.setdefault("JOB_RUNNER", "worker")  # the web processes only queue; the worker trains
     try:
         settings = Settings()  # validate the environment before handing over
     except ValidationError as exc:
@@ -34,7 +84,10 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cmd = gunicorn_command(settings)
     print("+", " ".join(cmd[1:]), flush=True)
-    os.execv(cmd[0], cmd)
+    if settings.job_runner != "worker":
+        os.execv(cmd[0], cmd)
+    print("+", " ".join(worker_command()[1:]), flush=True)
+    sys.exit(supervise(cmd, worker_command()))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Named points where a job can be held still, so a test can kill -9 the backend exactly there.
 
-TEST_HOLD_AT=<point> makes a job that reaches <point> create the file TEST_HOLD_FILE (when
-set) and wait forever. Unset (always, outside crash tests), `hold_point` does nothing.
+TEST_HOLD_AT=<point> makes a job that reaches <point> create the file TEST_HOLD_FILE and wait
+forever; once the file exists, no job holds again (a worker started again after the kill
+runs the job through). Unset (always, outside crash tests), `hold_point` does nothing.
 Points: "checkpoint" (the version's model file is written, the rest not yet) and
 "predictions" (every prediction of the new version is in Label Studio, the version is
 neither published on disk nor current there).
@@ -18,9 +19,9 @@ POINTS = ("checkpoint", "predictions")
 
 
 def hold_point(name: str) -> None:
-    if os.environ.get("TEST_HOLD_AT") != name:
+    marker = os.environ.get("TEST_HOLD_FILE")
+    if os.environ.get("TEST_HOLD_AT") != name or not marker or Path(marker).exists():
         return
     log.warning("TEST_HOLD_AT=%s: the job holds here until the process is killed", name)
-    if marker := os.environ.get("TEST_HOLD_FILE"):
-        Path(marker).write_text(name)
+    Path(marker).write_text(f"{name} {os.getpid()}")
     threading.Event().wait()

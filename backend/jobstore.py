@@ -68,6 +68,8 @@ def owner_gone(owner: str | None) -> bool:
 
 
 class JobStore:
+    """The jobs table of one MODEL_DIR (see the module docstring)."""
+
     def __init__(self, path: str | os.PathLike, stale_after: float = 60.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,16 +107,18 @@ class JobStore:
             db.execute("UPDATE jobs SET events = ? WHERE project = ?", (n, project))
             return n
 
-    def request(self, project: int, reason: str) -> str:
-        """"started" (the caller now owns the job and must run it), "pending" or "coalesced"."""
+    def request(self, project: int, reason: str, claim: bool = True) -> str:
+        """"started" (`claim`: the caller now owns the job and must run it), "queued" (not `claim`: a
+        worker's sweep takes it), "pending" (one runs: this one waits) or "coalesced" (one waits already)."""
         with self._tx() as db:
             row = self._row(db, project)
-            if row["running"]:
-                if row["pending"]:
-                    db.execute("UPDATE jobs SET events = 0, coalesced = coalesced + 1 WHERE project = ?", (project,))
-                    return "coalesced"
-                db.execute("UPDATE jobs SET events = 0, pending = 1 WHERE project = ?", (project,))
-                return "pending"
+            if row["pending"]:
+                db.execute("UPDATE jobs SET events = 0, coalesced = coalesced + 1 WHERE project = ?", (project,))
+                return "coalesced"
+            if row["running"] or not claim:
+                db.execute("UPDATE jobs SET events = 0, pending = 1, reason = CASE WHEN running THEN reason "
+                           "ELSE ? END WHERE project = ?", (reason, project))
+                return "pending" if row["running"] else "queued"
             db.execute("UPDATE jobs SET events = 0, running = 1, pending = 0, phase = 'queued', reason = ?, "
                        "started = started + 1, owner = ?, heartbeat = ? WHERE project = ?",
                        (reason, process_id(), time.time(), project))
@@ -162,8 +166,8 @@ class JobStore:
                     claimed.append((project, why))
                 elif pending and not running:
                     db.execute("UPDATE jobs SET running = 1, pending = 0, owner = ?, heartbeat = ?, phase = 'queued', "
-                               "reason = 'pending request', started = started + 1 WHERE project = ?", (me, now, project))
-                    claimed.append((project, "pending request"))
+                               "started = started + 1 WHERE project = ?", (me, now, project))
+                    claimed.append((project, reason or "pending request"))
         return claimed
 
     # -- reading -------------------------------------------------------------------
@@ -174,7 +178,7 @@ class JobStore:
                 "pending": bool(row["pending"]), "events_since_request": row["events"],
                 "jobs_started": row["started"], "requests_coalesced": row["coalesced"],
                 "jobs_resumed": row["resumed"], "last_job": json.loads(row["last"] or "{}"),
-                "last_error": row["last_error"]}
+                "last_error": row["last_error"], "worker": row["owner"] if row["running"] else None}
 
     def busy(self, project: int) -> bool:
         with self._tx() as db:

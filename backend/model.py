@@ -46,7 +46,8 @@ class ISALModel:
             settings.engine.embedding_cache = self.registry.embedding_cache
         self.trainer = Trainer(settings.engine, self.registry.cache_dir, self.api_for)
         self.jobs = JobManager(run_job or self._run_job, settings.engine.retrain_every,
-                               self.registry.root / "jobs.sqlite", settings.job_stale_s)
+                               self.registry.root / "jobs.sqlite", settings.job_stale_s,
+                               runs_jobs=run_job is not None or settings.job_runner == "web")
         self._connections: dict[int, dict] = {}  # from /setup: hostname and access_token (memory only)
         self._apis: dict[tuple[str, str], LabelStudioAPI] = {}
         self._lock = threading.Lock()
@@ -69,8 +70,9 @@ class ISALModel:
         return report
 
     def api_for(self, project_id: int) -> LabelStudioAPI:
-        """Label Studio client: LABEL_STUDIO_URL / _API_KEY, else what /setup sent for the project."""
-        conn = self._connections.get(project_id, {})
+        """Label Studio client: LABEL_STUDIO_URL / _API_KEY, else what /setup sent for the project (saved for
+        the job worker, which never sees /setup)."""
+        conn = self._connections.get(project_id) or self.registry.get(project_id).connection()
         url = self.settings.label_studio_url or conn.get("hostname")
         key = self.settings.label_studio_api_key or conn.get("access_token")
         if not url or not key:
@@ -98,6 +100,7 @@ class ISALModel:
         conn = {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str) and data[k]}
         if conn:
             self._connections[project_id] = conn
+            store.save_connection(conn)
         return {"model_version": store.current.name if store.current else UNTRAINED}
 
     def predict(self, tasks, context: dict) -> dict:
@@ -128,7 +131,7 @@ class ISALModel:
             outcome = self.jobs.request(project_id, TRAIN_EVENT)
         else:
             return {"status": "ignored", "action": event, "project": project_id}, 200
-        queued = outcome.startswith(("started", "pending", "coalesced"))
+        queued = outcome.startswith(("started", "queued", "pending", "coalesced"))
         answer = {"status": "ok", "action": event, "project": project_id, "job": outcome}
         if queued:  # Label Studio shows this answer in its "Start training" dialog
             number = self.jobs.snapshot(project_id)["jobs_started"] + (0 if outcome == "started" else 1)
@@ -239,6 +242,8 @@ def project_of(data: dict) -> int:
 def _job_message(outcome: str, number: int, project_id: int) -> str:
     if outcome == "started":
         return f"ISAL: training job {number} for project {project_id} started."
+    if outcome.startswith("queued"):
+        return f"ISAL: training job {number} for project {project_id} is queued; the job worker starts it."
     if outcome.startswith("pending"):
         return (f"ISAL: a job is running for project {project_id}; training job {number} is queued to run after it "
                 f"and will see every annotation made until then.")

@@ -10,8 +10,12 @@ projects take turns (one CPU-heavy job at a time per process).
 The state lives in MODEL_DIR/jobs.sqlite (backend.jobstore), not in the process: every
 gunicorn worker reports the same /status, coalescing holds across workers, counts
 survive a restart, and a job whose process died (kill -9 mid-job) is claimed and run
-again by the next sweep (`start()`: at start-up, then every few seconds). What a job
-does is backend.job.
+again by the next sweep. Two ways to run jobs (JOB_RUNNER):
+  worker  the web process only queues; `python -m backend.worker` (which `python -m backend`
+          starts and restarts beside gunicorn) claims queued jobs and runs them: training
+          never shares a process, or its GIL, with the web requests;
+  web     the process that takes the request runs the job on a thread (and sweeps).
+What a job does is backend.job.
 """
 from __future__ import annotations
 
@@ -38,9 +42,10 @@ class JobManager:
     """Coalescing per-project job runner over a JobStore. `run_job(project_id, set_phase) -> report dict`."""
 
     def __init__(self, run_job: Callable[[int, Callable[[str], None]], dict], retrain_every: int,
-                 store_path: str | Path, stale_after: float = 60.0):
+                 store_path: str | Path, stale_after: float = 60.0, runs_jobs: bool = True):
         self.run_job = run_job
         self.retrain_every = retrain_every
+        self.runs_jobs = runs_jobs  # False: a web process that only queues (JOB_RUNNER=worker)
         self.store = JobStore(store_path, stale_after)
         self._compute = threading.Lock()  # one CPU-heavy job at a time in this process
         self._threads = 0  # job threads alive in this process (heartbeats run while > 0)
@@ -55,16 +60,18 @@ class JobManager:
         return self.request(project_id, f"{self.retrain_every} annotation events")
 
     def request(self, project_id: int, reason: str) -> str:
-        """Start a job, or mark one pending behind the running one (at most one waits)."""
-        outcome = self.store.request(project_id, reason)
+        """Start (or queue for the worker) a job, or mark one pending behind the running one (at most one waits)."""
+        outcome = self.store.request(project_id, reason, claim=self.runs_jobs)
         if outcome == "started":
             self._spawn(project_id, reason)
-            return "started"
-        return "coalesced into the pending job" if outcome == "coalesced" else "pending after the running job"
+        return {"started": "started", "queued": "queued for the job worker", "pending": "pending after the running job",
+                "coalesced": "coalesced into the pending job"}[outcome]
 
     def start(self) -> None:
         """Sweep for jobs left by a dead process, now and every HEARTBEAT_S (call once per serving process,
-        after any fork: gunicorn's post_worker_init)."""
+        after any fork: gunicorn's post_worker_init). A web process that only queues does not sweep."""
+        if not self.runs_jobs:
+            return
         with self._lock:
             if self._sweeper is not None and self._sweeper.is_alive():
                 return
@@ -75,19 +82,23 @@ class JobManager:
         """Claim and start the jobs whose process died; their project ids."""
         claimed = self.store.claim_orphans()
         for project_id, reason in claimed:
-            log.warning("project %s: %s; running it again", project_id, reason)
+            if reason.startswith("resumed"):
+                log.warning("project %s: %s; running it again", project_id, reason)
             self._spawn(project_id, reason)
         return [p for p, _ in claimed]
 
-    def _sweep_forever(self) -> None:
-        while True:
+    def _sweep_forever(self, every: float = HEARTBEAT_S, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        while not stop.is_set():
             try:
                 self.sweep()
-                if self._threads:
-                    self.store.heartbeat()
             except Exception:  # a locked or unwritable store must not stop the sweeper
                 log.exception("job sweep failed")
-            time.sleep(HEARTBEAT_S)
+            stop.wait(every)
+
+    def work(self, stop: threading.Event, poll: float = 0.5) -> None:
+        """The job worker's loop: claim queued jobs (and those of dead processes) until `stop` is set."""
+        self._sweep_forever(poll, stop)
 
     def _spawn(self, project_id: int, reason: str) -> None:
         with self._lock:

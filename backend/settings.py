@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     predict_budget_s: float = Field(60.0, ge=0, description="seconds /predict spends scoring new tasks (Label Studio "
                                                               "waits 100 s); the rest answer 0.5 and 'deferred'")
     keep_versions: int = Field(0, ge=0, description="newest model versions kept per project (0 = all)")
+    job_runner: Literal["worker", "web"] = Field(
+        "web", description="worker: jobs run in `python -m backend.worker` (python -m backend starts it; its "
+                           "default); web: on a thread of the process that took the request (in-process apps)")
     job_stale_s: float = Field(60.0, gt=0, description="a running job whose process sent no heartbeat for this "
                                "long (another machine's worker) is run again; a dead process on this host at once")
     cache_max_mb: float = Field(0.0, ge=0, description="image cache cap in MB, least recently used first (0 = none)")

@@ -3,6 +3,8 @@
     project.json              the labeling config /setup received (a project is "known" once it exists)
     reference_l1.json         the first labeled set, when it stands in for a reference set
     jobs.json                 the last job number used (version names never repeat)
+    connection.json           hostname and access token /setup sent (mode 0600), for the job worker,
+                              when LABEL_STUDIO_URL / _API_KEY are not set
     unpublished.json          versions whose predictions a job began writing to Label Studio and that
                               are not yet current there (the next job deletes those never published)
     <version>/                one trained model version, written whole or not at all (backend.versions)
@@ -95,7 +97,7 @@ class ProjectStore:
 
     # -- loading -------------------------------------------------------------
     def load(self) -> "ProjectStore":
-        """Read project.json and make the newest good version current; drop leftover temp dirs."""
+        """Read project.json and make the newest good version current."""
         try:
             self.info = json.loads((self.root / "project.json").read_text())
         except FileNotFoundError:
@@ -103,10 +105,7 @@ class ProjectStore:
         except ValueError as exc:
             log.error("project %s: unreadable %s (%s); run /setup again", self.id, self.root / "project.json", exc)
             self.info = {}
-        for tmp in self.root.glob(".tmp-*"):
-            log.warning("project %s: removing %s left by an interrupted job", self.id, tmp.name)
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.current = None
+        self.current = None  # (temp dirs of interrupted jobs are ignored; the project's next job removes them)
         self._pick_current()
         if self.current is not None:
             log.info("project %s: loaded model version %s", self.id, self.current.name)
@@ -176,6 +175,7 @@ class ProjectStore:
         """A temp dir for the version's files; renamed into place (and made current) when the
         block ends, removed if it raises."""
         for tmp in self.root.glob(".tmp-*"):  # one job per project at a time: any other is a dead job's
+            log.warning("project %s: removing %s left by an interrupted job", self.id, tmp.name)
             shutil.rmtree(tmp, ignore_errors=True)
         path = self.root / f".tmp-{version}"
         path.mkdir(parents=True)
@@ -209,6 +209,24 @@ class ProjectStore:
         os.rename(staging, final)
         self.current = ModelVersion.open(final, self.device, embedding_cache=self.embedding_cache)
         return self.current
+
+    # -- how /setup said to reach Label Studio ----------------------------------
+    def save_connection(self, conn: dict) -> None:
+        if self.connection() == conn:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".connection.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a Label Studio token: this user only
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(conn, f)
+        os.replace(tmp, self.root / "connection.json")
+
+    def connection(self) -> dict:
+        try:
+            data = json.loads((self.root / "connection.json").read_text())
+            return {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str)}
+        except (OSError, ValueError, AttributeError):
+            return {}
 
     # -- predictions in Label Studio of versions not yet current there ---------
     def unpublished(self) -> list[str]:

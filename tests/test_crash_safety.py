@@ -128,3 +128,60 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
             backend.stop()
         published_before.append(new)
     assert log.read_text().count("running it again") == 2
+
+
+def test_a_killed_job_worker_is_restarted_and_the_web_keeps_serving(label_studio, tmp_path):
+    """`python -m backend` supervises its job worker: kill -9 of the worker mid-job, and it comes back and
+    runs the job again, while the web process answers /health and /predict from the current version."""
+    import os
+    import signal
+
+    token = label_studio.token()
+    ls = label_studio.client()
+    api = LabelStudioAPI(label_studio.url, token)
+    sub, images = cifar_images(label_studio.files_root, 40, N_REFERENCE, seed=4)
+    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "worker kill")
+    train = [t for t, im in by_task.items() if im.split == "train"]
+    for t, im in by_task.items():
+        if im.split == "test" or t in train[:N_LABELED]:
+            ls.annotations.create(id=t, result=choice_result(im.label))
+    marker = tmp_path / "held"
+    marker.write_text("")  # the first job runs through
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(tmp_path / "m"),
+           "ISAL_EPOCHS": "2", "ISAL_MIN_STEPS": "20", "ISAL_RETRAIN_EVERY": "0", "LOG_LEVEL": "INFO",
+           "TEST_HOLD_AT": "checkpoint", "TEST_HOLD_FILE": str(marker)}
+    log = tmp_path / "backend.log"
+    backend = BackendProcess(env, log_path=log).start()
+    try:
+        requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
+                      timeout=30).raise_for_status()
+        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+        v1 = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)["model_version"]
+        served = api.next_task(pid)["id"]
+        ls.annotations.create(id=served, result=choice_result(by_task[served].label))
+
+        marker.unlink()
+        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+        wait_for_file(marker, backend)
+        worker_pid = int(marker.read_text().split()[1])
+        assert status_of(backend, pid)["job"]["worker"].split(":")[1] == str(worker_pid)
+        os.kill(worker_pid, signal.SIGKILL)
+        task = {"id": train[-1], "data": {"image": f"/data/local-files/?d={by_task[train[-1]].rel}"}}
+        answers = []
+        for _ in range(5):  # while the worker is down and coming back (a restart takes seconds: torch's import)
+            assert requests.get(f"{backend.url}/health", timeout=5).status_code == 200
+            r = requests.post(f"{backend.url}/predict", json={"tasks": [task], "project": f"{pid}.1"}, timeout=30)
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["model_version"])
+            time.sleep(0.2)
+        assert answers == [v1] * 5, answers
+        status = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=3)
+        assert status["last_error"] is None and status["job"]["jobs_resumed"] == 1, status
+        new = status["model_version"]
+        assert new != v1 and api.project_model_version(pid) == new
+        assert requests.post(f"{backend.url}/predict", json={"tasks": [task], "project": f"{pid}.1"},
+                             timeout=30).json()["model_version"] == new
+    finally:
+        backend.stop()
+    text = log.read_text()
+    assert "the job worker exited (-9)" in text and "running it again" in text

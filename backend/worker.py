@@ -1,0 +1,41 @@
+"""`python -m backend.worker`: the job worker. Claims the training jobs the web process queued in
+MODEL_DIR/jobs.sqlite (and those a dead process left) and runs them, one at a time.
+
+`python -m backend` starts one beside gunicorn and starts it again if it dies; run more
+(on this machine, or on others sharing MODEL_DIR) to work on several projects at once:
+a project's job still runs once at a time. SIGTERM stops it at once: a job it was running
+is left to be run again, as after a crash (versions are published whole or not at all).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from pydantic import ValidationError
+
+from .model import ISALModel
+from .settings import Settings
+
+log = logging.getLogger("backend.worker")
+
+
+def main() -> None:
+    try:
+        settings = Settings(job_runner="web")  # this process runs the jobs
+    except ValidationError as exc:
+        sys.exit(f"ISAL job worker: bad setting in the environment:\n{exc}")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    backend = ISALModel(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("job worker up (MODEL_DIR %s)", backend.registry.root)
+    backend.jobs.work(stop)
+    log.info("job worker stopping")
+
+
+if __name__ == "__main__":
+    main()
