@@ -18,7 +18,7 @@ Label Studio, as they were. The version is recorded as unpublished before its fi
 prediction is written; a failed job deletes what it wrote, and each job begins by
 deleting the predictions of recorded versions that never got published (a job killed
 mid-write) and by pointing Label Studio at the current version if a crash came between
-publishing and that (`reconcile`).
+publishing and that (backend.unpublished).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from isal_core.learner import Learner
 
 from .clusters import cluster_ids, project_centroids
 from .errors import JobError, describe_api_error
+from . import unpublished
 from .faults import hold_point
 from .ls_client import ApiError, LabelStudioAPI
 from .prelabel import prelabel_decision
@@ -68,7 +69,7 @@ class Trainer:
             task_type = store.update_config(api.project_label_config(store.id))
         except UnsupportedConfig as exc:
             raise JobError(f"the project's labeling config is not supported: {exc}") from None
-        t["reconcile"] = reconcile(store, api)
+        t["reconcile"] = unpublished.reconcile(store, api)
         tasks = read_tasks(api, store.id, task_type, warnings)
         t["read"] = time.time()
         set_phase("downloading images")
@@ -160,7 +161,7 @@ class Trainer:
                 set_phase("writing predictions")
                 stream = prediction_stream(task_type, version, task_ids, result.scores.predictions, scores,
                                            prelabel=meta["prelabel"]["on"], clusters=clusters and clusters[1])
-                store.mark_unpublished(version)
+                unpublished.mark(store, version)
                 created = api.write_predictions(store.id, stream)
                 hold_point("predictions")
                 if created < len(task_ids):
@@ -171,45 +172,12 @@ class Trainer:
                 meta["warnings"] = warnings.as_dict()
                 store.write_meta(staging, meta)
         except BaseException:
-            _discard(store, api, version)
+            unpublished.discard(store, api, version)
             raise
         api.set_model_version(store.id, version)  # Label Studio serves by it from now on
-        store.forget_unpublished(version)
+        unpublished.forget(store, version)
         warnings.log(store.id)
         keys = ("counts", "reference_source", "reference_note", "top_task", "top_score", "sigma", "solver_info",
                 "warnings", "reference_metric", "prelabel")
         return {"model_version": version, "predictions_written": created, **{k: meta[k] for k in keys}}
 
-
-def _discard(store: ProjectStore, api: LabelStudioAPI, version: str) -> None:
-    """A failed job's predictions go (best effort: if Label Studio is unreachable, the next job's reconcile)."""
-    if version not in store.unpublished():
-        return
-    try:
-        n = api.delete_version_predictions(store.id, version)
-        store.forget_unpublished(version)
-        log.info("project %s: deleted the %d predictions of the failed job's version %s", store.id, n, version)
-    except Exception as exc:  # the job's own error is what the user must see
-        log.warning("project %s: could not delete the predictions of %s yet (%s); the next job will",
-                    store.id, version, exc)
-
-
-def reconcile(store: ProjectStore, api: LabelStudioAPI) -> dict:
-    """Undo what a killed job left in Label Studio: predictions of versions it never published are
-    deleted; a version published on disk that Label Studio does not serve yet becomes current there."""
-    published, done = set(store.versions()), {}
-    for version in store.unpublished():
-        if version not in published:
-            done.setdefault("deleted_predictions", {})[version] = api.delete_version_predictions(store.id, version)
-            log.warning("project %s: deleted %d predictions of %s, a version an interrupted job never published",
-                        store.id, done["deleted_predictions"][version], version)
-        store.forget_unpublished(version)
-    current = store.current.name if store.current else None
-    if current:
-        serving = api.project_model_version(store.id)
-        if serving != current and (not serving or serving.startswith(f"isal-{store.id}-")):
-            api.set_model_version(store.id, current)
-            done["model_version_set"] = current
-            log.warning("project %s: Label Studio served %r; pointed it at the current version %s",
-                        store.id, serving, current)
-    return done

@@ -125,9 +125,8 @@ class ManagedProcess:
 
     def kill(self) -> None:
         """kill -9 the whole group at once, with no chance to clean up (crash tests)."""
-        proc, self._proc = getattr(self, "_proc", None), None
-        if proc is not None:
-            stop_group(proc, ((signal.SIGKILL, 10),))
+        self.stop_steps = ((signal.SIGKILL, 10),)  # (this object's stop, from now on)
+        self.stop()
 
     def running(self) -> bool:
         return getattr(self, "_proc", None) is not None and self._proc.poll() is None

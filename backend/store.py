@@ -5,8 +5,7 @@
     jobs.json                 the last job number used (version names never repeat)
     connection.json           hostname and access token /setup sent (mode 0600), for the job worker,
                               when LABEL_STUDIO_URL / _API_KEY are not set
-    unpublished.json          versions whose predictions a job began writing to Label Studio and that
-                              are not yet current there (the next job deletes those never published)
+    unpublished.json          versions whose predictions may be in Label Studio unpublished (backend.unpublished)
     <version>/                one trained model version, written whole or not at all (backend.versions)
     .tmp-<version>/           a version being built; renamed into place when the job succeeds
 
@@ -227,25 +226,6 @@ class ProjectStore:
             return {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str)}
         except (OSError, ValueError, AttributeError):
             return {}
-
-    # -- predictions in Label Studio of versions not yet current there ---------
-    def unpublished(self) -> list[str]:
-        try:
-            return [str(v) for v in json.loads((self.root / "unpublished.json").read_text())["versions"]]
-        except FileNotFoundError:
-            return []
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("project %s: unreadable unpublished.json (%s); starting it afresh", self.id, exc)
-            return []
-
-    def mark_unpublished(self, version: str) -> None:
-        """Recorded before a job writes the version's predictions, so a crash cannot leave them unknown."""
-        with self._lock:
-            write_json(self.root / "unpublished.json", {"versions": sorted({*self.unpublished(), version})})
-
-    def forget_unpublished(self, version: str) -> None:
-        with self._lock:
-            write_json(self.root / "unpublished.json", {"versions": [v for v in self.unpublished() if v != version]})
 
     # -- reference set fallback ----------------------------------------------
     def first_labeled_set(self, labeled_ids: list[int]) -> tuple[list[int], bool]:
