@@ -27,6 +27,7 @@ from .data import load_records
 from .errors import DataError, IsalError
 from .learner import Learner
 from .cifar10 import cifar10_root
+from . import distributed
 from .settings import EngineSettings, TrainSettings, add_arguments, given, validate
 from .simconfig import SimulationConfig, load_config
 from .simdata import only
@@ -76,17 +77,21 @@ def select(args: argparse.Namespace) -> int:
     if args.budget is not None:
         check_budget(args.budget, len(pool_records))
 
+    distributed.init_from_env(settings.device)  # under torchrun: the pool is scored in shards
     adapter = classification_adapter(settings, len(classes), settings.device, settings.batch_size)
     learner = Learner(adapter, settings, args.seed, progress=not args.quiet)
     model = load_checkpoint(args.checkpoint, learner.device, adapter)[0] if args.checkpoint else None
     result = learner.round(args.strategy, adapter.dataset(labeled_records), adapter.dataset(pool_records),
                            adapter.dataset(reference_records), args.budget, model=model,
                            train_set=adapter.dataset(labeled_records, train=True))
+    if learner.rank != 0:
+        return 0  # rank 0 gathered the scores and writes the results
     if model is None and args.save_checkpoint:
         save_checkpoint(args.save_checkpoint, result.model, {**adapter.to_meta(), "classes": classes})
     column = "influence" if args.strategy in INFLUENCE_STRATEGIES else "score"
     write_ranking(args.out, pool_records, result.ranking, column, args.budget)
-    print(f"ranked {len(pool_records)} pool images with {args.strategy} -> {args.out}")
+    print(f"ranked {len(pool_records)} pool images with {args.strategy} -> {args.out}"
+          + (f" ({learner.world_size} processes)" if learner.world_size > 1 else ""))
     return 0
 
 

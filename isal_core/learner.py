@@ -8,6 +8,10 @@ Each verb is also public (`fit`, `evaluate`, `rank`, `prepare`, `score`), so a d
 that evaluates between fitting and ranking (the simulation) calls the same code. `fit`
 seeds itself, the model's initial weights included: the same labeled set and seed
 always give the same model, whoever calls it.
+
+Under torchrun (isal_core.distributed) the same calls run on every rank: rank 0 fits and
+solves s_test, both are broadcast, each rank scores its shard of the pool, and rank 0
+gathers the scores and ranks (the other ranks' results have no scores or ranking).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import evaluation
+from . import distributed, evaluation
 from .adapter import TaskAdapter
 from .errors import SelectionError
 from .runtime import resolve_device, seed_everything
@@ -44,14 +48,18 @@ class Learner:
     def __init__(self, adapter: TaskAdapter, settings: EngineSettings | None = None, seed: int = 0,
                  progress: bool = False):
         self.adapter, self.settings, self.seed, self.progress = adapter, settings or EngineSettings(), seed, progress
-        self.device = resolve_device(self.settings.device)
+        self.device = resolve_device(distributed.device_of_rank(self.settings.device))
+        self.rank, self.world_size = distributed.rank_and_size()
 
     def fit(self, labeled: Dataset) -> nn.Module:
-        """A fresh model (seeded initial weights) trained on `labeled` with the adapter's loss."""
+        """A fresh model (seeded initial weights) trained on `labeled` with the adapter's loss (under
+        torchrun: on rank 0, and its weights broadcast)."""
         seed_everything(self.seed)
         model = self.adapter.build_model()
-        return train(model, self.adapter, labeled, self.settings, self.seed, self.device, self.settings.workers,
-                     self.progress)
+        if self.rank == 0:
+            model = train(model, self.adapter, labeled, self.settings, self.seed, self.device,
+                          self.settings.workers, self.progress)
+        return distributed.broadcast_model(model, self.device)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> float:
         """The adapter's metric on a labeled dataset."""
@@ -85,12 +93,15 @@ class Learner:
         chosen = self.strategy(strategy)
         if not isinstance(chosen, ISAL):
             raise TypeError(f"{chosen.name} is not an influence strategy; use rank()")
-        return chosen.prepare(self.context(model, labeled, labeled, reference))
+        scorer = chosen.prepare(self.context(model, labeled, labeled, reference)) if self.rank == 0 else None
+        return distributed.broadcast_scorer(scorer)
 
-    def score(self, scorer: InfluenceScorer, model: nn.Module, pool: Dataset) -> PoolScores:
-        """Influence and predictions of every pool sample, in one pass."""
-        return scorer.score(model, self.adapter, pool, self.device, self.settings.batch_size,
-                            self.settings.workers, self.progress)
+    def score(self, scorer: InfluenceScorer, model: nn.Module, pool: Dataset) -> PoolScores | None:
+        """Influence and predictions of every pool sample, in one pass (under torchrun: each rank its
+        shard; the whole pool's on rank 0, None on the others)."""
+        return distributed.score_sharded(lambda shard: scorer.score(
+            model, self.adapter, shard, self.device, self.settings.batch_size, self.settings.workers,
+            self.progress and self.rank == 0), pool)
 
     def round(self, strategy: str | Strategy, labeled: Dataset, pool: Dataset, reference: Dataset | None = None,
               budget: int | None = None, model: nn.Module | None = None, train_set: Dataset | None = None,
@@ -114,4 +125,5 @@ class Learner:
         scorer = self.prepare(chosen, model, labeled, reference)
         on_phase("scoring the pool")
         scores = self.score(scorer, model, pool)
-        return RoundResult(model, influence_ranking(scores, self.adapter, self.seed), scorer, scores)
+        ranking = influence_ranking(scores, self.adapter, self.seed) if scores is not None else None
+        return RoundResult(model, ranking, scorer, scores)

@@ -1,0 +1,101 @@
+"""torchrun for the engine's scoring: s_test once, the pool sharded across ranks, scores gathered.
+
+    torchrun --nproc-per-node 2 -m isal_core.cli select --checkpoint model.pt --labeled L --pool P ...
+
+Scoring is embarrassingly parallel once s_test is known: rank 0 solves it and broadcasts
+the scorer, rank r scores pool samples r, r + N, r + 2N, ..., and rank 0 gathers them into
+dataset order and ranks. gloo on CPU, nccl on GPU (each rank on cuda:LOCAL_RANK). Outside
+torchrun (no WORLD_SIZE, or 1) everything is one process and nothing here communicates.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from .scorer import InfluenceScorer, PoolScores
+
+log = logging.getLogger(__name__)
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the torchrun group the environment describes; False when there is none (one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if dist.is_initialized():
+        return True
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
+    log.info("rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), dist.get_backend())
+    return True
+
+
+def rank_and_size() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def device_of_rank(device: str) -> str:
+    """This rank's device: cuda:LOCAL_RANK under torchrun on a GPU machine, else `device` unchanged."""
+    if dist.is_initialized() and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
+class Shard(Dataset):
+    """Samples `indices` of a dataset, re-indexed 0..n-1 (items are (x, y, index), the engine's convention)."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j):
+        x, y, _ = self.dataset[self.indices[j]]
+        return x, y, j
+
+
+def broadcast_model(model: torch.nn.Module, device) -> torch.nn.Module:
+    """Rank 0's weights (parameters and buffers) on every rank's copy of the same architecture."""
+    if rank_and_size()[1] == 1:
+        return model
+    box = [{k: v.detach().cpu() for k, v in model.state_dict().items()} if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    model.load_state_dict(box[0])
+    return model.to(device).eval()  # as training leaves it
+
+
+def broadcast_scorer(scorer: InfluenceScorer | None) -> InfluenceScorer:
+    """Rank 0's scorer on every rank (s_test computed once)."""
+    if rank_and_size()[1] == 1:
+        return scorer
+    box = [None if scorer is None else InfluenceScorer(scorer.s_test.cpu(), scorer.params, scorer.top_k,
+                                                       scorer.info)]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def score_sharded(score, pool: Dataset) -> PoolScores | None:
+    """`score(dataset) -> PoolScores` over this rank's shard; the whole pool's scores on rank 0, None elsewhere."""
+    rank, size = rank_and_size()
+    if size == 1:
+        return score(pool)
+    indices = list(range(rank, len(pool), size))
+    local = score(Shard(pool, indices)) if indices else PoolScores(torch.zeros(0), [])
+    parts = [None] * size if rank == 0 else None
+    dist.gather_object((indices, local.influence.cpu(), local.predictions), parts, dst=0)
+    if rank != 0:
+        return None
+    influence = torch.empty(len(pool), dtype=local.influence.dtype)
+    predictions: list = [None] * len(pool)
+    for idx, values, preds in parts:
+        influence[idx] = values.to(influence.dtype)
+        for i, p in zip(idx, preds):
+            predictions[i] = p
+    return PoolScores(influence, predictions)

@@ -1,0 +1,62 @@
+"""torchrun with 2 CPU processes (gloo) ranks the pool exactly as one process does: rank 0 solves
+s_test and broadcasts it, each rank scores its shard, rank 0 gathers and ranks."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from isal_core.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+def noisy_images(root: Path, per_class: int, labeled: bool, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, rgb in CLASSES.items():
+        folder = root / name if labeled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 60, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{seed}_{i}.png")
+    return root
+
+
+def select_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    return ["select", "--labeled", str(tmp_path / "labeled"), "--reference", str(tmp_path / "reference"),
+            "--pool", str(tmp_path / "pool"), "--batch-size", "8", "--device", "cpu", "--quiet", "--out", str(out),
+            *extra]
+
+
+def ranked(path: Path) -> list[tuple[str, float]]:
+    with open(path) as f:
+        return [(r["id"], float(r["influence"])) for r in csv.DictReader(f)]
+
+
+def test_torchrun_two_processes_rank_like_one(tmp_path):
+    noisy_images(tmp_path / "labeled", 8, True, 0)
+    noisy_images(tmp_path / "reference", 3, True, 1)
+    noisy_images(tmp_path / "pool", 13, False, 2)  # 39 samples: shards of 20 and 19
+    ckpt = tmp_path / "model.pt"
+    assert main(select_args(tmp_path, tmp_path / "train.csv", "--epochs", "3", "--min-steps", "0",
+                            "--save-checkpoint", str(ckpt))) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "isal_core.cli", *select_args(tmp_path, tmp_path / "one.csv",
+                                                                                "--checkpoint", str(ckpt))],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "isal_core.cli", *select_args(tmp_path, tmp_path / "two.csv", "--checkpoint", str(ckpt))],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "(2 processes)" in two.stdout
+    a, b = ranked(tmp_path / "one.csv"), ranked(tmp_path / "two.csv")
+    assert len(a) == 39 and [i for i, _ in a] == [i for i, _ in b]
+    scale = max(abs(v) for _, v in a)
+    assert all(abs(x - y) <= 1e-5 * max(abs(x), 1e-3 * scale) for (_, x), (_, y) in zip(a, b)), list(zip(a, b))[:5]
