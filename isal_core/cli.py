@@ -84,7 +84,7 @@ def select(args: argparse.Namespace) -> int:
     result = learner.round(args.strategy, adapter.dataset(labeled_records), adapter.dataset(pool_records),
                            adapter.dataset(reference_records), args.budget, model=model,
                            train_set=adapter.dataset(labeled_records, train=True))
-    if learner.rank != 0:
+    if not learner.main_process:
         return 0  # rank 0 gathered the scores and writes the results
     if model is None and args.save_checkpoint:
         save_checkpoint(args.save_checkpoint, result.model, {**adapter.to_meta(), "classes": classes})

@@ -49,14 +49,15 @@ class Learner:
                  progress: bool = False):
         self.adapter, self.settings, self.seed, self.progress = adapter, settings or EngineSettings(), seed, progress
         self.device = resolve_device(distributed.device_of_rank(self.settings.device))
-        self.rank, self.world_size = distributed.rank_and_size()
+        rank, self.world_size = distributed.rank_and_size()
+        self.main_process = rank == 0  # (always, outside torchrun)
 
     def fit(self, labeled: Dataset) -> nn.Module:
         """A fresh model (seeded initial weights) trained on `labeled` with the adapter's loss (under
         torchrun: on rank 0, and its weights broadcast)."""
         seed_everything(self.seed)
         model = self.adapter.build_model()
-        if self.rank == 0:
+        if self.main_process:
             model = train(model, self.adapter, labeled, self.settings, self.seed, self.device,
                           self.settings.workers, self.progress)
         return distributed.broadcast_model(model, self.device)
@@ -93,7 +94,7 @@ class Learner:
         chosen = self.strategy(strategy)
         if not isinstance(chosen, ISAL):
             raise TypeError(f"{chosen.name} is not an influence strategy; use rank()")
-        scorer = chosen.prepare(self.context(model, labeled, labeled, reference)) if self.rank == 0 else None
+        scorer = chosen.prepare(self.context(model, labeled, labeled, reference)) if self.main_process else None
         return distributed.broadcast_scorer(scorer)
 
     def score(self, scorer: InfluenceScorer, model: nn.Module, pool: Dataset) -> PoolScores | None:
@@ -101,7 +102,7 @@ class Learner:
         shard; the whole pool's on rank 0, None on the others)."""
         return distributed.score_sharded(lambda shard: scorer.score(
             model, self.adapter, shard, self.device, self.settings.batch_size, self.settings.workers,
-            self.progress and self.rank == 0), pool)
+            self.progress and self.main_process), pool)
 
     def round(self, strategy: str | Strategy, labeled: Dataset, pool: Dataset, reference: Dataset | None = None,
               budget: int | None = None, model: nn.Module | None = None, train_set: Dataset | None = None,
