@@ -47,6 +47,13 @@ def device_of_rank(device: str) -> str:
     return device
 
 
+def all_finite(value: torch.Tensor) -> torch.Tensor:
+    """A tensor that is finite on every rank iff `value` is finite on all of them (so all raise together)."""
+    flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=value.device)
+    dist.all_reduce(flag)
+    return torch.tensor(0.0) if flag.item() == 0 else torch.tensor(float("nan"))
+
+
 class Shard(Dataset):
     """Samples `indices` of a dataset, re-indexed 0..n-1 (items are (x, y, index), the engine's convention)."""
 

@@ -9,9 +9,10 @@ that evaluates between fitting and ranking (the simulation) calls the same code.
 seeds itself, the model's initial weights included: the same labeled set and seed
 always give the same model, whoever calls it.
 
-Under torchrun (isal_core.distributed) the same calls run on every rank: rank 0 fits and
-solves s_test, both are broadcast, each rank scores its shard of the pool, and rank 0
-gathers the scores and ranks (the other ranks' results have no scores or ranking).
+Under torchrun (isal_core.distributed) the same calls run on every rank: the ranks fit
+together (DDP), rank 0 solves s_test and broadcasts it, each rank scores its shard of the
+pool, and rank 0 gathers the scores and ranks (the other ranks' results have no scores or
+ranking).
 """
 from __future__ import annotations
 
@@ -54,12 +55,10 @@ class Learner:
 
     def fit(self, labeled: Dataset) -> nn.Module:
         """A fresh model (seeded initial weights) trained on `labeled` with the adapter's loss (under
-        torchrun: on rank 0, and its weights broadcast)."""
+        torchrun: DDP, then rank 0's weights and buffers on every rank, BatchNorm statistics included)."""
         seed_everything(self.seed)
-        model = self.adapter.build_model()
-        if self.main_process:
-            model = train(model, self.adapter, labeled, self.settings, self.seed, self.device,
-                          self.settings.workers, self.progress)
+        model = train(self.adapter.build_model(), self.adapter, labeled, self.settings, self.seed, self.device,
+                      self.settings.workers, self.progress and self.main_process)
         return distributed.broadcast_model(model, self.device)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> float:

@@ -3,13 +3,22 @@
 Every round retrains the model on the labeled set, so training is seeded (shuffling,
 augmentation) to make rounds comparable and results reproducible. The initial weights
 are drawn when the model is built: `Learner.fit` seeds before building it.
+
+Under torchrun (isal_core.distributed) it is DistributedDataParallel: every rank draws the
+same shuffled global batches and trains on its slice of each; the loss is scaled so the
+averaged gradient is the global batch's mean. A model without BatchNorm or random
+augmentation therefore trains to the one-process model within float tolerance; with
+them, each rank's batch statistics and augmentation draws are its own (the difference is
+measured in the README, "Scaling out").
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
+
+from . import distributed
 
 from .adapter import TaskAdapter
 from .errors import DataError, NonFiniteError
@@ -66,21 +75,26 @@ def train(model: nn.Module, adapter: TaskAdapter, dataset: Dataset, settings: Tr
     device = resolve_device(device)
     # BatchNorm cannot train on a batch of one; drop such a trailing batch (one random item per epoch).
     drop_last = len(dataset) > settings.batch_size and len(dataset) % settings.batch_size == 1
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=drop_last,
-                        generator=torch.Generator().manual_seed(seed), num_workers=workers,
+    rank, world = distributed.rank_and_size()
+    shuffle = torch.Generator().manual_seed(seed)  # (the loader draws its worker seeds from it too, as before)
+    batches = RankSlice(BatchSampler(RandomSampler(dataset, generator=shuffle), settings.batch_size, drop_last),
+                        rank, world)
+    loader = DataLoader(dataset, batch_sampler=batches, generator=shuffle, num_workers=workers,
                         collate_fn=adapter.collate_fn, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0)
     model.to(device)
+    net = model if world == 1 else nn.parallel.DistributedDataParallel(model)
     epochs = scheduled_epochs(settings, len(loader))
     optimizer, scheduler = build_optimizer(model, settings, epochs)
     for epoch in range(1, epochs + 1):
-        model.train()
+        net.train()
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
         for step, batch in enumerate(bar, start=1):
             inputs, targets = adapter.to_device(batch, device)
             targets = adapter.check_targets(targets, f"the training batch at epoch {epoch} step {step}")
-            loss = adapter.loss(adapter.forward(model, inputs), targets).mean()
-            if not torch.isfinite(loss):
+            losses = adapter.loss(adapter.forward(net, inputs), targets)
+            loss = losses.mean() if world == 1 else _global_mean(losses, world, device)
+            if not torch.isfinite(loss if world == 1 else distributed.all_finite(loss)):
                 raise NonFiniteError(f"training loss is NaN/inf at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -88,3 +102,26 @@ def train(model: nn.Module, adapter: TaskAdapter, dataset: Dataset, settings: Tr
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         scheduler.step()
     return model.eval()
+
+
+class RankSlice:
+    """The global batches of `batches` (the same on every rank: same seed), each cut to this rank's
+    slice; one process gets them whole."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch[self.rank::self.world]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _global_mean(losses: torch.Tensor, world: int, device) -> torch.Tensor:
+    """This rank's share of the global batch's mean loss: DDP averages gradients over the ranks, so
+    sum(local) * world / global count makes that average the one-process gradient."""
+    count = torch.tensor([float(len(losses))], device=device)
+    torch.distributed.all_reduce(count)
+    return losses.sum() * world / count[0]
