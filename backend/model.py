@@ -47,7 +47,8 @@ class ISALModel:
         self.trainer = Trainer(settings.engine, self.registry.cache_dir, self.api_for)
         self.jobs = JobManager(run_job or self._run_job, settings.engine.retrain_every,
                                self.registry.root / "jobs.sqlite", settings.job_stale_s,
-                               runs_jobs=run_job is not None or settings.job_runner == "web")
+                               runs_jobs=run_job is not None or settings.job_runner == "web",
+                               redis_url=settings.redis_url)
         self._connections: dict[int, dict] = {}  # from /setup: hostname and access_token (memory only)
         self._apis: dict[tuple[str, str], LabelStudioAPI] = {}
         self._lock = threading.Lock()

@@ -15,6 +15,8 @@ again by the next sweep. Two ways to run jobs (JOB_RUNNER):
           starts and restarts beside gunicorn) claims queued jobs and runs them: training
           never shares a process, or its GIL, with the web requests;
   web     the process that takes the request runs the job on a thread (and sweeps).
+With REDIS_URL the state is in Redis and a queued job travels as an RQ job
+(backend.rqjobs): any RQ worker of the server runs it, on any machine sharing MODEL_DIR.
 What a job does is backend.job.
 """
 from __future__ import annotations
@@ -42,11 +44,13 @@ class JobManager:
     """Coalescing per-project job runner over a JobStore. `run_job(project_id, set_phase) -> report dict`."""
 
     def __init__(self, run_job: Callable[[int, Callable[[str], None]], dict], retrain_every: int,
-                 store_path: str | Path, stale_after: float = 60.0, runs_jobs: bool = True):
+                 store_path: str | Path, stale_after: float = 60.0, runs_jobs: bool = True,
+                 redis_url: str | None = None):
         self.run_job = run_job
         self.retrain_every = retrain_every
         self.runs_jobs = runs_jobs  # False: a web process that only queues (JOB_RUNNER=worker)
-        self.store = JobStore(store_path, stale_after)
+        self.redis_url = redis_url
+        self.store = JobStore(store_path, stale_after, redis_url)
         self._compute = threading.Lock()  # one CPU-heavy job at a time in this process
         self._threads = 0  # job threads alive in this process (heartbeats run while > 0)
         self._lock = threading.Lock()
@@ -64,6 +68,10 @@ class JobManager:
         outcome = self.store.request(project_id, reason, claim=self.runs_jobs)
         if outcome == "started":
             self._spawn(project_id, reason)
+        elif outcome == "queued" and self.redis_url:
+            from .rqjobs import enqueue
+
+            enqueue(self.redis_url, self.store)
         return {"started": "started", "queued": "queued for the job worker", "pending": "pending after the running job",
                 "coalesced": "coalesced into the pending job"}[outcome]
 
@@ -95,6 +103,18 @@ class JobManager:
             except Exception:  # a locked or unwritable store must not stop the sweeper
                 log.exception("job sweep failed")
             stop.wait(every)
+
+    def run_claimable(self) -> list[int]:
+        """Claim one waiting job (or one of a dead process) and run it here, now (an RQ job's body: one
+        project per RQ job, so several RQ workers share the work)."""
+        claimed = self.store.claim_orphans(limit=1)
+        for project_id, reason in claimed:
+            if reason.startswith("resumed"):
+                log.warning("project %s: %s; running it again", project_id, reason)
+            with self._lock:
+                self._threads += 1
+            self._loop(project_id, reason)
+        return [p for p, _ in claimed]
 
     def work(self, stop: threading.Event, poll: float = 0.5) -> None:
         """The job worker's loop: claim queued jobs (and those of dead processes) until `stop` is set."""

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     job_runner: Literal["worker", "web"] = Field(
         "web", description="worker: jobs run in `python -m backend.worker` (python -m backend starts it; its "
                            "default); web: on a thread of the process that took the request (in-process apps)")
+    redis_url: str | None = Field(None, description="redis://host:port/db: job state in Redis and jobs through RQ "
+                                                     "(several workers, several machines); unset: MODEL_DIR/jobs.sqlite")
     job_stale_s: float = Field(60.0, gt=0, description="a running job whose process sent no heartbeat for this "
                                "long (another machine's worker) is run again; a dead process on this host at once")
     cache_max_mb: float = Field(0.0, ge=0, description="image cache cap in MB, least recently used first (0 = none)")

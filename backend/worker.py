@@ -1,5 +1,6 @@
 """`python -m backend.worker`: the job worker. Claims the training jobs the web process queued in
-MODEL_DIR/jobs.sqlite (and those a dead process left) and runs them, one at a time.
+MODEL_DIR/jobs.sqlite (and those a dead process left) and runs them, one at a time. With
+REDIS_URL it is an RQ worker instead (backend.rqjobs).
 
 `python -m backend` starts one beside gunicorn and starts it again if it dies; run more
 (on this machine, or on others sharing MODEL_DIR) to work on several projects at once:
@@ -30,11 +31,26 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     backend = ISALModel(settings)
     stop = threading.Event()
+    if settings.redis_url:  # an RQ worker (it handles SIGTERM itself: finishes or abandons the job)
+        from .rqjobs import work
+
+        log.info("job worker up: RQ on %s (MODEL_DIR %s)", _redacted(settings.redis_url), backend.registry.root)
+        work(settings.redis_url, backend.jobs.store, stop)
+        return
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("job worker up (MODEL_DIR %s)", backend.registry.root)
     backend.jobs.work(stop)
     log.info("job worker stopping")
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() \
+        if parts.password else url
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from backend.jobstore import JobStore, owner_gone, process_id
 from backend.scheduler import JobManager
 
@@ -22,15 +24,22 @@ def run_python(code: str) -> str:
     return out.stdout
 
 
-def test_request_is_atomic_across_processes(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_request_is_atomic_across_processes(tmp_path, kind, request):
     """Eight processes ask for a job at once: one starts it, one waits, six are coalesced."""
     db = tmp_path / "jobs.sqlite"
-    JobStore(db)
+    url = None
+    if kind == "redis":
+        import redis
+
+        url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(url).flushdb()
+    JobStore(db, redis_url=url)
     go = tmp_path / "go"
     code = f"""
         import os, time
         from backend.jobstore import JobStore
-        store = JobStore({str(db)!r})
+        store = JobStore({str(db)!r}, redis_url={url!r})
         while not os.path.exists({str(go)!r}):
             time.sleep(0.01)
         print(store.request(3, "test"))
@@ -41,7 +50,7 @@ def test_request_is_atomic_across_processes(tmp_path):
     go.write_text("")
     outcomes = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
     assert outcomes == ["coalesced"] * 6 + ["pending", "started"]
-    snap = JobStore(db).snapshot(3)
+    snap = JobStore(db, redis_url=url).snapshot(3)
     assert snap["state"] == "running" and snap["pending"] and snap["requests_coalesced"] == 6
     assert snap["jobs_started"] == 1
 
@@ -65,19 +74,28 @@ def test_a_job_whose_process_died_is_claimed_once(tmp_path):
     assert store.snapshot(5)["state"] == "idle" and store.snapshot(5)["last_job"] == {"status": "done"}
 
 
-def test_another_hosts_job_is_claimed_only_when_its_heartbeat_is_stale(tmp_path):
-    import sqlite3
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """The same transitions on both row stores (the Redis one on a real server)."""
+    if request.param == "sqlite":
+        return JobStore(tmp_path / "jobs.sqlite", stale_after=30)
+    url = request.getfixturevalue("redis_url")
+    import redis
 
-    store = JobStore(tmp_path / "jobs.sqlite", stale_after=30)
+    redis.Redis.from_url(url).flushdb()
+    return JobStore(stale_after=30, redis_url=url)
+
+
+def test_another_hosts_job_is_claimed_only_when_its_heartbeat_is_stale(store):
     assert store.request(1, "x") == "started" and store.request(2, "x") == "started"
-    with sqlite3.connect(store.path) as db:
-        db.execute("UPDATE jobs SET owner = 'elsewhere:1:abc', heartbeat = ? WHERE project = 1", (time.time(),))
-        db.execute("UPDATE jobs SET owner = 'elsewhere:2:abc', heartbeat = ? WHERE project = 2", (time.time() - 31,))
+    with store.rows.transaction() as tx:
+        tx.put(1, {**tx.get(1), "owner": "elsewhere:1:abc", "heartbeat": time.time()})
+        tx.put(2, {**tx.get(2), "owner": "elsewhere:2:abc", "heartbeat": time.time() - 31})
+    assert store.claimable() == [2]
     assert [p for p, _ in store.claim_orphans()] == [2]
 
 
-def test_finish_hands_the_pending_job_to_the_owner(tmp_path):
-    store = JobStore(tmp_path / "jobs.sqlite")
+def test_finish_hands_the_pending_job_to_the_owner(store):
     assert store.request(1, "a") == "started"
     assert store.request(1, "b") == "pending"
     assert store.finish(1, {"status": "done"}, None) == "pending request"
