@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,24 +61,29 @@ class SQLiteRows:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()  # one connection per thread and process (never across a fork)
         with self.transaction() as tx:
             tx.db.execute("CREATE TABLE IF NOT EXISTS job_rows (project INTEGER PRIMARY KEY, row TEXT NOT NULL)")
 
-    @contextmanager
-    def transaction(self) -> Iterator["_SQLiteTx"]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
+    def _connection(self) -> sqlite3.Connection:
+        if getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield _SQLiteTx(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self._local.db, self._local.pid = db, os.getpid()
+        return self._local.db
+
+    @contextmanager
+    def transaction(self) -> Iterator["_SQLiteTx"]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SQLiteTx(db)
             db.execute("COMMIT")
-        finally:
-            db.close()
+        except BaseException:
+            if db.in_transaction:  # (also when COMMIT itself failed: the connection is used again)
+                db.execute("ROLLBACK")
+            raise
 
 
 class _SQLiteTx:

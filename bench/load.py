@@ -150,6 +150,9 @@ def main(argv=None) -> dict:
             rss_before = group_rss_mb(backend.pid)
 
             requests.post(f"{url}/train", json={"project": f"{pid}.0"}, timeout=30).raise_for_status()
+            deadline = time.monotonic() + 60  # the job worker claims the queued job within a sweep
+            while status(url, pid)["job"]["state"] != "running" and time.monotonic() < deadline:
+                time.sleep(0.1)
             running_before = status(url, pid)["job"]["state"] == "running"
             burst = predict_burst(url, pid, tasks, args.predicts, args.batch)
             burst["job_running_before"] = running_before
