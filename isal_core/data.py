@@ -85,13 +85,14 @@ def read_bytes(path: str) -> bytes:
         return handle.read(member)
 
 
-def open_image(path: str) -> Image.Image:
+def open_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image (plain file or zip member) as RGB.
 
     Raises ImageDecodeError naming `path`, so one bad file in a pool of thousands is
     easy to find; also for an image of more than Pillow's MAX_IMAGE_PIXELS (a decompression
     bomb: a small file that decodes to gigabytes), checked from the header before decoding.
     """
+    path = os.fspath(path)
     try:
         data = read_bytes(path)
         with Image.open(io.BytesIO(data)) as img:

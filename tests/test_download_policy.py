@@ -169,4 +169,4 @@ def test_a_pinned_request_keeps_the_hosts_name(two_hosts, tmp_path, monkeypatch)
     seen = []
     with httpx.Client(timeout=5.0, event_hooks={"request": [lambda r: seen.append(r.headers["host"])]}) as http:
         path = fetch_file(http, f"http://cdn.example:{port}/a.png", tmp_path / "a.png", policy, dict, 5.0)
-    assert open_image(str(path)).size == (8, 8) and seen == [f"cdn.example:{port}"]
+    assert open_image(path).size == (8, 8) and seen == [f"cdn.example:{port}"]
