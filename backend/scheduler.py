@@ -86,39 +86,33 @@ class JobManager:
             self._sweeper = threading.Thread(target=self._sweep_forever, daemon=True, name="isal-job-sweeper")
             self._sweeper.start()
 
-    def sweep(self) -> list[int]:
-        """Claim and start the jobs whose process died; their project ids."""
-        claimed = self.store.claim_orphans()
+    def sweep(self, limit: int | None = None) -> list[int]:
+        """Claim and start (at most `limit`) waiting jobs and jobs whose process died; their project ids."""
+        claimed = self.store.claim_orphans(limit)
         for project_id, reason in claimed:
             if reason.startswith("resumed"):
                 log.warning("project %s: %s; running it again", project_id, reason)
             self._spawn(project_id, reason)
         return [p for p, _ in claimed]
 
-    def _sweep_forever(self, every: float = HEARTBEAT_S, stop: threading.Event | None = None) -> None:
-        stop = stop or threading.Event()
-        while not stop.is_set():
+    def _sweep_forever(self) -> None:
+        while True:
             try:
                 self.sweep()
             except Exception:  # a locked or unwritable store must not stop the sweeper
                 log.exception("job sweep failed")
-            stop.wait(every)
-
-    def run_claimable(self) -> list[int]:
-        """Claim one waiting job (or one of a dead process) and run it here, now (an RQ job's body: one
-        project per RQ job, so several RQ workers share the work)."""
-        claimed = self.store.claim_orphans(limit=1)
-        for project_id, reason in claimed:
-            if reason.startswith("resumed"):
-                log.warning("project %s: %s; running it again", project_id, reason)
-            with self._lock:
-                self._threads += 1
-            self._loop(project_id, reason)
-        return [p for p, _ in claimed]
+            time.sleep(HEARTBEAT_S)
 
     def work(self, stop: threading.Event, poll: float = 0.5) -> None:
-        """The job worker's loop: claim queued jobs (and those of dead processes) until `stop` is set."""
-        self._sweep_forever(poll, stop)
+        """The job worker's loop until `stop` is set: when idle, claim one queued job (or one of a dead
+        process), so that other workers take the other projects' jobs meanwhile."""
+        while not stop.is_set():
+            try:
+                if self._threads == 0:
+                    self.sweep(limit=1)
+            except Exception:  # a locked or unwritable store must not stop the worker
+                log.exception("job sweep failed")
+            stop.wait(poll)
 
     def _spawn(self, project_id: int, reason: str) -> None:
         with self._lock:
