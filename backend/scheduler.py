@@ -103,6 +103,18 @@ class JobManager:
                 log.exception("job sweep failed")
             time.sleep(HEARTBEAT_S)
 
+    def run_claimable(self) -> list[int]:
+        """Claim one waiting job (or one of a dead process) and run it here, now (an RQ job's body: one
+        project per RQ job, so several RQ workers share the work)."""
+        claimed = self.store.claim_orphans(limit=1)
+        for project_id, reason in claimed:
+            if reason.startswith("resumed"):
+                log.warning("project %s: %s; running it again", project_id, reason)
+            with self._lock:
+                self._threads += 1
+            self._loop(project_id, reason)
+        return [p for p, _ in claimed]
+
     def work(self, stop: threading.Event, poll: float = 0.5) -> None:
         """The job worker's loop until `stop` is set: when idle, claim one queued job (or one of a dead
         process), so that other workers take the other projects' jobs meanwhile."""

@@ -48,16 +48,22 @@ def wait_for_file(path: Path, backend: BackendProcess, timeout: float = 300) -> 
         time.sleep(0.2)
 
 
-def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_path):
-    token = label_studio.token()
+def labeled_project(label_studio, n_train: int, seed: int, title: str):
+    """(SDK client, API, project id, {task: image}, train task ids): the reference and N_LABELED train
+    images annotated."""
     ls = label_studio.client()
-    api = LabelStudioAPI(label_studio.url, token)
-    sub, images = cifar_images(label_studio.files_root, N_TRAIN, N_REFERENCE, seed=3)
-    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "crash safety")
+    sub, images = cifar_images(label_studio.files_root, n_train, N_REFERENCE, seed=seed)
+    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, title)
     train = [t for t, im in by_task.items() if im.split == "train"]
     for t, im in by_task.items():
         if im.split == "test" or t in train[:N_LABELED]:
             ls.annotations.create(id=t, result=choice_result(im.label))
+    return ls, LabelStudioAPI(label_studio.url, label_studio.token()), pid, by_task, train
+
+
+def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_path):
+    token = label_studio.token()
+    ls, api, pid, by_task, train = labeled_project(label_studio, N_TRAIN, 3, "crash safety")
     model_dir = tmp_path / "models"
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(model_dir),
            "ISAL_EPOCHS": "2", "ISAL_MIN_STEPS": "20", "ISAL_RETRAIN_EVERY": "0", "ISAL_SEED": "0",
@@ -142,14 +148,7 @@ def test_a_killed_job_worker_is_restarted_and_the_web_keeps_serving(label_studio
     import signal
 
     token = label_studio.token()
-    ls = label_studio.client()
-    api = LabelStudioAPI(label_studio.url, token)
-    sub, images = cifar_images(label_studio.files_root, 40, N_REFERENCE, seed=4)
-    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "worker kill")
-    train = [t for t, im in by_task.items() if im.split == "train"]
-    for t, im in by_task.items():
-        if im.split == "test" or t in train[:N_LABELED]:
-            ls.annotations.create(id=t, result=choice_result(im.label))
+    ls, api, pid, by_task, train = labeled_project(label_studio, 40, 4, f"worker kill {queue}")
     marker = tmp_path / "held"
     marker.write_text("")  # the first job runs through
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(tmp_path / "m"),

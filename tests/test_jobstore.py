@@ -138,3 +138,18 @@ def test_the_sweep_runs_a_dead_processs_job_again(tmp_path):
     snap = jobs.snapshot(4)
     assert snap["last_job"]["status"] == "done" and snap["last_job"]["reason"].startswith("resumed")
     assert snap["jobs_resumed"] == 1
+
+
+def test_a_queued_job_is_claimed_by_one_worker_call(tmp_path):
+    """JOB_RUNNER=worker: the web only queues; a worker's run_claimable (an RQ job's body) claims one
+    project's job and runs it to the end, the other waits for the next call."""
+    db = tmp_path / "jobs.sqlite"
+    web = JobManager(lambda p, s: {}, 10, db, runs_jobs=False)
+    assert web.request(1, "START_TRAINING") == "queued for the job worker"
+    assert web.request(1, "START_TRAINING") == "coalesced into the pending job"
+    assert web.request(2, "START_TRAINING") == "queued for the job worker"
+    ran = []
+    worker = JobManager(lambda p, s: ran.append(p) or {"model_version": f"v{p}"}, 10, db)
+    assert worker.run_claimable() == [1] and ran == [1]
+    assert worker.snapshot(1)["state"] == "idle" and worker.snapshot(1)["last_job"]["model_version"] == "v1"
+    assert worker.snapshot(2)["pending"] and worker.run_claimable() == [2] and worker.run_claimable() == []
