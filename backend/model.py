@@ -49,7 +49,7 @@ class ISALModel:
                                self.registry.root / "jobs.sqlite", settings.job_stale_s,
                                runs_jobs=run_job is not None or settings.job_runner == "web",
                                redis_url=settings.redis_url)
-        self._connections: dict[int, dict] = {}  # from /setup: hostname and access_token (memory only)
+        self._connections: dict[int, dict] = {}  # from /setup: hostname and access_token (also saved, 0600)
         self._apis: dict[tuple[str, str], LabelStudioAPI] = {}
         self._lock = threading.Lock()
 

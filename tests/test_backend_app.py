@@ -657,3 +657,21 @@ def test_predict_defers_new_tasks_once_its_time_budget_is_spent(tmp_path, file_s
                      download_allowed_hosts=host).test_client()
     res = roomy.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]
     assert "deferred" not in res[1] and res[1]["result"]
+
+
+def test_the_connection_setup_sent_reaches_the_job_worker_and_only_its_user(tmp_path):
+    """Without LABEL_STUDIO_URL / _API_KEY, the hostname and token of /setup are saved (mode 0600) for the
+    job worker, a process that never sees /setup; they appear in no answer."""
+    import stat
+
+    app = make_app(tmp_path)
+    c = app.test_client()
+    r = c.post("/setup", json={"project": PROJECT, "schema": CONFIG, "hostname": "http://ls.example:8080",
+                               "access_token": "secret-token-123"})
+    assert r.status_code == 200
+    saved = tmp_path / "models" / "7" / "connection.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert "secret-token-123" not in c.get("/status").get_data(as_text=True)
+    worker = make_app(tmp_path, job_runner="web").extensions["isal"]  # a fresh process's view
+    api = worker.api_for(7)
+    assert api.ls._client_wrapper.get_base_url().startswith("http://ls.example:8080")
