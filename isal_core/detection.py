@@ -114,7 +114,10 @@ class DetectionAdapter(TaskAdapter):
 
     def build_model(self) -> nn.Module:
         c = self.fpn_channels
-        resnet = getattr(torchvision.models, self.backbone)(weights=None, norm_layer=FrozenBatchNorm2d)
+        # pretrained: BatchNorm frozen at its statistics (torchvision's detection rule); from scratch a
+        # frozen BatchNorm is the identity and a ResNet without normalisation barely trains, so it learns
+        norm = FrozenBatchNorm2d if self.weights is not None else nn.BatchNorm2d
+        resnet = getattr(torchvision.models, self.backbone)(weights=None, norm_layer=norm)
         stage2 = resnet.inplanes // 8  # torchvision's rule: the channels of layer2..layer4
         body = BackboneWithFPN(resnet, {"layer2": "0", "layer3": "1", "layer4": "2"}, [stage2 * 2, stage2 * 4,
                                stage2 * 8], c, extra_blocks=LastLevelP6P7(c, c))
