@@ -121,7 +121,8 @@ class FrozenFeatureAdapter(ClassificationAdapter):
     def backbone(self) -> nn.Module:
         """The pretrained network without its classifier (built once, eval mode)."""
         if self._backbone is None:
-            model = super().build_model()
+            with torch.random.fork_rng(devices=[]):  # a head's seeded init never depends on when this ran
+                model = super().build_model()
             name, linear = last_linear(model)
             self._dim = linear.in_features
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
