@@ -5,7 +5,8 @@ forever; once the file exists, no job holds again (a worker started again after 
 runs the job through). Unset (always, outside crash tests), `hold_point` does nothing.
 Points: "checkpoint" (the version's model file is written, the rest not yet) and
 "predictions" (every prediction of the new version is in Label Studio, the version is
-neither published on disk nor current there).
+neither published on disk nor current there) and "group" (rank 0 of a job's torchrun group has
+trained and scored, backend.group_round; the file holds that rank's pid).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-POINTS = ("checkpoint", "predictions")
+POINTS = ("checkpoint", "predictions", "group")
 
 
 def hold_point(name: str) -> None:

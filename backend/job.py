@@ -23,6 +23,7 @@ publishing and that (backend.unpublished).
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from .clusters import cluster_ids, project_centroids
 from .errors import JobError, describe_api_error
 from . import unpublished
 from .faults import hold_point
+from .group_round import run_in_group
 from .ls_client import ApiError, LabelStudioAPI
 from .prelabel import prelabel_decision
 from .project_tasks import REFERENCE_FLAG, ProjectTasks, Warnings, read_tasks
@@ -79,12 +81,20 @@ class Trainer:
         adapter = task_type.adapter(self.engine)
         engine = task_type.engine_settings(self.engine)  # detection: influence over the head, ...
         learner = Learner(adapter, engine, self.engine.seed)
-        labeled, pool = adapter.dataset(tasks.records("labeled")), adapter.dataset(tasks.records("pool"))
-        reference = adapter.dataset(tasks.records("reference"))
-        result = learner.round(self.engine.strategy, labeled, pool, reference,
-                               train_set=adapter.dataset(tasks.records("labeled"), train=True), on_phase=set_phase)
+        records = {part: tasks.records(part) for part in ("labeled", "pool", "reference")}
+        group = None
+        if self.engine.job_procs > 1:  # training and scoring as a torchrun group
+            with tempfile.TemporaryDirectory(prefix=".group-", dir=store.root) as job_dir:
+                result, group = run_in_group(self.engine.job_procs, task_type, self.engine, records,
+                                             Path(job_dir), set_phase)
+        labeled, pool = adapter.dataset(records["labeled"]), adapter.dataset(records["pool"])
+        reference = adapter.dataset(records["reference"])
+        if group is None:
+            result = learner.round(self.engine.strategy, labeled, pool, reference,
+                                   train_set=adapter.dataset(records["labeled"], train=True), on_phase=set_phase)
         clusters = self._clusters(store, adapter, tasks, labeled, pool, result, engine.cluster_source)
-        metric = {"name": adapter.metric().name, "value": learner.evaluate(result.model, reference),
+        value = learner.evaluate(result.model, reference) if group is None else group["metric"]
+        metric = {"name": adapter.metric().name, "value": value,
                   "on": tasks.reference_source + (" (also trained on: optimistic)"
                                                   if tasks.reference_source != REFERENCE_FLAG else "")}
         t["score"] = time.time()
@@ -92,7 +102,11 @@ class Trainer:
                                set_phase)
         if t["reconcile"]:
             report["reconciled"] = t["reconcile"]
-        if hasattr(adapter, "cache"):  # frozen features: what the embedding cache saved this job
+        if group is not None:
+            report["processes"] = self.engine.job_procs
+            if group["embedding_cache"] is not None:
+                report["embedding_cache"] = group["embedding_cache"]
+        elif hasattr(adapter, "cache"):  # frozen features: what the embedding cache saved this job
             report["embedding_cache"] = {k: adapter.cache.stats[k] for k in ("hits", "computed", "corrupt")}
         t["write"] = time.time()
         del t["reconcile"]

@@ -35,6 +35,8 @@ class EngineSettings(Engine, BaseSettings):
     retrain_every: int = Field(40, ge=0, description="annotation events per automatic retrain; 0 = only START_TRAINING")
     min_labeled: int = Field(2, ge=1, description="fewest usable labeled tasks a job trains on")
     download_workers: int = Field(8, ge=1, description="parallel image downloads per job")
+    job_procs: int = Field(1, ge=1, description="processes a job trains and scores with: more than 1 runs it as "
+                                                "a torchrun group (one per GPU; gloo on CPU)")
     prelabel: Literal["auto", "always", "never"] = Field(
         "auto", description="include the model's guess in predictions (Label Studio pre-ticks it): auto = only "
                             "when its metric on the reference set reaches prelabel_min_metric")

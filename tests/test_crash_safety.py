@@ -201,3 +201,56 @@ def test_a_killed_job_worker_is_restarted_and_the_web_keeps_serving(label_studio
         assert "the job worker exited (-9)" in text
     else:
         assert "RQ on redis://127.0.0.1" in text and "Booting worker" in text and text.count("Booting worker") >= 2
+
+
+def test_a_job_runs_as_a_torchrun_group_that_dies_with_its_worker(label_studio, tmp_path):
+    """ISAL_JOB_PROCS=2: the worker runs the job's training and scoring as a torchrun group (gloo on CPU)
+    and publishes its result; kill -9 of the worker while the group works ends the group too (a job
+    run again never runs beside a stale copy), and the restarted worker runs the job through."""
+    import os
+    import signal
+
+    ls, api, pid, by_task, train = labeled_project(label_studio, 40, 5, "torchrun group")
+    marker = tmp_path / "held"
+    marker.write_text("")  # the first job runs through
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token(),
+           "MODEL_DIR": str(tmp_path / "m"), "ISAL_EPOCHS": "2", "ISAL_MIN_STEPS": "20", "ISAL_RETRAIN_EVERY": "0",
+           "ISAL_JOB_PROCS": "2", "LOG_LEVEL": "INFO", "TEST_HOLD_AT": "group", "TEST_HOLD_FILE": str(marker)}
+    log = tmp_path / "backend.log"
+    backend = BackendProcess(env, log_path=log).start()
+    try:
+        requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
+                      timeout=30).raise_for_status()
+        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+        status = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)
+        assert status["last_error"] is None and status["job"]["last_job"]["processes"] == 2, status
+        v1 = status["model_version"]
+        assert api.project_model_version(pid) == v1 and api.next_task(pid)["id"] in train
+
+        marker.unlink()
+        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+        wait_for_file(marker, backend)
+        rank0 = int(marker.read_text().split()[1])
+        worker = int(status_of(backend, pid)["job"]["worker"].split(":")[1])
+        assert rank0 != worker
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while _alive(rank0):
+            assert time.monotonic() < deadline, "rank 0 of the group outlived its worker"
+            time.sleep(0.5)
+        status = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=3)
+        assert status["last_error"] is None and status["job"]["jobs_resumed"] == 1, status
+        assert status["model_version"] != v1 and api.project_model_version(pid) == status["model_version"]
+    finally:
+        backend.stop()
+    text = log.read_text()
+    assert text.count("job as a torchrun group of 2 processes") == 3 and "the job worker exited (-9)" in text
+
+
+def _alive(pid: int) -> bool:
+    """pid runs (a zombie, dead but not reaped by its parent, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

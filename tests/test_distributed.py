@@ -93,3 +93,44 @@ def test_ddp_training_with_two_processes_gives_the_one_process_model(tmp_path):
     bn = relative_difference(train_probe(tmp_path, "small_cnn", 1), train_probe(tmp_path, "small_cnn", 2))
     print(f"relative weight difference, 2 processes vs 1: mlp {mlp:.2e}, small_cnn (BatchNorm) {bn:.2e}")
     assert bn > 10 * mlp  # the documented difference is real: the probe would notice if it vanished
+
+
+def test_a_backend_job_round_as_a_torchrun_group_equals_one_process(tmp_path):
+    """ISAL_JOB_PROCS=2: the job's round (training, s_test, scoring, the metric on R) as a gloo group
+    of 2 gives the ranking and scores of the same round in the job's own process (frozen features:
+    a float64 head without BatchNorm, so DDP training is exact)."""
+    import torch
+
+    from backend.group_round import run_in_group
+    from backend.settings import EngineSettings
+    from backend.tasktypes import ImageClassification
+    from isal_core.data import ImageRecord
+    from isal_core.learner import Learner
+    from isal_core.models import build_model
+
+    torch.manual_seed(0)
+    torch.save(build_model("small_cnn", 3).state_dict(), tmp_path / "backbone.pt")
+
+    def records(folder: Path) -> list[ImageRecord]:
+        names = list(CLASSES)
+        return [ImageRecord(p.name, str(p), names.index(p.name.split("_")[0])) for p in sorted(folder.rglob("*.png"))]
+
+    parts = {"labeled": records(noisy_images(tmp_path / "labeled", 4, True, 0)),
+             "pool": records(noisy_images(tmp_path / "pool", 5, True, 2)),  # 15 samples: shards of 8 and 7
+             "reference": records(noisy_images(tmp_path / "reference", 2, True, 1))}
+    task_type = ImageClassification("choice", "image", "image", list(CLASSES))
+    engine = EngineSettings(weights=str(tmp_path / "backbone.pt"), embedding_cache=str(tmp_path / "cache"), epochs=3,
+                            min_steps=0, batch_size=4, device="cpu", job_procs=2)
+    adapter = task_type.adapter(engine)
+    learner = Learner(adapter, task_type.engine_settings(engine), engine.seed)
+    labeled, pool, reference = (adapter.dataset(parts[k]) for k in ("labeled", "pool", "reference"))
+    one = learner.round(engine.strategy, labeled, pool, reference, train_set=adapter.dataset(parts["labeled"], True))
+    phases = []
+    two, report = run_in_group(2, task_type, engine, parts, tmp_path / "job", phases.append)
+    assert phases == ["training", "computing s_test", "scoring the pool", "evaluating on R"]
+    assert two.ranking.order.tolist() == one.ranking.order.tolist()
+    a, b = one.scores.influence.double(), two.scores.influence.double()
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    assert two.scores.predictions == one.scores.predictions
+    assert report["metric"] == learner.evaluate(one.model, reference)
+    assert report["embedding_cache"]["computed"] == 0  # this process embedded every image first
