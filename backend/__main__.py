@@ -11,7 +11,9 @@ With JOB_RUNNER=worker (the default here) it also runs `python -m backend.worker
 trains: the web processes only queue jobs. This process supervises both: a worker that
 dies (kill -9, out of memory) is started again, and its interrupted job runs again; when
 gunicorn stops, so does the worker; SIGTERM / SIGINT stop both. JOB_RUNNER=web runs
-gunicorn alone, with jobs on a thread of the web worker (backend.scheduler).
+gunicorn alone, with jobs on a thread of the web worker (backend.scheduler). JOB_RUNNER=external
+runs gunicorn alone too, its web processes only queueing jobs (as with worker): the job workers
+run elsewhere, e.g. the `worker` service of docker/docker-compose.yml (RQ through Redis).
 """
 from __future__ import annotations
 

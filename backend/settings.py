@@ -98,9 +98,11 @@ class Settings(BaseSettings):
     predict_budget_s: float = Field(60.0, ge=0, description="seconds /predict spends scoring new tasks (Label Studio "
                                                               "waits 100 s); the rest answer 0.5 and 'deferred'")
     keep_versions: int = Field(0, ge=0, description="newest model versions kept per project (0 = all)")
-    job_runner: Literal["worker", "web"] = Field(
+    job_runner: Literal["worker", "web", "external"] = Field(
         "web", description="worker: jobs run in `python -m backend.worker` (python -m backend starts it; its "
-                           "default); web: on a thread of the process that took the request (in-process apps)")
+                           "default); web: on a thread of the process that took the request (in-process apps); "
+                           "external: the web only queues, like worker, but python -m backend runs gunicorn "
+                           "alone: the job workers run elsewhere (another container: docker/docker-compose.yml)")
     redis_url: str | None = Field(None, description="redis://host:port/db: job state in Redis and jobs through RQ "
                                                      "(several workers, several machines); unset: MODEL_DIR/jobs.sqlite")
     job_stale_s: float = Field(60.0, gt=0, description="a running job whose process sent no heartbeat for this "
