@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MMCV_WHEEL ?= ../shared/wheels/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast test-browser bench backend simulate simulate-label-studio clean
+.PHONY: install demo test test-fast test-browser test-docker bench backend simulate simulate-label-studio clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test-browser: install
 ## Unit tests only (no Label Studio server).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not integration"
+
+## The Docker path end to end (not in `make test`): builds the image, starts docker/docker-compose.yml
+## (Label Studio, backend web + worker, Redis) on the host network, runs tests/docker_e2e.py against it
+## and always tears it down. Uses ../shared/tools/docker-local.sh when present (no image registry).
+test-docker: install
+	PY=$(BIN)/python bash docker/test-docker.sh
 
 bench: install
 	$(BIN)/python -m bench.scoring
