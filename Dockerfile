@@ -1,5 +1,11 @@
-# The ISAL Label Studio ML backend (gunicorn on :9090). Build from the repository root:
+# The ISAL Label Studio ML backend (gunicorn on :9090; `python -m backend.worker` for the job
+# worker service of docker/docker-compose.yml). Build from the repository root:
 #   docker build -t isal-backend .
+# Size: about 6.5 GB, of which PyPI's torch with its CUDA libraries (nvidia-* wheels and triton)
+# is about 5.3 GB. For a CPU-only image pass PyTorch's CPU wheel index:
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t isal-backend .
+# (torch and torchvision, at the pins of requirements.txt, come from that index; the rest from PyPI.)
+# No build tools and no pip cache end up in the image, so a multi-stage build would save nothing.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -13,7 +19,11 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+ARG TORCH_INDEX_URL=
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+      pip install --index-url "$TORCH_INDEX_URL" $(grep -E '^torch(vision)?==' requirements.txt); \
+    fi \
+ && pip install -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY isal_core isal_core
 COPY backend backend
