@@ -1,8 +1,9 @@
 # The ISAL Label Studio ML backend (gunicorn on :9090; `python -m backend.worker` for the job
 # worker service of docker/docker-compose.yml). Build from the repository root:
 #   docker build -t isal-backend .
-# Size: about 6.5 GB, of which PyPI's torch with its CUDA libraries (nvidia-* wheels and triton)
-# is about 5.3 GB. For a CPU-only image pass PyTorch's CPU wheel index:
+# Size: 6.5 GB (measured on python:3.11-slim's stand-in), of which PyPI's torch with its CUDA
+# libraries is 5.6 GB: nvidia-* wheels 3.4 GB, torch 1.2 GB, triton 0.9 GB. For a CPU-only image
+# (not built nor measured here: no access to download.pytorch.org) pass PyTorch's CPU wheel index:
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t isal-backend .
 # (torch and torchvision, at the pins of requirements.txt, come from that index; the rest from PyPI.)
 # No build tools and no pip cache end up in the image, so a multi-stage build would save nothing.
