@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MMCV_WHEEL ?= ../shared/wheels/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast test-browser test-docker bench backend simulate simulate-label-studio clean
+.PHONY: install demo test test-fast test-browser test-docker bench backend simulate simulate-detection simulate-label-studio clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: install
 ## The CPU protocol on CIFAR-10 (33 min measured on 2 cores; rerun to resume): runs/cifar10-cpu/
 simulate: install
 	$(BIN)/isal simulate --config configs/cifar10-cpu.json
+
+## The detection CPU protocol on BCCD (FCOS from scratch, budgets in boxes; rerun to resume): runs/bccd-cpu/
+simulate-detection: install
+	$(BIN)/isal simulate --config configs/bccd-cpu.json
 
 ## ISAL's part of it again, through a local Label Studio and the backend: runs/cifar10-cpu-label-studio/
 simulate-label-studio: install
