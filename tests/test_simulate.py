@@ -350,7 +350,8 @@ def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys, monkeypatch):
     assert "lissa_scale do(es) not apply to solver 'cg'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["cifar10-cpu", "cifar10-cpu-2026-11", "cifar10-paper", "cifar10-pretrained-cpu"])
+@pytest.mark.parametrize("name", ["cifar10-cpu", "cifar10-cpu-2026-11", "cifar10-paper", "cifar10-pretrained-cpu",
+                                  "bccd-cpu"])
 def test_protocol_files_load(name):
     from pathlib import Path
 
