@@ -48,6 +48,14 @@ def wait_for_file(path: Path, backend: BackendProcess, timeout: float = 300) -> 
         time.sleep(0.2)
 
 
+def connect_and_train(backend: BackendProcess, ls, pid: int) -> dict:
+    """/setup the project, ask for a training, and return /status once the first job is done."""
+    requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
+                  timeout=30).raise_for_status()
+    requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+    return wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)
+
+
 def labeled_project(label_studio, n_train: int, seed: int, title: str):
     """(SDK client, API, project id, {task: image}, train task ids): the reference and N_LABELED train
     images annotated."""
@@ -163,10 +171,7 @@ def test_a_killed_job_worker_is_restarted_and_the_web_keeps_serving(label_studio
     log = tmp_path / "backend.log"
     backend = BackendProcess(env, log_path=log).start()
     try:
-        requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
-                      timeout=30).raise_for_status()
-        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
-        v1 = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)["model_version"]
+        v1 = connect_and_train(backend, ls, pid)["model_version"]
         views = {json.dumps(status_of(backend, pid), sort_keys=True) for _ in range(20)}
         assert len(views) == 1, "every web worker reports the same /status"
         served = api.next_task(pid)["id"]
@@ -219,10 +224,7 @@ def test_a_job_runs_as_a_torchrun_group_that_dies_with_its_worker(label_studio, 
     log = tmp_path / "backend.log"
     backend = BackendProcess(env, log_path=log).start()
     try:
-        requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
-                      timeout=30).raise_for_status()
-        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
-        status = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)
+        status = connect_and_train(backend, ls, pid)
         assert status["last_error"] is None and status["job"]["last_job"]["processes"] == 2, status
         v1 = status["model_version"]
         assert api.project_model_version(pid) == v1 and api.next_task(pid)["id"] in train
