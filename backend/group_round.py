@@ -126,9 +126,7 @@ def main(job_dir: str) -> None:
         tmp = Path(job_dir) / "result.pt.tmp"
         torch.save({"result": result, "report": {"metric": metric, "embedding_cache": cache}}, tmp)
         tmp.replace(Path(job_dir) / "result.pt")
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    distributed.finish()
 
 
 if __name__ == "__main__":

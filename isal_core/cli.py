@@ -78,6 +78,12 @@ def select(args: argparse.Namespace) -> int:
         check_budget(args.budget, len(pool_records))
 
     distributed.init_from_env(settings.device)  # under torchrun: the pool is scored in shards
+    code = _select_round(args, settings, classes, labeled_records, pool_records, reference_records)
+    distributed.finish()  # (after a failure torchrun stops the group instead)
+    return code
+
+
+def _select_round(args, settings, classes, labeled_records, pool_records, reference_records) -> int:
     adapter = classification_adapter(settings, len(classes), settings.device, settings.batch_size)
     learner = Learner(adapter, settings, args.seed, progress=not args.quiet)
     model = load_checkpoint(args.checkpoint, learner.device, adapter)[0] if args.checkpoint else None

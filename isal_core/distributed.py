@@ -36,6 +36,14 @@ def init_from_env(device: str = "auto") -> bool:
     return True
 
 
+def finish() -> None:
+    """Leave the group together: a rank that exits with its gloo group alive can abort at exit
+    ("terminate called without an active exception") while the others still work."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank_and_size() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
