@@ -21,7 +21,7 @@ install: $(STAMP)
 
 ## The main job: local Label Studio + this backend on a CIFAR-10 demo project.
 demo: install
-	$(BIN)/python -m backend.demo
+	$(BIN)/python -m backend.tools.demo
 
 ## Every test, integration tests against a real Label Studio included (the browser test: test-browser).
 test: install

@@ -2,7 +2,7 @@
 
 Runs
     gunicorn --preload --bind $HOST:$PORT --workers $WORKERS --threads $THREADS --timeout 0
-             --no-control-socket --config python:backend.gunicorn_hooks 'backend.app:create_app()'
+             --no-control-socket --config python:backend.web.gunicorn_hooks 'backend.web.app:create_app()'
 (HOST defaults to 127.0.0.1; set HOST=0.0.0.0 in a container). `--timeout 0` because a
 web worker may wait long on a Label Studio call; `--preload` reads the settings and
 MODEL_DIR once, before forking, and fails fast on a bad setting.
@@ -11,7 +11,7 @@ With JOB_RUNNER=worker (the default here) it also runs `python -m backend.worker
 trains: the web processes only queue jobs. This process supervises both: a worker that
 dies (kill -9, out of memory) is started again, and its interrupted job runs again; when
 gunicorn stops, so does the worker; SIGTERM / SIGINT stop both. JOB_RUNNER=web runs
-gunicorn alone, with jobs on a thread of the web worker (backend.scheduler). JOB_RUNNER=external
+gunicorn alone, with jobs on a thread of the web worker (backend.scheduling.manager). JOB_RUNNER=external
 runs gunicorn alone too, its web processes only queueing jobs (as with worker): the job workers
 run elsewhere, e.g. the `worker` service of docker/docker-compose.yml (RQ through Redis).
 """
@@ -34,7 +34,7 @@ MAX_BACKOFF_S = 30.0
 def gunicorn_command(settings: Settings) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--preload", "--bind", f"{settings.host}:{settings.port}",
             "--workers", str(settings.workers), "--threads", str(settings.threads), "--timeout", "0",
-            "--no-control-socket", "--config", "python:backend.gunicorn_hooks", "backend.app:create_app()"]
+            "--no-control-socket", "--config", "python:backend.web.gunicorn_hooks", "backend.web.app:create_app()"]
 
 
 def worker_command() -> list[str]:

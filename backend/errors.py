@@ -1,4 +1,10 @@
-"""The backend's errors, and Label Studio API errors as one line a user can act on."""
+"""Every error the backend raises on purpose, under the engine's one base class (isal_core.errors.IsalError).
+
+So the job scheduler catches one type (IsalError: the message is for the user, no
+traceback) and imports no task type, client or store to do it. Each also derives from the
+builtin a caller would expect (ValueError for bad input, LookupError for an unknown
+project, RuntimeError for a job that cannot go on).
+"""
 from __future__ import annotations
 
 from label_studio_sdk.core.api_error import ApiError
@@ -20,6 +26,38 @@ class ApiProblem(IsalError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class UnknownProject(IsalError, LookupError):
+    """A project that never called /setup on this backend (nothing to predict or train with)."""
+
+
+class UnsupportedConfig(IsalError, ValueError):
+    """The labeling config is not one the backend can learn from; the message says why and what works."""
+
+
+class LabelError(IsalError, ValueError):
+    """An annotation does not fit the labeling config (e.g. a choice the config does not list)."""
+
+
+class MissingMedia(IsalError, ValueError):
+    """A task has no usable media URL under the object tag's data key."""
+
+
+class DownloadError(IsalError, RuntimeError):
+    """A task file could not be fetched; `status` is the HTTP status, or None (timeout, network, refused)."""
+
+    def __init__(self, url: str, status: int | None = None, reason: str = "", from_label_studio: bool = False):
+        self.url = url
+        self.status = status
+        self.from_label_studio = from_label_studio  # a 401/403 from Label Studio itself is a key problem
+        self.refused = reason.startswith("refused")  # by the download policy or the size cap: never fetched
+        what = f"HTTP {status}" if status is not None else "no response"
+        super().__init__(f"cannot download {url}: {what}" + (f" ({reason})" if reason else ""))
+
+
+class DownloadRefused(IsalError, ValueError):
+    """The download policy does not allow this URL; the message says why and which setting changes it."""
 
 
 def describe_api_error(exc: ApiError) -> str:

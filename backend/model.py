@@ -4,8 +4,8 @@
     predict(tasks, context)  POST /predict: one prediction per task, from the current version
     fit(event, data)         POST /webhook and /train: count annotations, queue a training job
 
-HTTP is a thin layer of routes around it (backend.app); jobs run in the background
-(backend.scheduler: when; backend.job: what); Label Studio JSON <-> engine is
+HTTP is a thin layer of routes around it (backend.web.app); jobs run in the background
+(backend.scheduling.manager: when; backend.job.run: what); Label Studio JSON <-> engine is
 backend.tasktypes. Everything is per project, so one backend serves several projects.
 """
 from __future__ import annotations
@@ -15,19 +15,22 @@ import threading
 import time
 from pathlib import Path
 
-from isal_core.data import ImageRecord
+from isal_core.data.images import ImageRecord
 
-from .downloads import fetch_images
+from .labelstudio.downloads import fetch_images
 from .errors import ApiProblem, JobError
-from .job import Trainer
-from .ls_client import LabelStudioAPI
-from .scheduler import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
-from .retention import prune_cache, prune_versions
-from .scores import UNSCORABLE_SCORE, UNTRAINED_SCORE
+from .job.run import Job
+from .labelstudio.client import LabelStudioAPI
+from .labelstudio.download_policy import DownloadPolicy
+from .scheduling.manager import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
+from .storage.retention import prune_cache, prune_versions
+from .labelstudio.score_encoding import UNSCORABLE_SCORE, UNTRAINED_SCORE
 from .settings import Settings
-from .store import Registry, parse_project_id
-from .tasktypes import MissingMedia, UnsupportedConfig, parse_label_config
-from .versions import ModelVersion
+from .storage.layout import JOBS_DB
+from .storage.projects import ModelDir, parse_project_id
+from .tasktypes import parse_label_config
+from .errors import MissingMedia, UnsupportedConfig
+from .storage.versions import ModelVersion
 
 log = logging.getLogger("backend")
 #: New tasks /predict downloads and scores at a time, checking its time budget between chunks.
@@ -37,16 +40,16 @@ UNTRAINED = "untrained"
 
 
 class ISALModel:
-    """Everything the routes share: settings, the project registry, Label Studio clients, jobs."""
+    """Everything the routes share: settings, MODEL_DIR's projects, Label Studio clients, jobs."""
 
     def __init__(self, settings: Settings, run_job=None):
         self.settings = settings
-        self.registry = Registry(settings.model_dir, settings.engine.device, settings.engine.embedding_cache)
+        self.model_dir = ModelDir(settings.model_dir, settings.engine.device, settings.engine.embedding_cache)
         if settings.engine.embedding_cache is None:  # frozen features are cached beside the models
-            settings.engine.embedding_cache = self.registry.embedding_cache
-        self.trainer = Trainer(settings.engine, self.registry.cache_dir, self.api_for)
+            settings.engine.embedding_cache = self.model_dir.embedding_cache
+        self.job = Job(settings.engine, self.model_dir.cache_dir, settings.keep_ls_versions)
         self.jobs = JobManager(run_job or self._run_job, settings.engine.retrain_every,
-                               self.registry.root / "jobs.sqlite", settings.job_stale_s,
+                               self.model_dir.root / JOBS_DB, settings.job_stale_s,
                                runs_jobs=run_job is not None or settings.job_runner == "web",
                                redis_url=settings.redis_url)
         self._connections: dict[int, dict] = {}  # from /setup: hostname and access_token (also saved, 0600)
@@ -59,11 +62,11 @@ class ISALModel:
         self.jobs.start()
 
     def _run_job(self, project_id: int, set_phase) -> dict:
-        store = self.registry.known(project_id)
-        report = self.trainer.run(store, set_phase)
-        report["pruned_versions"] = prune_versions(store, self.settings.keep_versions)
+        project = self.model_dir.known(project_id)
+        report = self.job.run(project, self.api_for(project.id), set_phase)
+        report["pruned_versions"] = prune_versions(project, self.settings.keep_versions)
         if self.settings.cache_max_mb:
-            report["image_cache"] = prune_cache(self.registry.cache_dir, int(self.settings.cache_max_mb * (1 << 20)))
+            report["image_cache"] = prune_cache(self.model_dir.cache_dir, int(self.settings.cache_max_mb * (1 << 20)))
         if self.settings.embedding_cache_max_mb and self.settings.engine.embedding_cache:
             report["embedding_cache_pruned"] = prune_cache(
                 Path(self.settings.engine.embedding_cache), int(self.settings.embedding_cache_max_mb * (1 << 20)),
@@ -73,7 +76,7 @@ class ISALModel:
     def api_for(self, project_id: int) -> LabelStudioAPI:
         """Label Studio client: LABEL_STUDIO_URL / _API_KEY, else what /setup sent for the project (saved for
         the job worker, which never sees /setup)."""
-        conn = self._connections.get(project_id) or self.registry.get(project_id).connection()
+        conn = self._connections.get(project_id) or self.model_dir.get(project_id).connection()
         url = self.settings.label_studio_url or conn.get("hostname")
         key = self.settings.label_studio_api_key or conn.get("access_token")
         if not url or not key:
@@ -83,7 +86,7 @@ class ISALModel:
             api = self._apis.get((url, key))
             if api is None:
                 api = self._apis[(url, key)] = LabelStudioAPI(url, key, timeout=self.settings.label_studio_timeout,
-                                                                   policy=self.settings.download_policy(url))
+                                                                   policy=DownloadPolicy.from_settings(self.settings, url))
             return api
 
     # -- the protocol ----------------------------------------------------------
@@ -94,30 +97,30 @@ class ISALModel:
             task_type = parse_label_config(schema)
         except UnsupportedConfig as exc:
             raise ApiProblem(400, f"Unsupported labeling config for the ISAL backend: {exc}") from None
-        store = self.registry.get(project_id)
-        store.register(schema, task_type)
+        project = self.model_dir.get(project_id)
+        project.register(schema, task_type)
         for warning in task_type.config_warnings():
             log.warning("project %s: %s", project_id, warning)
         conn = {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str) and data[k]}
         if conn:
             self._connections[project_id] = conn
-            store.save_connection(conn)
-        return {"model_version": store.current.name if store.current else UNTRAINED}
+            project.save_connection(conn)
+        return {"model_version": project.current.name if project.current else UNTRAINED}
 
     def predict(self, tasks, context: dict) -> dict:
         """`context` is the rest of Label Studio's /predict payload (project, label_config, params)."""
         project_id = project_of(context)
         if not isinstance(tasks, list):
             raise ApiProblem(400, "`tasks` must be a list of Label Studio tasks")
-        store = self.registry.known(project_id)
+        project = self.model_dir.known(project_id)
         if isinstance(context.get("label_config"), str) and context["label_config"].strip():
             try:
-                store.update_config(context["label_config"])
+                project.update_config(context["label_config"])
             except UnsupportedConfig as exc:
                 raise ApiProblem(400, f"Unsupported labeling config for the ISAL backend: {exc}") from None
-        version = store.current
+        version = project.current
         if version is None:
-            return {"results": [_untrained(task, store) for task in tasks], "model_version": UNTRAINED}
+            return {"results": [_untrained(task, project) for task in tasks], "model_version": UNTRAINED}
         return {"results": self._predict_with(version, project_id, tasks), "model_version": version.name}
 
     def fit(self, event: str, data: dict) -> tuple[dict, int]:
@@ -125,7 +128,7 @@ class ISALModel:
         if not isinstance(event, str) or not event:
             raise ApiProblem(400, "webhook payload has no `action`")
         project_id = project_of(data)
-        self.registry.known(project_id)
+        self.model_dir.known(project_id)
         if event in ANNOTATION_EVENTS:
             outcome = self.jobs.annotation_event(project_id)
         elif event == TRAIN_EVENT:
@@ -187,7 +190,7 @@ class ISALModel:
         if not todo:
             return []
         try:
-            paths = fetch_images(self.api_for(project_id), [url for _, _, url in todo], self.registry.cache_dir,
+            paths = fetch_images(self.api_for(project_id), [url for _, _, url in todo], self.model_dir.cache_dir,
                                  self.settings.engine.download_workers)
         except JobError as exc:
             paths = [exc] * len(todo)
@@ -203,32 +206,32 @@ class ISALModel:
     # -- what the backend knows ----------------------------------------------------
     def versions(self, project_ref) -> dict:
         if project_ref in (None, ""):
-            return {"versions": {str(p.id): p.versions() for p in self.registry.projects()},
-                    "model_dir": str(self.registry.root)}
+            return {"versions": {str(p.id): p.versions() for p in self.model_dir.projects()},
+                    "model_dir": str(self.model_dir.root)}
         try:
             project_id = parse_project_id(project_ref)
         except ValueError as exc:
             raise ApiProblem(400, str(exc)) from None
-        return {"versions": self.registry.known(project_id).versions(), "model_dir": str(self.registry.root)}
+        return {"versions": self.model_dir.known(project_id).versions(), "model_dir": str(self.model_dir.root)}
 
     def project_status(self, project_id: int) -> dict:
-        store = self.registry.known(project_id)
+        project = self.model_dir.known(project_id)
         jobs = self.jobs.snapshot(project_id)
-        meta = store.current.meta if store.current else {}
+        meta = project.current.meta if project.current else {}
         return {
-            "project": project_id, "model_version": store.current.name if store.current else UNTRAINED,
+            "project": project_id, "model_version": project.current.name if project.current else UNTRAINED,
             "job": jobs, "counts": meta.get("counts", {}), "last_error": jobs["last_error"],
             **{k: meta.get(k) for k in ("reference_source", "reference_note", "top_task", "top_score", "sigma",
                                         "reference_metric", "prelabel")},
-            "config_warnings": store.info.get("config_warnings", []),
-            "warnings": meta.get("warnings", {}), "task_type": store.info.get("task_type"),
-            "versions": len(store.versions()),
+            "config_warnings": project.info.get("config_warnings", []),
+            "warnings": meta.get("warnings", {}), "task_type": project.info.get("task_type"),
+            "versions": len(project.versions()),
         }
 
     def status(self) -> dict:
-        return {"status": "UP", "model_dir": str(self.registry.root), "engine": self.settings.engine.model_dump(),
+        return {"status": "UP", "model_dir": str(self.model_dir.root), "engine": self.settings.engine.model_dump(),
                 "label_studio_url": self.settings.label_studio_url,
-                "projects": {str(p.id): self.project_status(p.id) for p in self.registry.projects()}}
+                "projects": {str(p.id): self.project_status(p.id) for p in self.model_dir.projects()}}
 
 
 def project_of(data: dict) -> int:
@@ -263,13 +266,13 @@ def _unscorable(version: ModelVersion, why: str) -> dict:
     return {"result": [], "score": UNSCORABLE_SCORE, "model_version": version.name, "error": why}
 
 
-def _untrained(task, store) -> dict:
+def _untrained(task, project) -> dict:
     entry = {"result": [], "score": UNTRAINED_SCORE, "model_version": UNTRAINED}
     if not isinstance(task, dict):
         entry["error"] = "not a Label Studio task (a JSON object)"
         return entry
     try:
-        store.task_type().media_url(task)
+        project.task_type().media_url(task)
     except MissingMedia as exc:
         entry["error"] = str(exc)
     return entry

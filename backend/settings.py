@@ -18,7 +18,7 @@ from isal_core.settings import SOLVER_OPTIONS
 from isal_core.settings import EngineSettings as Engine
 
 #: Strategies the backend serves. Both are influence functions, so a saved s_test scores
-#: tasks that arrive after the job (see backend.scores); "gradsim" is ISAL with H = I.
+#: tasks that arrive after the job (see backend.labelstudio.score_encoding); "gradsim" is ISAL with H = I.
 BACKEND_STRATEGIES = ("isal", "gradsim")
 ENV_PREFIX = "ISAL_"
 
@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     predict_budget_s: float = Field(60.0, ge=0, description="seconds /predict spends scoring new tasks (Label Studio "
                                                               "waits 100 s); the rest answer 0.5 and 'deferred'")
     keep_versions: int = Field(0, ge=0, description="newest model versions kept per project (0 = all)")
+    keep_ls_versions: int = Field(2, ge=0, description="newest versions whose predictions Label Studio keeps per "
+                                                       "project, the one it serves by always (0 = all)")
     job_runner: Literal["worker", "web", "external"] = Field(
         "web", description="worker: jobs run in `python -m backend.worker` (python -m backend starts it; its "
                            "default); web: on a thread of the process that took the request (in-process apps); "
@@ -122,12 +124,6 @@ class Settings(BaseSettings):
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         return self
-
-    def download_policy(self, label_studio_url: str):
-        from .download_policy import DownloadPolicy
-
-        return DownloadPolicy(label_studio_url, self.download_allowed_hosts.split(","),
-                              int(self.download_max_mb * (1 << 20)))
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:

@@ -1,6 +1,7 @@
 """`python -m backend.worker`: the job worker. Claims the training jobs the web process queued in
 MODEL_DIR/jobs.sqlite (and those a dead process left) and runs them, one at a time. With
-REDIS_URL it is an RQ worker instead (backend.rqjobs).
+REDIS_URL it is an RQ worker instead (backend.scheduling.rq_queue), and `run_claimable` below
+is the body of every RQ job.
 
 `python -m backend` starts one beside gunicorn and starts it again if it dies; run more
 (on this machine, or on others sharing MODEL_DIR) to work on several projects at once:
@@ -20,6 +21,16 @@ from .model import ISALModel
 from .settings import Settings
 
 log = logging.getLogger("backend.worker")
+_backend: ISALModel | None = None
+
+
+def run_claimable() -> list[int]:
+    """RQ job body (enqueued by its dotted path): the backend of this environment claims a waiting or
+    orphaned job and runs it here."""
+    global _backend
+    if _backend is None:
+        _backend = ISALModel(Settings(job_runner="web"))
+    return _backend.jobs.run_claimable()
 
 
 def main() -> None:
@@ -32,14 +43,14 @@ def main() -> None:
     backend = ISALModel(settings)
     stop = threading.Event()
     if settings.redis_url:  # an RQ worker (it handles SIGTERM itself: finishes or abandons the job)
-        from .rqjobs import work
+        from .scheduling.rq_queue import work
 
-        log.info("job worker up: RQ on %s (MODEL_DIR %s)", _redacted(settings.redis_url), backend.registry.root)
-        work(settings.redis_url, backend.jobs.store, stop)
+        log.info("job worker up: RQ on %s (MODEL_DIR %s)", _redacted(settings.redis_url), backend.model_dir.root)
+        work(settings.redis_url, backend.jobs.table, stop)
         return
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("job worker up (MODEL_DIR %s)", backend.registry.root)
+    log.info("job worker up (MODEL_DIR %s)", backend.model_dir.root)
     backend.jobs.work(stop)
     log.info("job worker stopping")
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from backend.app import create_app
-from backend.demo import choice_result, extract_cifar, label_config
-from backend.local_ls import LabelStudioServer
+from backend.web.app import create_app
+from backend.tools.demo import choice_result, extract_cifar, label_config
+from backend.tools.servers import LabelStudioServer
 from backend.settings import EngineSettings, Settings
-from isal_core.models import build_model
+from isal_core.nets.models import build_model
 
 BACKBONES = {32: "small_cnn", 224: "resnet18"}
 

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.app import create_app
+from backend.web.app import create_app
 from backend.settings import EngineSettings, Settings
-from backend.store import Registry
+from backend.job.publication import Publication
+from backend.storage.projects import ModelDir
 from backend.tasktypes import classification_config, parse_label_config
-from isal_core.models import build_model
-from isal_core.params import select_parameters
-from isal_core.scorer import InfluenceScorer
+from isal_core.nets.models import build_model
+from isal_core.influence.params import select_parameters
+from isal_core.influence.scorer import InfluenceScorer
 
 PROJECT = 7
 LIMIT_S = 100.0  # Label Studio's /predict timeout
@@ -40,22 +41,22 @@ class QuietFiles(http.server.SimpleHTTPRequestHandler):
 
 
 def publish(model_dir: Path, n: int) -> None:
-    store = Registry(model_dir).get(PROJECT)
+    project = ModelDir(model_dir).get(PROJECT)
     config = classification_config(["cat", "dog"])
     task_type = parse_label_config(config)
-    store.register(config, task_type)
+    project.register(config, task_type)
     model = build_model("small_cnn", 2)
     params = select_parameters(model, "weights")
     s_test = torch.randn(sum(p.numel() for _, p in params)) * 1e-3
     influences = np.random.default_rng(0).normal(size=n)
-    job = store.next_job_number()
+    job = project.next_job_number()
     meta = {"version": f"isal-{PROJECT}-{job}-bench", "job": job, "sigma": 1.0, "task_type": task_type.to_meta(),
             "params": "weights", "top_k": 1, "arch": "small_cnn", "num_classes": 2, "image_size": 32,
             "counts": {}, "reference_source": "isal_reference", "top_task": 1}
-    with store.staging(meta["version"]) as staging:
-        store.write_files(staging, model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(
+    with Publication(project, None, meta["version"]) as publication:  # on disk only
+        publication.save(model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(
             s_test, [n_ for n_, _ in params]), list(range(1, n + 1)), influences.tolist(), [0] * n)
-        store.write_meta(staging, meta)
+        publication.finish(meta)
 
 
 def main(argv=None) -> dict:

@@ -31,12 +31,12 @@ def probe(pool_size: int, device: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from isal_core import distributed
-    from isal_core.data import TensorDataset3
-    from isal_core.frozen import classification_adapter
+    from isal_core.utils import distributed
+    from isal_core.data.images import TensorDataset3
+    from isal_core.tasks.frozen import classification_adapter
     from isal_core.learner import Learner
-    from isal_core.params import select_parameters
-    from isal_core.scorer import InfluenceScorer
+    from isal_core.influence.params import select_parameters
+    from isal_core.influence.scorer import InfluenceScorer
     from isal_core.settings import EngineSettings
 
     distributed.init_from_env(device)
@@ -74,8 +74,8 @@ def web_wait(runner: str, tasks: int = 600, calls: int = 40) -> dict:
     """/health and /predict latencies while a training job runs, with jobs run by `runner`."""
     import requests
 
-    from backend.demo import label_config
-    from backend.local_ls import BackendProcess, LabelStudioServer
+    from backend.tools.demo import label_config
+    from backend.tools.servers import BackendProcess, LabelStudioServer
     from bench.job import project
     from bench.load import percentile, status, wait_idle
 

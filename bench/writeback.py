@@ -1,12 +1,13 @@
 """Write-back throughput: the backend's own write path into a real local Label Studio.
 
-    python -m bench.writeback [--tasks 10000] [--chunk-size 10000]
+    python -m bench.writeback [--tasks 10000]
 
-Starts Label Studio (backend.local_ls, throwaway SQLite data dir), imports N tasks into
-a 10-class image classification project, then times `backend.writeback.write_back` fed by
-`backend.writeback.prediction_stream` (what a training job calls after scoring the pool):
-bulk prediction import in chunks, then the project's model_version + "Uncertainty
-sampling". Prints tasks/s, the peak RSS of this process during the write and its growth
+Starts Label Studio (backend.tools.servers, throwaway SQLite data dir), imports N tasks into
+a 10-class image classification project, then publishes a version of a small model through
+`backend.job.publication.Publication` exactly as a training job does after scoring the pool:
+the version's files staged, its predictions (`TaskType.predictions`) bulk-imported, meta.json,
+then the rename into place and the project's model_version + "Uncertainty sampling". Times
+the prediction write and the whole publication. Prints tasks/s, the peak RSS of this process during the write and its growth
 over the baseline (the stream is lazy, so it should stay flat), checks that Label Studio
 kept every prediction, and ends with one line of JSON. Target: >= 500 tasks/s.
 """
@@ -15,17 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 
 import numpy as np
 import torch
 
-from backend.demo import CIFAR_CLASSES, label_config
-from backend.writeback import prediction_stream, write_back
-from backend.local_ls import LabelStudioServer
-from backend.ls_client import LabelStudioAPI
-from backend.scores import encode, influence_scale
+from backend.job.publication import Publication
+from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.score_encoding import encode, influence_scale
+from backend.storage.projects import ModelDir
 from backend.tasktypes import parse_label_config
+from backend.tools.demo import CIFAR_CLASSES, label_config
+from backend.tools.servers import LabelStudioServer
+from isal_core.influence.params import select_parameters
+from isal_core.influence.scorer import InfluenceScorer
+from isal_core.nets.models import build_model
 
 from .common import PeakMemory
 
@@ -38,7 +44,6 @@ def rss_mb() -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=10_000)
-    ap.add_argument("--chunk-size", type=int, default=10_000, help="predictions per bulk import request")
     args = ap.parse_args(argv)
 
     with LabelStudioServer() as server, LabelStudioAPI(server.url, server.legacy_token, timeout=300) as api:
@@ -57,23 +62,39 @@ def main(argv=None) -> dict:
         influences = rng.normal(0.0, 1e-3, len(task_ids))
         scores = encode(influences, influence_scale(influences))
         outputs = rng.integers(0, len(CIFAR_CLASSES), len(task_ids)).tolist()
-        version = "isal-bench-1"
+        model_dir = ModelDir(tempfile.mkdtemp(prefix="isal-bench-writeback-"))
+        project_dir = model_dir.get(pid)
+        project_dir.register(config, task_type)
+        version = f"isal-{pid}-1-bench"
+        model = build_model("small_cnn", len(CIFAR_CLASSES))
+        names = [n for n, _ in select_parameters(model, "weights")]
+        scorer = InfluenceScorer(torch.zeros(sum(p.numel() for _, p in select_parameters(model, "weights"))), names)
+        meta = {"version": version, "job": 1, "sigma": float(influence_scale(influences)), "params": "weights",
+                "task_type": task_type.to_meta(), "top_k": 1, "arch": "small_cnn", "num_classes": len(CIFAR_CLASSES),
+                "image_size": 32}
         baseline = rss_mb()
         with PeakMemory(torch.device("cpu")) as mem:
             start = time.perf_counter()
-            created = write_back(api, pid, version, prediction_stream(task_type, version, task_ids, outputs, scores),
-                                 chunk_size=args.chunk_size)
-            seconds = time.perf_counter() - start
+            with Publication(project_dir, api, version) as publication:
+                publication.save(model, {"arch": "small_cnn", "num_classes": len(CIFAR_CLASSES)}, scorer, task_ids,
+                                 influences, outputs)
+                write_start = time.perf_counter()
+                created = publication.write_predictions(task_type.predictions(version, task_ids, outputs, scores),
+                                                         len(task_ids))
+                seconds = time.perf_counter() - write_start
+                publication.finish(meta)
+            total = time.perf_counter() - start
         project = api.ls.projects.get(id=pid)
         kept = project.total_predictions_number
         rate = len(task_ids) / seconds
-        print(f"wrote {created} predictions in {seconds:.1f} s: {rate:.0f} tasks/s (chunk {args.chunk_size})")
+        print(f"wrote {created} predictions in {seconds:.1f} s: {rate:.0f} tasks/s; the whole publication "
+              f"{total:.1f} s")
         print(f"peak RSS {mem.peak_mb:.0f} MB, baseline {baseline:.0f} MB, growth {mem.peak_mb - baseline:.1f} MB")
         print(f"Label Studio holds {kept} predictions; project model_version {project.model_version!r}, "
               f"sampling {project.sampling!r}")
         ok = created == kept == len(task_ids) and project.model_version == version
-        summary = {"bench": "writeback", "tasks": len(task_ids), "chunk_size": args.chunk_size,
-                   "seconds": round(seconds, 2), "tasks_per_s": round(rate, 1), "peak_rss_mb": round(mem.peak_mb, 1),
+        summary = {"bench": "writeback", "tasks": len(task_ids), "seconds": round(seconds, 2),
+                   "publication_seconds": round(total, 2), "tasks_per_s": round(rate, 1), "peak_rss_mb": round(mem.peak_mb, 1),
                    "rss_growth_mb": round(mem.peak_mb - baseline, 1), "kept": kept, "target_tasks_per_s": 500,
                    "ok": bool(ok and rate >= 500)}
         print(json.dumps(summary))

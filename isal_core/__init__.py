@@ -7,17 +7,18 @@ The most negative I(z) is labeled first. A task plugs in through one `TaskAdapte
 one round (fit, prepare s_test, score, rank) is `Learner.round`; its settings are one
 schema, `EngineSettings`.
 """
-from .adapter import ClassificationAdapter, Metric, TaskAdapter
+from .tasks.classification import ClassificationAdapter
+from .tasks.base import Metric, TaskAdapter
 from .errors import (ConfigError, DataError, IsalError, ModelError, NonFiniteError, SelectionError,
                      SolverError)
-from .gradients import HessianOperator, reference_gradient
+from .influence.gradients import HessianOperator, reference_gradient
 from .learner import Learner, RoundResult
-from .params import select_parameters
-from .scorer import InfluenceScorer, PoolScores
-from .scoring import influence
+from .influence.params import select_parameters
+from .influence.scorer import InfluenceScorer, PoolScores
+from .influence.pool import influence
 from .settings import EngineSettings
-from .stest import CG, Identity, LiSSA
-from .strategies import ISAL, Ranking, SelectionContext, make_strategy
+from .influence.stest import CG, Identity, LiSSA
+from .selection import ISAL, Ranking, SelectionContext, make_strategy
 
 __all__ = [
     "CG", "ClassificationAdapter", "ConfigError", "DataError", "EngineSettings", "HessianOperator", "ISAL",

@@ -5,7 +5,7 @@
     isal simulate --config configs/cifar10-cpu.json
 
 Every engine setting is a flag derived from the settings schema (isal_core.settings).
-The installed `isal` command is assembled on the backend's side (backend.cli), which
+The installed `isal` command is assembled on the backend's side (backend.tools.cli), which
 adds `simulate --label-studio`; `python -m isal_core.cli` is the engine alone.
 Errors a user can fix (IsalError) print `isal: error: ...` and exit with 2; anything
 else is a bug and shows its traceback.
@@ -20,20 +20,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .frozen import classification_adapter
-from .atomic import atomic_write
-from .checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
-from .data import load_records
+from .tasks.frozen import classification_adapter
+from .utils.atomic import atomic_write
+from .train.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+from .data.images import load_records
 from .errors import DataError, IsalError
 from .learner import Learner
-from .cifar10 import cifar10_root
-from . import distributed
+from .data.cifar10 import cifar10_root
+from .utils import distributed
 from .settings import EngineSettings, TrainSettings, add_arguments, given, validate
-from .simconfig import SimulationConfig, load_config
-from .simdata import only
-from .simulate import simulate
-from .strategies import INFLUENCE_STRATEGIES, STRATEGIES, check_budget
-from .transforms import CIFAR_MEAN, CIFAR_STD
+from .simulation.config import SimulationConfig, load_config
+from .simulation.dataset import only
+from .simulation.run import simulate
+from .selection import INFLUENCE_STRATEGIES, STRATEGIES, check_budget
+from .data.transforms import CIFAR_MEAN, CIFAR_STD
 
 log = logging.getLogger("isal")
 

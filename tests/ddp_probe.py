@@ -9,9 +9,9 @@ import sys
 import torch
 from torch import nn
 
-from isal_core import distributed
-from isal_core.adapter import ClassificationAdapter
-from isal_core.data import TensorDataset3
+from isal_core.utils import distributed
+from isal_core.tasks.classification import ClassificationAdapter
+from isal_core.data.images import TensorDataset3
 from isal_core.learner import Learner
 from isal_core.settings import EngineSettings
 

@@ -31,9 +31,9 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.demo import choice_result, label_config  # noqa: E402
-from backend.ls_client import LabelStudioAPI  # noqa: E402
-from isal_core.cifar10 import CLASSES, SHARED_CIFAR10  # noqa: E402
+from backend.tools.demo import choice_result, label_config  # noqa: E402
+from backend.labelstudio.client import LabelStudioAPI  # noqa: E402
+from isal_core.data.cifar10 import CLASSES, SHARED_CIFAR10  # noqa: E402
 
 LS_URL = os.environ.get("LABEL_STUDIO_URL", "http://127.0.0.1:18080").rstrip("/")
 BACKEND_URL = os.environ.get("BACKEND_URL", "http://127.0.0.1:19090").rstrip("/")
@@ -151,8 +151,8 @@ def main() -> None:
     # The worker container ran it, through RQ; the web container only queued it.
     worker_log, web_log = compose_logs("worker"), compose_logs("isal-backend")
     assert "job worker up: RQ on" in worker_log, worker_log[-3000:]
-    assert "backend.rqjobs.run_claimable()" in worker_log, worker_log[-3000:]
-    assert "backend.rqjobs.run_claimable()" not in web_log and "job worker up" not in web_log, web_log[-3000:]
+    assert "backend.worker.run_claimable()" in worker_log, worker_log[-3000:]
+    assert "backend.worker.run_claimable()" not in web_log and "job worker up" not in web_log, web_log[-3000:]
     # ... through Redis: the job row lives there, and RQ's queue finished the job.
     import redis
     from rq import Queue

@@ -19,15 +19,16 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.app import create_app
+from backend.web.app import create_app
 from backend.errors import JobError
-from backend.scores import UNSCORABLE_SCORE, encode, influence_scale
+from backend.labelstudio.score_encoding import UNSCORABLE_SCORE, encode, influence_scale
 from backend.settings import EngineSettings, Settings
 from backend.tasktypes import classification_config, parse_label_config
-from backend.store import Registry
-from isal_core.models import build_model
-from isal_core.params import select_parameters
-from isal_core.scorer import InfluenceScorer
+from backend.job.publication import Publication
+from backend.storage.projects import ModelDir
+from isal_core.nets.models import build_model
+from isal_core.influence.params import select_parameters
+from isal_core.influence.scorer import InfluenceScorer
 
 try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, frozen_project, wait_for_job
@@ -192,14 +193,14 @@ def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), in
                     cluster_source=None):
     """A real model version (untrained weights, random s_test) written the way a job writes it
     (with cluster_source "predictions": each task's cluster is its predicted class)."""
-    store = Registry(model_dir).get(project_id)
+    project = ModelDir(model_dir).get(project_id)
     task_type = parse_label_config(CONFIG)
-    store.register(CONFIG, task_type)
+    project.register(CONFIG, task_type)
     torch.manual_seed(0)
     model = build_model("small_cnn", 2).eval()
     dim = sum(p.numel() for _, p in select_parameters(model, "weights"))
     s_test = torch.randn(dim) * 1e-3
-    job = store.next_job_number()
+    job = project.next_job_number()
     version = f"isal-{project_id}-{job}-test"
     meta = {"version": version, "job": job, "sigma": influence_scale(influences), "task_type": task_type.to_meta(),
             "params": "weights", "top_k": 1, "arch": "small_cnn", "num_classes": 2, "image_size": 32,
@@ -208,11 +209,11 @@ def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), in
     predictions = [0, 1, 0]
     clusters = None if cluster_source is None else (None, predictions)
     names = [n for n, _ in select_parameters(model, "weights")]
-    with store.staging(version) as staging:
-        store.write_files(staging, model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(s_test, names),
-                          list(task_ids), list(influences), predictions, clusters)
-        store.write_meta(staging, meta)
-    return store.current
+    with Publication(project, None, version) as publication:  # on disk only: no Label Studio here
+        publication.save(model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(s_test, names),
+                         list(task_ids), list(influences), predictions, clusters)
+        publication.finish(meta)
+    return project.current
 
 
 def test_predict_with_a_model_scores_each_task_or_says_why_not(tmp_path, file_server):
@@ -288,10 +289,10 @@ def test_a_restart_loads_the_newest_complete_version(tmp_path):
 
 
 def test_the_first_labeled_set_is_saved_once(tmp_path):
-    store = Registry(tmp_path / "models").get(7)
-    assert store.first_labeled_set([5, 3, 4]) == ([3, 4, 5], True)
-    assert store.first_labeled_set([3, 4, 5, 6, 7]) == ([3, 4, 5], False)
-    assert Registry(tmp_path / "models").get(7).first_labeled_set([9]) == ([3, 4, 5], False)
+    project = ModelDir(tmp_path / "models").get(7)
+    assert project.first_labeled_set([5, 3, 4]) == ([3, 4, 5], True)
+    assert project.first_labeled_set([3, 4, 5, 6, 7]) == ([3, 4, 5], False)
+    assert ModelDir(tmp_path / "models").get(7).first_labeled_set([9]) == ([3, 4, 5], False)
 
 
 # ---------------------------------------------------------------------------
@@ -610,27 +611,27 @@ def test_a_backbone_changed_mid_project_keeps_the_published_version_working(labe
 
 
 def test_a_detection_task_without_a_box_above_the_threshold_is_served_after_the_scored(tmp_path):
-    from backend.detection_task import ObjectDetection, rectangle_config
-    from isal_core.detection import DetectionAdapter
+    from backend.tasktypes.rectangle_labels import ObjectDetection, rectangle_config
+    from isal_core.tasks.detection import DetectionAdapter
 
     config = rectangle_config(["cell", "dot"])
-    store = Registry(tmp_path / "models").get(7)
+    project = ModelDir(tmp_path / "models").get(7)
     task_type = parse_label_config(config)
     assert isinstance(task_type, ObjectDetection)
-    store.register(config, task_type)
+    project.register(config, task_type)
     adapter = DetectionAdapter(2, min_size=64, max_size=96, head_convs=1, fpn_channels=32)
     model = adapter.build_model()
     params = [n for n, _ in select_parameters(model, "head")]
     s_test = torch.zeros(sum(p.numel() for _, p in select_parameters(model, "head")))
     boxed = {"boxes": [[1.0, 2.0, 30.0, 40.0]], "labels": [1], "scores": [0.9], "size": [80, 96]}
     empty = {"boxes": [], "labels": [], "scores": [], "size": [80, 96]}
-    job = store.next_job_number()
+    job = project.next_job_number()
     meta = {"version": f"isal-7-{job}-det", "job": job, "sigma": 1.0, "task_type": task_type.to_meta(), "params": "head",
             "top_k": 1, **adapter.to_meta(), "counts": {}, "reference_source": "isal_reference", "top_task": 1}
-    with store.staging(meta["version"]) as staging:
-        store.write_files(staging, model, adapter.to_meta(), InfluenceScorer(s_test, params), [1, 2], [-1.0, -5.0],
-                          [boxed, empty])
-        store.write_meta(staging, meta)
+    with Publication(project, None, meta["version"]) as publication:
+        publication.save(model, adapter.to_meta(), InfluenceScorer(s_test, params), [1, 2], [-1.0, -5.0],
+                         [boxed, empty])
+        publication.finish(meta)
     c = make_app(tmp_path).test_client()
     tasks = [{"id": 1, "data": {"image": "/data/upload/7/a.jpg"}}, {"id": 2, "data": {"image": "/data/upload/7/b.jpg"}}]
     res = c.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]

@@ -13,8 +13,8 @@ import time
 import pytest
 import requests
 
-from backend.local_ls import BackendProcess
-from backend.ls_client import LabelStudioAPI
+from backend.tools.servers import BackendProcess
+from backend.labelstudio.client import LabelStudioAPI
 
 try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job

@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from isal_core.adapter import ClassificationAdapter
-from isal_core.batch_strategies import BADGE, BatchISAL, _features_and_residuals
-from isal_core.data import TensorDataset3
-from isal_core.stest import CG
-from isal_core.strategies import ISAL, SelectionContext
+from isal_core.tasks.classification import ClassificationAdapter
+from isal_core.selection import BADGE, BatchISAL
+from isal_core.selection.diversity import _features_and_residuals
+from isal_core.data.images import TensorDataset3
+from isal_core.influence.stest import CG
+from isal_core.selection import ISAL, SelectionContext
 
 
 def context(budget=6):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.local_ls import BackendProcess
+from backend.tools.servers import BackendProcess
 
 try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job

@@ -1,13 +1,13 @@
 """Against a real Label Studio: with predictions carrying clusters, consecutive /next calls (an
-annotation after each) follow the emulated rule (isal_core.serving) exactly."""
+annotation after each) follow the emulated rule (isal_core.selection.serving) exactly."""
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
 
-from backend.ls_client import LabelStudioAPI
-from isal_core.serving import serving_order
+from backend.labelstudio.client import LabelStudioAPI
+from isal_core.selection.serving import serving_order
 
 try:
     from backend_helpers import choice_result, frozen_project, wait_for_job

@@ -2,9 +2,10 @@
 complete version, ignores the half-written one, runs the interrupted job again, and Label Studio
 holds exactly the predictions of published versions (none lost, none duplicated, none left over).
 
-The job is held still at a named point (backend.faults: TEST_HOLD_AT) so the kill lands exactly
-while the version's checkpoint is half written, or after its predictions are in Label Studio but
-before the version is published.
+The job is held still at a named point (backend.job.publication.hold_point: TEST_HOLD_AT) so the kill lands exactly
+while the version's checkpoint is half written, after its predictions are in Label Studio but
+before the version is published, or after it is published but before the predictions of older
+versions are deleted (KEEP_LS_VERSIONS=2: Label Studio keeps the newest two versions' predictions).
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.local_ls import BackendProcess
-from backend.ls_client import LabelStudioAPI
+from backend.tools.servers import BackendProcess
+from backend.labelstudio.client import LabelStudioAPI
 
 try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
@@ -48,6 +49,24 @@ def wait_for_file(path: Path, backend: BackendProcess, timeout: float = 300) -> 
         time.sleep(0.2)
 
 
+def held_version(model_dir: Path, pid: int, published_before: list[str], point: str, api, pool: int) -> str:
+    """The version of the job held at `point`, checked where the hold left it: a temp dir (not in Label
+    Studio yet at "checkpoint", with all its predictions at "predictions"), or published and served."""
+    published, temps = version_dirs(model_dir, pid)
+    if point == "published":
+        (held,) = set(published) - set(published_before)
+        assert temps == [] and api.project_model_version(pid) == held, (published, temps)
+        assert set(api.model_versions(pid)) == {*published_before[-2:], held}  # not pruned yet
+        return held
+    assert published == sorted(published_before) and len(temps) == 1, (published, temps)
+    held = temps[0].removeprefix(".tmp-")
+    if point == "predictions":  # in Label Studio, not yet published anywhere
+        assert api.model_versions(pid)[held] == pool
+    else:
+        assert held not in api.model_versions(pid)
+    return held
+
+
 def connect_and_train(backend: BackendProcess, ls, pid: int) -> dict:
     """/setup the project, ask for a training, and return /status once the first job is done."""
     requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
@@ -75,7 +94,7 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
     model_dir = tmp_path / "models"
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(model_dir),
            "ISAL_EPOCHS": "2", "ISAL_MIN_STEPS": "20", "ISAL_RETRAIN_EVERY": "0", "ISAL_SEED": "0",
-           "LOG_LEVEL": "INFO"}
+           "KEEP_LS_VERSIONS": "2", "LOG_LEVEL": "INFO"}
     log = tmp_path / "backend.log"
     marker = tmp_path / "held"
 
@@ -92,7 +111,7 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
     assert api.model_versions(pid) == {v1: pool} and api.project_model_version(pid) == v1
 
     published_before, served = [v1], api.next_task(pid)["id"]
-    for round_, point in enumerate(("checkpoint", "predictions")):
+    for round_, point in enumerate(("checkpoint", "predictions", "published")):
         # the served task gets its label, so the interrupted job has something new to learn
         ls.annotations.create(id=served, result=choice_result(by_task[served].label))
         pool -= 1
@@ -102,15 +121,11 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
         try:
             requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
             wait_for_file(marker, backend)
-            published, temps = version_dirs(model_dir, pid)
-            assert published == sorted(published_before) and len(temps) == 1, (published, temps)
-            half = temps[0].removeprefix(".tmp-")
-            if point == "predictions":  # in Label Studio, not yet published anywhere
-                assert api.model_versions(pid)[half] == pool
-            else:
-                assert half not in api.model_versions(pid)
+            held = held_version(model_dir, pid, published_before, point, api, pool)
         finally:
             backend.kill()
+        if point == "published":  # it is published, and served: nothing of it may be lost
+            published_before.append(held)
 
         offset = log.stat().st_size
         backend = BackendProcess(env, port=port, log_path=log).start()
@@ -121,27 +136,29 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
             assert status["last_error"] is None, status
             restart_log = log.read_text()[offset:]
             assert f"loaded model version {published_before[-1]}" in restart_log, restart_log[-3000:]
-            assert f"removing .tmp-{half} left by an interrupted job" in restart_log
+            if point != "published":
+                assert f"removing .tmp-{held} left by an interrupted job" in restart_log
             new = status["model_version"]
-            assert new not in published_before and new != half
+            assert new not in published_before and new != held
             published, temps = version_dirs(model_dir, pid)
             assert published == sorted([*published_before, new]) and temps == [], (published, temps)
             if point == "predictions":
-                assert job["last_job"]["reconciled"]["deleted_predictions"] == {half: pool}
-            # every published version keeps exactly its predictions; the half-written one left none
+                assert job["last_job"]["reconciled"]["deleted_predictions"] == {held: pool}
+            # the newest two published versions keep exactly their predictions; the others and the
+            # half-written ones left none
             counts = api.model_versions(pid)
             expected = {v: json.loads((model_dir / str(pid) / v / "meta.json").read_text())["counts"]["unlabeled"]
-                        for v in published}
+                        for v in [*published_before, new][-2:]}
             assert counts == expected, (counts, expected)
             assert counts[new] == pool and api.project_model_version(pid) == new
             assert api.next_task(pid)["id"] == status["top_task"]  # (locked to us until annotated)
             served = status["top_task"]
             versions = requests.get(f"{backend.url}/versions", params={"project": pid}, timeout=10).json()
-            assert versions["versions"][0] == new and half not in versions["versions"]
+            assert versions["versions"][0] == new and (point == "published") == (held in versions["versions"])
         finally:
             backend.stop()
         published_before.append(new)
-    assert log.read_text().count("running it again") == 2
+    assert log.read_text().count("running it again") == 3
 
 
 @pytest.mark.parametrize("queue", ["embedded", "redis"])

@@ -8,7 +8,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from isal_core.data import (
+try:
+    import needs
+except ImportError:  # tests/ imported as a package
+    from tests import needs
+
+from isal_core.data.images import (
     DataError,
     ImageDataset,
     ImageDecodeError,
@@ -22,7 +27,7 @@ from isal_core.data import (
     scan_images,
 )
 
-CIFAR_ZIP = "/work/shared/data/cifar10-jpg.zip"
+CIFAR_ZIP = str(needs.CIFAR_ZIP)
 COLORS = {"cat": (200, 30, 30), "dog": (30, 30, 200), "emu": (30, 200, 30)}
 
 
@@ -191,7 +196,7 @@ def test_tensor_dataset3():
         TensorDataset3(torch.zeros(3, 2), torch.zeros(2))
 
 
-@pytest.mark.skipif(not os.path.isfile(CIFAR_ZIP), reason="CIFAR-10 zip not available")
+@pytest.mark.needs("cifar10")
 def test_real_cifar_zip_in_place():
     classes, records = scan_image_folder(CIFAR_ZIP + "/test")
     assert len(classes) == 10 and "airplane" in classes and "truck" in classes

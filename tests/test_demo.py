@@ -1,4 +1,4 @@
-"""`python -m backend.demo`: comes up with its Data Manager tab and API token, and stops cleanly on
+"""`python -m backend.tools.demo`: comes up with its Data Manager tab and API token, and stops cleanly on
 Ctrl-C (SIGINT) and on SIGTERM: no traceback, both servers gone, both ports free."""
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from backend.demo import VIEW_TITLE
-from backend.dm_views import views
-from backend.local_ls import free_port
-from backend.ls_client import LabelStudioAPI
-from isal_core.cifar10 import SHARED_CIFAR10
+from backend.tools.demo import VIEW_TITLE
+from backend.labelstudio.views import views
+from backend.tools.servers import free_port
+from backend.labelstudio.client import LabelStudioAPI
+
+try:
+    from needs import need
+except ImportError:  # tests/ imported as a package
+    from tests.needs import need
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    if not SHARED_CIFAR10.is_file():
-        pytest.skip(f"{SHARED_CIFAR10} not found")
+    need("cifar10")
     return tmp_path_factory.mktemp("demo")  # shared: the second start reuses the project
 
 
@@ -46,7 +49,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_the_demo_comes_up_and_stops_cleanly(demo_dir, sig):
     port, backend_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "backend.demo", "--port", str(port), "--backend-port",
+    proc = subprocess.Popen([sys.executable, "-m", "backend.tools.demo", "--port", str(port), "--backend-port",
                              str(backend_port), "--images", "20", "--data-dir", str(demo_dir)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []

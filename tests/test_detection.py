@@ -10,15 +10,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from isal_core.boxes import BoxProblems, clean_boxes, load_coco, load_voc, read_voc_xml
-from isal_core.data import ImageRecord
-from isal_core.detection import HEAD_PARAMS, DetectionAdapter
-from isal_core.params import select_parameters
-from isal_core.scorer import PoolScores
-from isal_core.scoring import influence, influence_loop
-from isal_core.strategies import influence_ranking
+from isal_core.data.boxes import BoxProblems, clean_boxes, load_coco, load_voc, read_voc_xml
+from isal_core.data.images import ImageRecord
+from isal_core.tasks.detection import HEAD_PARAMS, DetectionAdapter
+from isal_core.influence.params import select_parameters
+from isal_core.influence.scorer import PoolScores
+from isal_core.influence.pool import influence, influence_loop
+from isal_core.selection.base import influence_ranking
 
-BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd-voc.zip"
+try:
+    from needs import BCCD_ZIP as BCCD
+except ImportError:  # tests/ imported as a package
+    from tests.needs import BCCD_ZIP as BCCD
 
 
 def blob_images(folder: Path, n: int, seed: int = 0) -> list[ImageRecord]:
@@ -105,7 +108,7 @@ def test_images_without_a_pseudo_box_are_ranked_after_every_scored_one(blobs):
 def loss_after_training(adapter, records, steps: int = 60) -> tuple[float, float, object]:
     """(mean loss before, after `steps` SGD steps, the model): training through the adapter."""
     from isal_core.settings import TrainSettings
-    from isal_core.training import train
+    from isal_core.train.loop import train
 
     torch.manual_seed(0)
     model = adapter.build_model()
@@ -123,7 +126,7 @@ def loss_after_training(adapter, records, steps: int = 60) -> tuple[float, float
 
 
 def test_training_lowers_the_loss_and_the_metric_is_map(blobs):
-    from isal_core.evaluation import evaluate
+    from isal_core.train.evaluation import evaluate
 
     adapter = DetectionAdapter(2, min_size=96, max_size=128, score_threshold=0.3)
     before, after, model = loss_after_training(adapter, blobs)
@@ -159,7 +162,7 @@ def test_voc_xml_and_coco_json_loaders(tmp_path):
     assert records[1].label == {"boxes": [[5, 6, 15, 26]], "labels": [1]} and records[0].label["boxes"] == []
 
 
-@pytest.mark.skipif(not BCCD.exists(), reason="needs ../shared/data/bccd-voc.zip")
+@pytest.mark.needs("bccd")
 def test_bccd_loads_with_its_splits_and_its_two_bad_boxes_are_counted():
     records, classes = load_voc(BCCD)
     assert classes == ["Platelets", "RBC", "WBC"] and len(records) == 364
@@ -192,7 +195,7 @@ def voc_tree(root: Path, n_train: int = 10, n_test: int = 6) -> Path:
 
 
 def test_detection_simulation_with_box_budgets_reports_curves_against_boxes(tmp_path):
-    from isal_core.simulate import SimulationConfig, simulate
+    from isal_core.simulation.run import SimulationConfig, simulate
 
     data = voc_tree(tmp_path / "voc")
     config = SimulationConfig(data=str(data), out=str(tmp_path / "run"), task="detection", budget="boxes",

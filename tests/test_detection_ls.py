@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.detection_task import rectangle_config
-from backend.ls_client import LabelStudioAPI
-from backend.rectangles import rectangle_results
-from isal_core.boxes import load_voc
+from backend.tasktypes.rectangle_labels import rectangle_config
+from backend.labelstudio.client import LabelStudioAPI
+from backend.tasktypes.rectangles import rectangle_results
+from isal_core.data.boxes import load_voc
 
 try:
     from backend_helpers import wait_for_job
@@ -24,7 +24,10 @@ except ImportError:  # tests/ imported as a package
 
 pytestmark = pytest.mark.integration
 
-BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd-voc.zip"
+try:
+    from needs import BCCD_ZIP as BCCD
+except ImportError:  # tests/ imported as a package
+    from tests.needs import BCCD_ZIP as BCCD
 N_IMAGES, N_LABELED = 24, 10
 
 
@@ -43,7 +46,7 @@ def upload(label_studio, pid: int, records) -> dict[int, object]:
     return {t.id: by_name[next(n for n in by_name if t.data["image"].endswith(n))] for t in tasks}
 
 
-@pytest.mark.skipif(not BCCD.exists(), reason="needs ../shared/data/bccd-voc.zip")
+@pytest.mark.needs("bccd")
 def test_rectangles_in_fcos_trained_rectangle_predictions_out_and_next_serves_the_top(label_studio, tmp_path):
     records, classes = load_voc(BCCD)
     records = records[:N_IMAGES]

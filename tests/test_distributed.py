@@ -101,12 +101,12 @@ def test_a_backend_job_round_as_a_torchrun_group_equals_one_process(tmp_path):
     a float64 head without BatchNorm, so DDP training is exact)."""
     import torch
 
-    from backend.group_round import run_in_group
+    from backend.job.group import run_in_group
     from backend.settings import EngineSettings
-    from backend.tasktypes import ImageClassification
-    from isal_core.data import ImageRecord
+    from backend.tasktypes.choices import ImageClassification
+    from isal_core.data.images import ImageRecord
     from isal_core.learner import Learner
-    from isal_core.models import build_model
+    from isal_core.nets.models import build_model
 
     torch.manual_seed(0)
     torch.save(build_model("small_cnn", 3).state_dict(), tmp_path / "backbone.pt")

@@ -10,10 +10,11 @@ import threading
 import pytest
 from PIL import Image
 
-from backend.download_policy import DownloadPolicy, DownloadRefused
-from backend.downloads import fetch_images, is_key_problem
-from backend.ls_client import DownloadError, LabelStudioAPI
-from isal_core.data import open_image
+from backend.labelstudio.download_policy import DownloadPolicy, DownloadRefused
+from backend.labelstudio.downloads import fetch_images, is_key_problem
+from backend.errors import DownloadError
+from backend.labelstudio.client import LabelStudioAPI
+from isal_core.data.images import open_image
 from isal_core.errors import ImageDecodeError
 
 
@@ -126,8 +127,8 @@ def test_dns_rebinding_gets_nowhere(two_hosts, tmp_path, monkeypatch):
 
     import httpx
 
-    from backend import download_policy
-    from backend.download_policy import fetch_file
+    from backend.labelstudio import download_policy
+    from backend.labelstudio.download_policy import fetch_file
 
     _, other_url = two_hosts
     port = int(other_url.rsplit(":", 1)[1])
@@ -158,7 +159,7 @@ def test_a_pinned_request_keeps_the_hosts_name(two_hosts, tmp_path, monkeypatch)
     """The pinned request reaches the checked address with the URL's own Host header."""
     import httpx
 
-    from backend.download_policy import _pin, fetch_file
+    from backend.labelstudio.download_policy import _pin, fetch_file
 
     _, other_url = two_hosts
     port = int(other_url.rsplit(":", 1)[1])

@@ -4,12 +4,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from isal_core.adapter import ClassificationAdapter, NonFiniteError
-from isal_core.gradients import HessianOperator, reference_gradient
-from isal_core.params import select_parameters
-from isal_core.scoring import expected_gradient, influence, influence_loop, layerwise_supported
-from isal_core.stest import CG
-from isal_core.strategies import ISAL, Random, SelectionContext, check_budget
+from isal_core.errors import NonFiniteError
+from isal_core.tasks.classification import ClassificationAdapter
+from isal_core.influence.gradients import HessianOperator, reference_gradient
+from isal_core.influence.params import select_parameters
+from isal_core.influence.pool import expected_gradient, influence, influence_loop, layerwise_supported
+from isal_core.influence.stest import CG
+from isal_core.selection import ISAL, Random, SelectionContext, check_budget
 
 ADAPTER = ClassificationAdapter()
 
@@ -93,42 +94,52 @@ def _fit(model, x, y, l2):
     return model
 
 
-def test_influence_predicts_retraining():
-    """Predicted vs actual change of the reference loss after adding one labeled point."""
+def retraining_check(seed: int, n_labeled: int = 200, n_candidates: int = 40, dim: int = 5, l2: float = 0.01):
+    """Spearman, over candidate points, between the actual change of the reference loss when one point is
+    added and the model retrained (convex, to convergence), and (exact influence, gradient similarity)."""
     from scipy.stats import spearmanr
 
-    g = torch.Generator().manual_seed(3)
-    dim, l2 = 5, 0.01
+    g = torch.Generator().manual_seed(seed)
+    w = torch.tensor([[2.0, -1, 0, 0.5, 0], [0, 1.5, -1, 0, 0.5], [-1, 0, 1, 1, 0]], dtype=torch.float64)
 
     def sample(n):
         x = torch.randn(n, dim, generator=g, dtype=torch.float64)
-        logits = x @ torch.tensor([[2.0, -1, 0, 0.5, 0], [0, 1.5, -1, 0, 0.5], [-1, 0, 1, 1, 0]], dtype=torch.float64).T
-        y = torch.multinomial(logits.softmax(1), 1, generator=g).flatten()
-        return x, y
+        return x, torch.multinomial((x @ w.T).softmax(1), 1, generator=g).flatten()
 
-    (xl, yl), (xr, yr), (xc, yc) = sample(40), sample(200), sample(40)
+    (xl, yl), (xr, yr), (xc, yc) = sample(n_labeled), sample(200), sample(n_candidates)
     torch.manual_seed(0)
     model = _fit(nn.Linear(dim, 3).double(), xl, yl, l2)
     params = select_parameters(model, "all")
     v = reference_gradient(model, ADAPTER, [(xr, yr, torch.arange(len(xr)))], params)
-    op = HessianOperator(model, ADAPTER, params, [(xl, yl)])
-    s_test = CG(damping=l2, tol=1e-12, max_iter=500).solve(op, v).s_test
-    predicted = torch.tensor([-s_test.dot(reference_gradient(model, ADAPTER, [(xc[i:i + 1], yc[i:i + 1], [i])], params))
-                              for i in range(len(xc))])
+    s_test = CG(damping=l2, tol=1e-12, max_iter=500).solve(HessianOperator(model, ADAPTER, params, [(xl, yl)]), v).s_test
+    grads = [reference_gradient(model, ADAPTER, [(xc[i:i + 1], yc[i:i + 1], [i])], params) for i in range(len(xc))]
 
     def ref_loss(m):
         with torch.no_grad():
             return float(nn.functional.cross_entropy(m(xr), yr, reduction="sum"))
 
-    base = ref_loss(model)
-    actual = []
+    base, actual = ref_loss(model), []
     for i in range(len(xc)):
         retrained = nn.Linear(dim, 3).double()
         retrained.load_state_dict(model.state_dict())
-        _fit(retrained, torch.cat([xl, xc[i:i + 1]]), torch.cat([yl, yc[i:i + 1]]), l2)
-        actual.append(ref_loss(retrained) - base)
-    rho = spearmanr(predicted.numpy(), actual).statistic
-    assert rho >= 0.9, rho
+        actual.append(ref_loss(_fit(retrained, torch.cat([xl, xc[i:i + 1]]), torch.cat([yl, yc[i:i + 1]]), l2)) - base)
+    exact = spearmanr([-float(s_test.dot(gz)) for gz in grads], actual).statistic
+    gradsim = spearmanr([-float(v.dot(gz)) for gz in grads], actual).statistic
+    return exact, gradsim
+
+
+def test_influence_predicts_retraining_on_every_seed_and_beats_gradient_similarity():
+    """Predicted vs actual change of the reference loss after adding one labeled point, 5 draws of the data.
+
+    Measured (seeds 0-4): exact influence 0.988, 0.938, 0.946, 0.988, 0.998 (mean 0.972); gradient
+    similarity (H = I) 0.898, 0.651, 0.680, 0.942, 0.988 (mean 0.832). With 40 labeled points instead of
+    200 one added point moves the model too far for a first-order estimate: exact influence reached 0.9
+    on 6 of 10 draws there (worst 0.69), which is why the labeled set is 200 here."""
+    results = [retraining_check(seed) for seed in range(5)]
+    exact, gradsim = torch.tensor(results).T.tolist()
+    assert min(exact) >= 0.9 and sum(exact) / 5 >= 0.95, exact
+    assert all(e > g for e, g in results), results
+    assert sum(exact) / 5 - sum(gradsim) / 5 >= 0.05, (exact, gradsim)
 
 
 def test_selection_takes_the_most_negative_influence():

@@ -1,4 +1,4 @@
-"""backend.ls_client against a real Label Studio server (see tests/ls_server.py)."""
+"""backend.labelstudio.client against a real Label Studio server (see tests/ls_server.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import requests
 from PIL import Image
 
-from backend.ls_client import ApiError, DownloadError, LabelStudioAPI
+from backend.errors import DownloadError
+from backend.labelstudio.client import ApiError, LabelStudioAPI
 
 pytestmark = pytest.mark.integration
 
@@ -221,7 +222,7 @@ def test_invalid_predictions_are_dropped_with_a_warning(label_studio, caplog):
         {"task": task_ids[4], "result": bad_choice, "score": 0.5, "model_version": "dropped"},
     ]
     with LabelStudioAPI(label_studio.url, label_studio.legacy_token) as api:
-        with caplog.at_level("WARNING", logger="backend.ls_client"):
+        with caplog.at_level("WARNING", logger="backend.labelstudio.client"):
             assert api.write_predictions(project_id, preds) == 2
         assert "kept 2 of 5" in caplog.text
         kept = {t["id"]: t["predictions"] for t in api.iter_tasks(project_id)}

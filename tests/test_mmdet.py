@@ -8,19 +8,22 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from isal_core.mmdet_adapter import mmdet_available
-from isal_core.params import select_parameters
-from isal_core.scorer import InfluenceScorer
-from isal_core.scoring import influence, influence_loop
-from isal_core.strategies import influence_ranking
+from isal_core.tasks.mmdet_fcos import mmdet_available
+from isal_core.influence.params import select_parameters
+from isal_core.influence.scorer import InfluenceScorer
+from isal_core.influence.pool import influence, influence_loop
+from isal_core.selection.base import influence_ranking
 
 try:
     from test_detection import blob_images, loss_after_training
 except ImportError:  # tests/ imported as a package
     from tests.test_detection import blob_images, loss_after_training
 
-needs_mmdet = pytest.mark.skipif(not mmdet_available(), reason="mmdet 3.x with mmcv ops is not installed")
-WHEEL = Path(__file__).resolve().parents[2] / "shared" / "wheels" / "mmcv-2.1.0-cp311-cp311-linux_x86_64.whl"
+needs_mmdet = pytest.mark.needs("mmdet")
+try:
+    from needs import MMCV_WHEEL as WHEEL
+except ImportError:  # tests/ imported as a package
+    from tests.needs import MMCV_WHEEL as WHEEL
 
 
 @pytest.mark.skipif(not WHEEL.exists(), reason="no shared mmcv wheel on this machine")
@@ -34,7 +37,7 @@ def blobs(tmp_path_factory):
 
 
 def adapter():
-    from isal_core.mmdet_adapter import MMDetFCOSAdapter
+    from isal_core.tasks.mmdet_fcos import MMDetFCOSAdapter
 
     return MMDetFCOSAdapter(2, "resnet18", min_size=64, max_size=96, score_threshold=0.05)
 
@@ -56,7 +59,7 @@ def test_mmdet_batched_influence_equals_a_per_image_loop_over_its_head(blobs):
 
 @needs_mmdet
 def test_mmdet_and_torchvision_adapters_give_the_same_ranking_interface(blobs):
-    from isal_core.detection import DetectionAdapter
+    from isal_core.tasks.detection import DetectionAdapter
 
     for a in (adapter(), DetectionAdapter(2, min_size=64, max_size=96, score_threshold=0.05)):
         torch.manual_seed(0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from isal_core.models import build_model, last_linear, resnet18_cifar, small_cnn
+from isal_core.nets.models import build_model, last_linear, resnet18_cifar, small_cnn
 
 
 def _inplace_modules(model):

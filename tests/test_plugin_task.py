@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from isal_core import EngineSettings, InfluenceScorer, Learner, Metric, TaskAdapter
-from isal_core.checkpoints import load_checkpoint, save_checkpoint
-from isal_core.gradients import HessianOperator, collect_batches, reference_gradient
-from isal_core.params import select_parameters
-from isal_core.scoring import influence_loop
+from isal_core.train.checkpoints import load_checkpoint, save_checkpoint
+from isal_core.influence.gradients import HessianOperator, collect_batches, reference_gradient
+from isal_core.influence.params import select_parameters
+from isal_core.influence.pool import influence_loop
 
 DIM, TAGS = 6, 3
 

@@ -14,16 +14,16 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from isal_core.adapter import ClassificationAdapter
-from isal_core.data import ImageRecord
+from isal_core.tasks.classification import ClassificationAdapter
+from isal_core.data.images import ImageRecord
 from isal_core.errors import ModelError
-from isal_core.frozen import EmbeddingCache, FrozenFeatureAdapter, classification_adapter
-from isal_core.gradients import HessianOperator, collect_batches, reference_gradient
+from isal_core.tasks.frozen import EmbeddingCache, FrozenFeatureAdapter, classification_adapter
+from isal_core.influence.gradients import HessianOperator, collect_batches, reference_gradient
 from isal_core.learner import Learner
-from isal_core.params import select_parameters
-from isal_core.scoring import influence_loop
+from isal_core.influence.params import select_parameters
+from isal_core.influence.pool import influence_loop
 from isal_core.settings import EngineSettings, ModelSettings, TrainSettings
-from isal_core.training import scheduled_epochs, train
+from isal_core.train.loop import scheduled_epochs, train
 
 ARCH = "resnet18"  # a torchvision classifier with weights, fast enough on a CPU at 224 px
 COLORS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
@@ -69,7 +69,7 @@ def test_small_labeled_sets_get_at_least_min_steps():
     steps = []
     model = torch.nn.Linear(4, 2)
     model.register_forward_hook(lambda m, i, o: steps.append(1) if m.training else None)
-    from isal_core.data import TensorDataset3
+    from isal_core.data.images import TensorDataset3
 
     data = TensorDataset3(torch.randn(12, 4), torch.arange(12) % 2)
     train(model, ClassificationAdapter(), data, settings)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.rectangles import boxes_of, rectangle_results, to_percent, to_pixels
+from backend.tasktypes.rectangles import boxes_of, rectangle_results, to_percent, to_pixels
 
 
 @st.composite

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from backend.retention import cache_bytes, prune_cache, prune_versions
-from backend.store import Registry
+from backend.storage.retention import cache_bytes, prune_cache, prune_versions
+from backend.storage.projects import ModelDir
 
 try:
     from test_backend_app import make_app, publish_version
@@ -18,12 +18,12 @@ def test_old_versions_beyond_the_kept_ones_are_removed_never_the_current(tmp_pat
     models = tmp_path / "models"
     names = [publish_version(models).name for _ in range(5)]
     (models / "7" / "isal-7-0-torn").mkdir()  # an old torn dir (no meta)
-    store = Registry(models).get(7)
-    assert store.current.name == names[-1] and len(store.versions(good_only=False)) == 6
-    removed = prune_versions(store, keep=2)
+    project = ModelDir(models).get(7)
+    assert project.current.name == names[-1] and len(project.versions(good_only=False)) == 6
+    removed = prune_versions(project, keep=2)
     assert sorted(removed) == sorted(names[:3] + ["isal-7-0-torn"])
-    assert store.versions(good_only=False) == [names[4], names[3]] and store.current.name == names[-1]
-    assert prune_versions(store, keep=0) == [] and prune_versions(store, keep=2) == []
+    assert project.versions(good_only=False) == [names[4], names[3]] and project.current.name == names[-1]
+    assert prune_versions(project, keep=0) == [] and prune_versions(project, keep=2) == []
 
 
 def test_the_cache_is_cut_to_its_cap_least_recently_used_first(tmp_path):
@@ -45,7 +45,7 @@ def test_the_embedding_cache_is_capped_and_a_hit_keeps_an_entry(tmp_path):
     """EmbeddingCache's nested files: a cap cuts the least recently used; a hit (memory or disk) refreshes."""
     import torch
 
-    from isal_core.frozen import EmbeddingCache
+    from isal_core.tasks.frozen import EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "emb")
     now = time.time()
@@ -77,17 +77,18 @@ def test_a_job_prunes_with_the_backend_settings(tmp_path):
     embeddings.mkdir(parents=True)
     for i in range(3):
         (embeddings / f"{i}.pt").write_bytes(b"e" * (1 << 20))  # 3 MB of embeddings
-    backend = make_app(tmp_path, keep_versions=1, cache_max_mb=2, embedding_cache_max_mb=1).extensions["isal"]
-    backend.registry.known(7)
-    def job(store, set_phase):  # publishes a version as a job does, then the store sees it
+    backend = make_app(tmp_path, keep_versions=1, cache_max_mb=2, embedding_cache_max_mb=1,
+                       label_studio_url="http://127.0.0.1:9", label_studio_api_key="never-used").extensions["isal"]
+    backend.model_dir.known(7)
+    def job(project, api, set_phase):  # publishes a version as a job does, then the project folder sees it
         name = publish_version(models).name
-        store.load()
+        project.load()
         return {"model_version": name}
 
-    backend.trainer.run = job
+    backend.job.run = job
     report = backend._run_job(7, lambda phase: None)
     assert report["pruned_versions"] == [first.name]
     assert report["image_cache"]["bytes_after"] <= 2 << 20 and cache_bytes(cache) <= 2 << 20
     assert report["embedding_cache_pruned"]["bytes_before"] == 3 << 20
     assert cache_bytes(models / "embeddings") <= 1 << 20
-    assert Registry(models).get(7).versions() == [report["model_version"]]
+    assert ModelDir(models).get(7).versions() == [report["model_version"]]

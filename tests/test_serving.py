@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from isal_core.serving import assign, kmeans, serving_order
+from isal_core.selection.serving import assign, kmeans, serving_order
 
 
 def test_the_least_solved_cluster_is_served_first_then_the_lowest_score():

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.cli import main as isal
-from isal_core import cifar10
+from backend.tools.cli import main as isal
+from isal_core.data import cifar10
 from isal_core.cli import main
-from isal_core.data import DataError, ImageDecodeError
-from isal_core.simreport import cost_to_reach, interval95, label_balance, mean_curves, metric_table, savings, savings_table
-from isal_core.simstore import RESULT_COLUMNS, ConfigMismatch
-from isal_core.simulate import SIM_STRATEGIES, Simulation, SimulationConfig, load_config, simulate
+from isal_core.data.images import DataError, ImageDecodeError
+from isal_core.simulation.report import cost_to_reach, interval95, label_balance, mean_curves, metric_table, savings, savings_table
+from isal_core.simulation.rundir import RESULT_COLUMNS, ConfigMismatch
+from isal_core.simulation.run import SIM_STRATEGIES, Simulation, SimulationConfig, load_config, simulate
 
 COLORS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
 
@@ -335,7 +335,7 @@ def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(args + ["--label-studio", "local"])
     capsys.readouterr()
-    # the installed `isal` (backend.cli) adds it; it plays the backend, which ranks by influence
+    # the installed `isal` (backend.tools.cli) adds it; it plays the backend, which ranks by influence
     # only, and a URL needs its key
     assert isal(args + ["--label-studio", "local"]) == 2
     assert "run random offline" in capsys.readouterr().err

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from backend.ls_client import LabelStudioAPI
-from backend.simulate import SimulationError, check_strategies, simulate_label_studio
-from isal_core.simulate import SimulationConfig, simulate
+from backend.labelstudio.client import LabelStudioAPI
+from backend.tools.simulate_label_studio import SimulationError, check_strategies, simulate_label_studio
+from isal_core.simulation.run import SimulationConfig, simulate
 
 try:
     from test_simulate import make_dataset, read_rows, selections
@@ -96,7 +96,7 @@ def test_frozen_features_and_cluster_serving_select_alike_offline_and_through_la
     serving rule, played for real, picks what the offline emulation of it picks."""
     import torch
 
-    from isal_core.models import small_cnn
+    from isal_core.nets.models import small_cnn
 
     torch.manual_seed(3)
     weights = tmp_path / "backbone.pt"

@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from isal_core import evaluation
-from isal_core.adapter import ClassificationAdapter
-from isal_core.checkpoints import load_checkpoint, save_checkpoint
-from isal_core.data import TensorDataset3
+from isal_core.train import evaluation
+from isal_core.tasks.classification import ClassificationAdapter
+from isal_core.train.checkpoints import load_checkpoint, save_checkpoint
+from isal_core.data.images import TensorDataset3
 from isal_core.errors import ConfigError
-from isal_core.models import small_cnn
-from isal_core.runtime import resolve_device, seed_everything
+from isal_core.nets.models import small_cnn
+from isal_core.utils.runtime import resolve_device, seed_everything
 from isal_core.settings import EngineSettings, TrainSettings
-from isal_core.training import build_optimizer, milestone_epochs, train
+from isal_core.train.loop import build_optimizer, milestone_epochs, train
 
 ADAPTER = ClassificationAdapter()
 

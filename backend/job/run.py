@@ -1,0 +1,56 @@
+"""What a training job does: one ISAL round on a Label Studio project as it is now, in three steps.
+
+    Job.run(project, api)
+      1. read the project     tasks, images, the reference set R                  (tasks.py)
+      2. run the round        train, s_test, influence of every pool task          (round.py)
+      3. publish              a dead job's leftovers undone; the version on disk,  (publication.py)
+                              its predictions, Label Studio's model_version; old
+                              versions' predictions deleted
+
+A job that fails anywhere leaves the current version, and the project's model_version in
+Label Studio, as they were (backend.job.publication says how a crash mid-write is undone).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import JobError, UnsupportedConfig, describe_api_error
+from ..labelstudio.client import ApiError, LabelStudioAPI
+from ..settings import EngineSettings
+from ..storage.projects import ProjectDir
+from .publication import publish
+from .round import run_round
+from .tasks import read_project
+
+
+class Job:
+    """Runs one job for a project (see the module docstring)."""
+
+    def __init__(self, engine: EngineSettings, cache_dir: Path, keep_ls_versions: int = 0):
+        self.engine = engine
+        self.cache_dir = Path(cache_dir)
+        self.keep_ls_versions = keep_ls_versions
+
+    def run(self, project: ProjectDir, api: LabelStudioAPI, set_phase: Callable[[str], None] = lambda p: None) -> dict:
+        """The job's report (what /status shows as the last job); JobError with a message for the user."""
+        set_phase("reading tasks")
+        try:
+            task_type = project.update_config(api.project_label_config(project.id))
+            tasks = read_project(api, project, task_type, self.cache_dir, self.engine.download_workers,
+                                 self.engine.min_labeled, set_phase)
+            read = time.time()
+            outcome = run_round(project, task_type, self.engine, tasks, set_phase)
+            scored = time.time()
+            report = publish(project, api, self.engine, task_type, tasks, outcome, set_phase, self.keep_ls_versions)
+        except UnsupportedConfig as exc:
+            raise JobError(f"the project's labeling config is not supported: {exc}") from None
+        except ApiError as exc:
+            raise JobError(describe_api_error(exc)) from None
+        if outcome.processes > 1:
+            report["processes"] = outcome.processes
+        if outcome.embedding_cache is not None:
+            report["embedding_cache"] = outcome.embedding_cache
+        report["timings_s"] = {**tasks.seconds, "score": round(scored - read, 2), "write": round(time.time() - scored, 2)}
+        return report

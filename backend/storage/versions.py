@@ -1,0 +1,144 @@
+"""One published model version of a project: its model, its scorer and the job's scores (files:
+backend.storage.layout).
+
+Weights load on first use (never in the gunicorn master before the fork). A task the
+job scored is answered from scores.npz; a task imported after the job is scored with
+the same model and s_test, so its score lands on the same scale.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from isal_core.train.checkpoints import load_checkpoint, read_checkpoint
+from isal_core.utils.runtime import resolve_device
+from isal_core.influence.scorer import InfluenceScorer, PoolScores
+from isal_core.selection.serving import assign
+
+from ..labelstudio.score_encoding import encode
+from ..tasktypes import TaskType, task_type_from_meta
+from .layout import CENTROIDS, META, MODEL, SCORER, SCORES, VERSION_FILES
+
+
+
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """(task ids, influence, predictions, clusters or Nones) of scores.npz (older versions kept an
+    `output` column and no clusters)."""
+    with np.load(path) as z:
+        predictions = [json.loads(p) for p in z["predictions"]] if "predictions" in z else [
+            o.item() if hasattr(o, "item") else o for o in z["output"]]
+        clusters = z["clusters"].tolist() if "clusters" in z else [None] * len(z["task_ids"])
+        return z["task_ids"], z["influence"], predictions, clusters
+
+
+@dataclass
+class ModelVersion:
+    path: Path
+    meta: dict
+    device: str = "auto"
+    embedding_cache: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _loaded: dict | None = field(default=None, repr=False)
+    _adapter: object = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.meta["version"]
+
+    @property
+    def sigma(self) -> float:
+        return float(self.meta["sigma"])
+
+    @property
+    def task_type(self) -> TaskType:
+        return task_type_from_meta(self.meta["task_type"])
+
+    def adapter(self):
+        """The engine adapter of this version's model (frozen features: with the backend's embedding cache),
+        built once: a frozen backbone is loaded once per version, not per /predict call."""
+        if self._adapter is None:
+            self._adapter = self._build_adapter()
+        return self._adapter
+
+    def _build_adapter(self):
+        return self.task_type.adapter_from_meta(self.meta, self.embedding_cache)
+
+    @classmethod
+    def open(cls, path: Path, device: str = "auto", verify: bool = False,
+             embedding_cache: str | None = None) -> "ModelVersion":
+        """Read and check a version dir (all files present, meta parses); ValueError if not.
+
+        `verify` also deserializes the checkpoint, scorer and scores (no model is built,
+        so it is safe in the gunicorn master before the fork).
+        """
+        missing = [f for f in VERSION_FILES if not (path / f).is_file() or (path / f).stat().st_size == 0]
+        if missing:
+            raise ValueError(f"model version {path} is incomplete: missing {missing}")
+        try:
+            meta = json.loads((path / META).read_text())
+            for key in ("version", "sigma", "task_type", "job", "params", "top_k", "arch", "image_size"):
+                meta[key]
+            task_type_from_meta(meta["task_type"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"model version {path} has a bad meta.json: {exc!r}") from None
+        if verify:
+            try:
+                read_checkpoint(path / MODEL)  # (no model is built: no weights to load)
+                InfluenceScorer.load(path / SCORER)
+                read_scores(path / SCORES)
+            except Exception as exc:  # torch, numpy and zipfile raise many kinds
+                raise ValueError(f"model version {path} has unreadable files: {type(exc).__name__}: {exc}") from None
+        return cls(path, meta, device, embedding_cache)
+
+    def load(self) -> dict:
+        """model, scorer and the job's per-task scores, loaded once (thread-safe)."""
+        with self._lock:
+            if self._loaded is None:
+                device = resolve_device(self.device)
+                model, _ = load_checkpoint(self.path / MODEL, device, self.adapter())
+                ids, influences, predictions, clusters = read_scores(self.path / SCORES)
+                centroids = self.path / CENTROIDS
+                self._loaded = {
+                    "model": model, "device": device,
+                    "scorer": InfluenceScorer.load(self.path / SCORER, top_k=int(self.meta["top_k"])),
+                    "scores": {int(t): (float(i), p, c) for t, i, p, c in zip(ids, influences, predictions, clusters)},
+                    "centroids": torch.load(centroids, weights_only=True) if centroids.is_file() else None,
+                }
+            return self._loaded
+
+    def cached(self, task_id) -> tuple[float, Any, int | None] | None:
+        """(influence, prediction, cluster) the job computed for this task, if it was in its pool."""
+        return self.load()["scores"].get(task_id)
+
+    def score(self, records, batch_size: int) -> tuple[PoolScores, list]:
+        """Influence and predictions for new samples with this version's model and scorer, and their
+        clusters (Nones without cluster serving).
+
+        Serialised per version: the scorer patches the shared model with hooks.
+        """
+        loaded = self.load()
+        adapter = self.adapter()
+        dataset = adapter.dataset(records)
+        with self._lock:
+            scores = loaded["scorer"].score(loaded["model"], adapter, dataset, loaded["device"], batch_size)
+        if self.meta.get("cluster_source") == "predictions":
+            return scores, [adapter.cluster(p) for p in scores.predictions]
+        if loaded["centroids"] is None:
+            return scores, [None] * len(records)
+        return scores, assign(dataset.x, loaded["centroids"]).tolist()
+
+    def encode(self, influences) -> np.ndarray:
+        return encode(influences, self.sigma)
+
+
+def save_scores(path: Path, task_ids, influences, predictions, clusters=None) -> None:
+    extra = {} if clusters is None else {"clusters": np.asarray(clusters, dtype=np.int64)}
+    np.savez(path, task_ids=np.asarray(task_ids, dtype=np.int64), influence=np.asarray(influences, dtype=np.float64),
+             predictions=np.asarray([json.dumps(p) for p in predictions], dtype=str), **extra)
+

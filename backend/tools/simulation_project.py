@@ -1,0 +1,81 @@
+"""The Label Studio project of a headless simulation run: its images and tasks (backend.tools.simulate_label_studio)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from isal_core.utils.atomic import atomic_write
+from isal_core.data.images import ImageRecord, read_bytes
+from isal_core.simulation.dataset import SimulationData
+from isal_core.simulation.run import Simulation
+
+from ..errors import SimulationError
+from ..labelstudio.client import LabelStudioAPI
+from ..job.tasks import REFERENCE_FLAG
+from ..tasktypes import choice_result, classification_config
+
+INDEX_KEY = "isal_sim"  # task data: {"split": "train"|"test", "index": i} in the dataset's split
+
+
+def export_images(data: SimulationData, split: str, indices: list[int], folder: Path) -> dict[int, str]:
+    """Copy the images (bytes unchanged, so both runs decode the same pixels) to
+    folder/<split>/<index><ext>; returns {index: path relative to folder}."""
+    records = data.train if split == "train" else data.test
+    rel = {}
+    for i in indices:
+        record: ImageRecord = records[i]
+        name = f"{split}/{i:06d}{Path(record.path).suffix.lower() or '.jpg'}"
+        target = folder / name
+        if not target.exists():
+            with atomic_write(target, "wb") as f:
+                f.write(read_bytes(record.path))
+        rel[i] = name
+    return rel
+
+
+def create_project(api: LabelStudioAPI, sim: Simulation, strategy: str, seed: int, files_root: Path,
+                   title: str) -> int:
+    """A project holding this run's images: R first (flagged, annotated; isal/gradsim only),
+    then the seed's universe in train-split order, its initial set annotated."""
+    data, classes = sim.data, sim.data.classes
+    sub = f"isal-sim/{title.replace(' ', '_')}"
+    folder = files_root / sub
+    universe = sorted(sim.universe(seed))
+    initial = set(sim.initial(seed))
+    reference = data.reference if strategy in ("isal", "gradsim") else []
+    files = {("test", i): r for i, r in export_images(data, "test", reference, folder).items()}
+    files.update({("train", i): r for i, r in export_images(data, "train", universe, folder).items()})
+    pid = api.create_project(title, classification_config(classes),
+                             description=f"ISAL headless simulation ({strategy}, seed {seed}, run directory "
+                                         f"{sim.config.out}): tasks are annotated with their true labels.")
+    api.add_local_storage(pid, folder, title="simulation images")
+
+    def task(split: str, i: int, annotated: bool, flagged: bool) -> dict:
+        records = data.train if split == "train" else data.test
+        url = f"/data/local-files/?d={sub}/{files[(split, i)]}"
+        t = {"data": {"image": url, INDEX_KEY: {"split": split, "index": i}, REFERENCE_FLAG: flagged}}
+        if annotated:
+            t["annotations"] = [{"result": choice_result(classes[records[i].label])}]
+        return t
+
+    tasks = [task("test", i, True, True) for i in reference] + [task("train", i, i in initial, False) for i in universe]
+    ids = []
+    for start in range(0, len(tasks), 2000):  # Label Studio recounts the project per request: few, large ones
+        ids += api.import_tasks(pid, tasks[start:start + 2000])
+    if len(ids) != len(tasks) or ids != sorted(ids):
+        raise SimulationError(f"Label Studio returned {len(ids)} task ids for {len(tasks)} tasks, or out of order; "
+                              "the simulation relies on task ids following the import order")
+    return pid
+
+
+def task_indices(api: LabelStudioAPI, pid: int) -> tuple[dict[int, int], list[tuple[int, int]]]:
+    """({task id: train index}, [(annotation id, train index)] of annotated train tasks)."""
+    index, annotated = {}, []
+    for t in api.iter_tasks(pid):
+        where = (t.get("data") or {}).get(INDEX_KEY) or {}
+        if where.get("split") != "train":
+            continue
+        index[t["id"]] = where["index"]
+        live = [a["id"] for a in t.get("annotations") or [] if not a.get("was_cancelled")]
+        if live:
+            annotated.append((min(live), where["index"]))
+    return index, annotated

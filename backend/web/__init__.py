@@ -1,0 +1,1 @@
+"""The HTTP layer: Flask routes, the OpenAPI description, gunicorn hooks."""

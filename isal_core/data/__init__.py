@@ -1,0 +1,1 @@
+"""Data in: image records from folders, zips and CSV lists, detection boxes (VOC, COCO), transforms, CIFAR-10."""

@@ -1,0 +1,1 @@
+"""Networks: the classifier architectures by name, and pretrained weights with their preprocessing."""

@@ -1,0 +1,123 @@
+"""Pretrained weights the way users get them, with the preprocessing they were trained with.
+
+`weights` is a torchvision weight name (`DEFAULT`, `IMAGENET1K_V1`, or the full
+`ResNet18_Weights.IMAGENET1K_V1`), which torchvision keeps in its cache
+(`$TORCH_HOME/hub/checkpoints/<file>`, downloaded once on a user's machine), or the path of
+a local checkpoint file (a state dict, or an isal_core checkpoint). Offline (no network, or
+ISAL_OFFLINE=1) without the cached file, the error names the file to provide; a download
+never hangs (30 s timeout).
+
+The classifier head is new (the task's classes); every other tensor must fit the
+architecture, or the error says which do not.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ..utils.atomic import atomic_write
+from ..errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DOWNLOAD_TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize to `resize`, crop `size` x `size`, normalise with mean/std."""
+
+    size: int
+    resize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Weights:
+    state_dict: dict
+    preprocessing: Preprocessing
+    identity: str  # names these exact weights (a torchvision name, or the file's content hash)
+
+
+def load_weights(arch: str, weights: str, image_size: int = 224) -> Weights:
+    """The state dict and preprocessing for `weights` (a torchvision name or a file)."""
+    path = Path(os.path.expanduser(weights))
+    if path.suffix in (".pt", ".pth", ".bin") or path.exists():
+        return _from_file(path, image_size)
+    return _from_torchvision(arch, weights)
+
+
+def _from_file(path: Path, image_size: int) -> Weights:
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} holds no state dict of tensors")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    saved = (blob.get("meta") or {}).get("preprocessing")  # `isal pretrain` saves the one it trained with
+    pre = Preprocessing(saved["size"], saved["resize"], tuple(saved["mean"]), tuple(saved["std"])) if saved else \
+        Preprocessing(image_size, image_size, IMAGENET_MEAN, IMAGENET_STD)
+    return Weights(state, pre, f"file:{digest}")
+
+
+def _from_torchvision(arch: str, name: str):
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise ModelError(f"model {arch!r} has no torchvision weights; give a weights file instead") from None
+    short = name.split(".", 1)[1] if name.startswith(enum.__name__ + ".") else name
+    try:
+        weights = enum[short] if short != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise ModelError(f"unknown weights {name!r} for {arch}; choose from "
+                         f"{', '.join(['DEFAULT'] + [w.name for w in enum])} or give a file") from None
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not file.is_file():
+        _download(weights.url, file)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot read cached weights {file}: {type(exc).__name__}: {exc}; delete it and "
+                         f"download {weights.url} again") from None
+    t = weights.transforms()
+    pre = Preprocessing(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std))
+    return Weights(state, pre, f"{enum.__name__}.{weights.name}")
+
+
+def _download(url: str, file: Path) -> None:
+    hint = (f"put the file at {file} (torchvision's cache; download {url} on a machine with network), or give "
+            f"a local weights file")
+    if os.environ.get("ISAL_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelError(f"ISAL_OFFLINE is set and the weights are not cached: {hint}")
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, atomic_write(file, "wb") as f:
+            while block := response.read(1 << 20):
+                f.write(block)
+    except OSError as exc:
+        raise ModelError(f"cannot download the weights ({type(exc).__name__}: {exc}): {hint}") from None
+
+
+def load_backbone(model: nn.Module, state: dict, head: str, where: str) -> None:
+    """Every tensor of `state` into `model` except the classifier `head` (new classes); a tensor that is
+    missing or does not fit is a ModelError naming it."""
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    wrong = [k for k, v in keep.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in keep and not k.startswith(head + ".")]
+    if wrong or missing:
+        examples = (wrong + missing)[:4]
+        raise ModelError(f"the weights {where} do not fit this architecture: {len(wrong)} tensor(s) do not match "
+                         f"and {len(missing)} are missing (e.g. {examples}); use weights of the same model")
+    model.load_state_dict(keep, strict=False)

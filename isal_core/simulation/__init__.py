@@ -1,0 +1,1 @@
+"""Offline simulation of active learning: protocol, dataset, run loop, run directory, report, box costs."""

@@ -1,0 +1,103 @@
+"""A simulation protocol: the engine's settings (EngineSettings) plus the protocol's own.
+
+Protocol files (configs/*.json) hold these keys; a key the schema does not know is an
+error that names it. Keys starting with "_" are notes for the reader.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from typing import Literal
+
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+
+from ..settings import EngineSettings, read_protocol, validate
+from ..selection import STRATEGIES
+
+#: isal_l1: R = the initial labeled set (the paper's ISAL_v2); isal_labeled: R = the current one (ISAL_v3).
+SIM_STRATEGIES = STRATEGIES + ("isal_l1", "isal_labeled")
+USES_R = ("isal", "gradsim", "isal_batch")
+#: Settings that may change between invocations on one run directory; the rest must not.
+RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out", "progress", "embedding_cache"}
+#: What a setting added to the schema later was, in effect, for run directories made before it existed.
+BEFORE_IT_EXISTED = {"min_steps": 0}
+
+
+class SimulationConfig(EngineSettings):
+    """One simulation protocol; the engine's defaults, plus CPU-sized protocol defaults."""
+
+    data: str | None = Field(None, description="folder or zip with train/<class>/ and test/<class>/ "
+                                               "(none: the shared CIFAR-10 zip, else torchvision's download)")
+    classes: list[str] | None = Field(None, description="only these class folders (e.g. the target classes a "
+                                                        "pretrained backbone never saw); none = all")
+    task: Literal["classification", "detection"] = Field(
+        "classification", description="detection: data is a Pascal VOC tree (folder or zip) with "
+                                      "ImageSets/Main/<train_split>.txt and <test_split>.txt; FCOS learns it")
+    train_split: str = Field("trainval", description="detection: the VOC split the pool comes from")
+    test_split: str = Field("test", description="detection: the VOC split R and the evaluation set come from")
+    budget: Literal["images", "boxes"] = Field(
+        "images", description="what initial and step count: images, or (detection) boxes: true boxes for the "
+                              "random initial set, predicted boxes (at least 1 an image) for a round's picks")
+    per_box: bool = Field(False, description="detection: rank by influence per predicted box (cost-normalized)")
+    strategies: list[str] = Field(["random", "coreset", "gradsim", "isal"],
+                                  description=f"comma list from {', '.join(SIM_STRATEGIES)}")
+    initial: PositiveInt = Field(500, description="random labels before round 1 (same for every strategy of a seed)")
+    step: PositiveInt = Field(500, description="labels added per round")
+    rounds: PositiveInt = Field(6, description="trained models per run, the initial one included")
+    seeds: list[int] = Field([0, 1, 2], description="comma list of seeds (repeats)")
+    pool_subset: PositiveInt | None = Field(None, description="train images the run may label (seeded subset)")
+    test_subset: PositiveInt | None = Field(None, description="evaluation images (seeded subset of test minus R)")
+    reference_size: NonNegativeInt = Field(1000, description="ISAL's reference set R: labeled test images, "
+                                                             "disjoint from the evaluation set")
+    out: str = Field("runs/simulate", description="run directory (with --config: runs/<config name>); "
+                                                  "rerun to resume")
+    progress: bool = Field(True, description="progress bars")
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, names):
+        unknown = [n for n in names if n not in SIM_STRATEGIES]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ValueError(f"strategies must be distinct names from {', '.join(SIM_STRATEGIES)}; got {names}")
+        return names
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds):
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError(f"seeds must be distinct non-negative integers; got {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _detection_options(self):
+        if self.task == "classification" and (self.budget == "boxes" or self.per_box):
+            raise ValueError("budget: boxes and per_box need task: detection")
+        if self.task == "detection" and self.data is None:
+            raise ValueError("task: detection needs data: a Pascal VOC folder or zip (e.g. ../shared/data/bccd-voc.zip)")
+        return self
+
+    @model_validator(mode="after")
+    def _reference_when_needed(self):
+        if self.reference_size == 0 and any(s in USES_R for s in self.strategies):
+            raise ValueError(f"{', '.join(s for s in self.strategies if s in USES_R)} need a reference set: "
+                             f"reference_size must be at least 1")
+        return self
+
+    def identity(self) -> dict:
+        """The settings the numbers depend on (checked when a run directory is reused)."""
+        return self.model_dump(exclude=RESUMABLE)
+
+    @classmethod
+    def implied(cls) -> dict:
+        """The identity a run directory implies for settings it does not name (made before they existed)."""
+        return {**cls().identity(), **BEFORE_IT_EXISTED}
+
+
+def load_config(path: str | None = None, **overrides) -> SimulationConfig:
+    """A JSON protocol file (or the defaults), with `overrides` that are not None on top."""
+    values = {}
+    if path:
+        values = read_protocol(path)
+        values.setdefault("out", f"runs/{Path(path).stem}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(SimulationConfig, values, path or "the simulation settings")

@@ -1,0 +1,80 @@
+"""A simulation's dataset: train/<class>/* and test/<class>/* (detection: a Pascal VOC tree and
+its splits), and the fixed cut of the test split into ISAL's reference set R and the
+evaluation set.
+
+The cut uses split seed 0 for every seed and strategy alike, so accuracy is never
+measured on the images R steers the selection with.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..data.cifar10 import cifar10_root
+from ..data.images import ImageRecord, load_records
+from ..errors import DataError
+from .config import SimulationConfig
+
+SPLIT_SEED = 0  # cuts the test split into R and the evaluation set, for every seed alike
+
+
+@dataclass
+class SimulationData:
+    """The dataset's records and the fixed cut of its test split into R and evaluation."""
+
+    root: str
+    classes: list[str]
+    train: list[ImageRecord]
+    test: list[ImageRecord]
+    reference: list[int]  # test-split indices: ISAL's R
+    evaluation: list[int]  # test-split indices: where the metric is measured
+
+    @classmethod
+    def load(cls, config: SimulationConfig) -> SimulationData:
+        root = (config.data or cifar10_root()).rstrip("/")
+        if config.task == "detection":
+            from ..data.boxes import load_voc
+
+            train, classes = load_voc(root, config.train_split)
+            test, _ = load_voc(root, config.test_split, classes)
+        else:
+            classes, train = load_records(f"{root}/train")
+            _, test = load_records(f"{root}/test", classes)
+        if config.classes and config.task == "detection":
+            raise DataError("classes (keep some class folders) is for classification datasets")
+        if config.classes:
+            classes, train, test = only(classes, config.classes, train, test, root)
+        if len(classes) < 2:
+            if config.task == "classification":
+                raise DataError(f"{root}/train has a single class ({classes[0]!r}): a classifier needs at least two")
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+        reference, rest = order[:config.reference_size], order[config.reference_size:]
+        evaluation = rest[:config.test_subset] if config.test_subset else rest
+        if config.test_subset and len(rest) < config.test_subset or not evaluation:
+            raise DataError(f"{root}/test holds {len(test)} images: too few for a reference set of "
+                            f"{config.reference_size} plus an evaluation set of {config.test_subset or 'at least 1'}")
+        return cls(root, classes, train, test, reference, evaluation)
+
+    def records(self, split: str, indices: list[int]) -> list[ImageRecord]:
+        source = self.train if split == "train" else self.test
+        return [source[i] for i in indices]
+
+    def fingerprint(self) -> dict:
+        """Which dataset this is, independent of where it lies: classes, sizes, a hash of ids and labels."""
+        digest = hashlib.sha1()
+        for split in (self.train, self.test):
+            for r in split:
+                digest.update(f"{r.id}\t{r.label}\n".encode())
+        return {"classes": self.classes, "train": len(self.train), "test": len(self.test), "sha1": digest.hexdigest()}
+
+
+def only(classes: list[str], keep: list[str], train: list[ImageRecord], test: list[ImageRecord], root: str):
+    """The records of the `keep` classes, relabeled 0..len(keep)-1 in that order."""
+    unknown = [c for c in keep if c not in classes]
+    if unknown:
+        raise DataError(f"classes {unknown} are not in {root}/train (it has {classes})")
+    index = {classes.index(c): i for i, c in enumerate(keep)}
+    pick = lambda records: [replace(r, label=index[r.label]) for r in records if r.label in index]  # noqa: E731
+    return list(keep), pick(train), pick(test)

@@ -1,0 +1,1 @@
+"""Training through the adapter, evaluation over a loader, checkpoints."""

@@ -1,0 +1,1 @@
+"""Helpers every layer may use: atomic writes, seeds and devices, torchrun's primitives."""
