@@ -1,0 +1,82 @@
+"""Label Studio's storage stays bounded and whole: the predictions of old versions go, a partial write never stays.
+
+Against a real Label Studio: after each job only the predictions of the newest KEEP_LS_VERSIONS
+versions of this backend remain (the one Label Studio serves by always), another backend's are
+left alone, and /next serves the current version's top task; a version whose predictions Label
+Studio keeps only in part is not published, and what it wrote is deleted.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backend.errors import JobError
+from backend.job.publication import Publication
+from backend.labelstudio.client import LabelStudioAPI
+from backend.storage.projects import ModelDir
+from backend.tasktypes import parse_label_config
+from isal_core.influence.params import select_parameters
+from isal_core.influence.scorer import InfluenceScorer
+from isal_core.nets.models import build_model
+
+try:
+    from backend_helpers import choice_result, frozen_project, wait_for_job
+    from test_backend_app import make_app
+except ImportError:  # tests/ imported as a package
+    from tests.backend_helpers import choice_result, frozen_project, wait_for_job
+    from tests.test_backend_app import make_app
+
+pytestmark = pytest.mark.integration
+
+
+def test_label_studio_keeps_the_predictions_of_the_newest_two_versions(label_studio, tmp_path):
+    pid, by_task, train, weights = frozen_project(label_studio, tmp_path, 20, 6, 11, "bounded storage")
+    api = LabelStudioAPI(label_studio.url, label_studio.legacy_token)
+    other = train[-1]  # a prediction of another backend, which the pruning must leave alone
+    api.write_predictions(pid, [{"task": other, "result": [], "score": 0.3, "model_version": "another-backend-1"}])
+    app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
+                   keep_ls_versions=2,
+                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1})
+    c = app.test_client()
+    config = label_studio.client().projects.get(id=pid).label_config
+    assert c.post("/setup", json={"project": f"{pid}.0", "schema": config}).status_code == 200
+    versions = []
+    for n in range(1, 6):
+        assert c.post("/train", json={"project": f"{pid}.0"}).status_code == 202
+        status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, jobs_started=n, timeout=300)
+        assert status["last_error"] is None, status
+        versions.append(status["model_version"])
+        counts = api.model_versions(pid)
+        assert counts == {**{v: counts[v] for v in versions[-2:]}, "another-backend-1": 1}, counts
+        assert counts[versions[-1]] == status["counts"]["unlabeled"]
+        assert api.project_model_version(pid) == versions[-1]
+        pruned = status["job"]["last_job"]["label_studio_versions_pruned"]
+        assert list(pruned) == ([versions[-3]] if n >= 3 else []), pruned
+        served = api.next_task(pid)
+        assert served["id"] == status["top_task"]  # the queue is the current version's
+        label = by_task[served["id"]].label
+        label_studio.client().annotations.create(id=served["id"], result=choice_result(label))
+
+
+def test_a_version_label_studio_keeps_only_in_part_is_not_published_and_its_writes_are_deleted(label_studio,
+                                                                                                tmp_path):
+    pid, by_task, train, _ = frozen_project(label_studio, tmp_path, 8, 0, 12, "partial write")
+    api = LabelStudioAPI(label_studio.url, label_studio.legacy_token)
+    config = label_studio.client().projects.get(id=pid).label_config
+    task_type = parse_label_config(config)
+    project = ModelDir(tmp_path / "models").get(pid)
+    project.register(config, task_type)
+    model = build_model("small_cnn", len(task_type.classes))
+    names = [n for n, _ in select_parameters(model, "weights")]
+    scorer = InfluenceScorer(torch.zeros(sum(p.numel() for _, p in select_parameters(model, "weights"))), names)
+    version = f"isal-{pid}-1-partial"
+    good = list(task_type.predictions(version, train, [0] * len(train), [0.5] * len(train)))
+    bad = {**good[-1], "result": choice_result("not-a-class")}  # Label Studio drops what does not fit the config
+    with pytest.raises(JobError, match=f"kept {len(train) - 1} of the {len(train)} predictions"):
+        with Publication(project, api, version) as publication:
+            publication.save(model, {"arch": "small_cnn", "num_classes": len(task_type.classes)}, scorer, train,
+                             [0.0] * len(train), [0] * len(train))
+            publication.write_predictions(good[:-1] + [bad], len(train))
+    assert version not in api.model_versions(pid)  # what was written is gone
+    assert project.current is None and project.versions(good_only=False) == []
+    assert not list(project.root.glob(".tmp-*"))
