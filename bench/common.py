@@ -1,10 +1,11 @@
-"""Shared bits for the benchmarks: a peak-memory meter and the device/threads line."""
+"""Shared bits for the benchmarks: peak memory, interleaved repeated timing, and the result files."""
 from __future__ import annotations
 
 import os
 import platform
 import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,3 +59,42 @@ def timed(fn, device: torch.device):
 def describe(device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def interleaved(paths: dict, repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each path over `repeats` rounds, the order alternating (A B C, C B A, A B C, ...) so that
+    a machine getting faster or slower during the run (other jobs, thermal) weighs on every path alike.
+    Call after a real warm-up pass of every path."""
+    names, seconds = list(paths), {name: [] for name in paths}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            seconds[name].append(timed(paths[name], device)[1])
+    return seconds
+
+
+def ratio_spread(numerator: list[float], denominator: list[float]) -> dict:
+    """Median and range of per-round ratios (each from one round of `interleaved`, so from adjacent runs)."""
+    ratios = sorted(n / d for n, d in zip(numerator, denominator))
+    mid = len(ratios) // 2
+    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    return {"median": round(median, 4), "min": round(ratios[0], 4), "max": round(ratios[-1], 4), "rounds": len(ratios)}
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "bench"
+
+
+def write_result(name: str, module: str, summary: dict, argv: list[str] | None) -> Path:
+    """docs/results/bench/<name>.json: the summary, with the command that measured it, the machine and the
+    date. The docs quote these files."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    record = {**summary, "command": " ".join(["python", "-m", f"bench.{module}", *args]),
+              "machine": describe(torch.device(summary.get("device", "cpu"))), "cpus": os.cpu_count(),
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+    return path

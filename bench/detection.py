@@ -2,12 +2,14 @@
 
     python -m bench.detection [--images 48] [--batch-size 8] [--min-size 256] [--max-size 320] [--device auto]
 
-One run, one model (FCOS, ResNet-18 FPN, eval mode), random RGB images of 480 x 640 px
-(BCCD's size) resized by FCOS to --min-size/--max-size; both paths see the same images
-at the same size and batch. Inference = torchvision's own forward with post-processing
-(what predictions cost); scoring = the adapter's forward, pseudo-boxes, per-image loss
-and one backward to the head (what ISAL adds). Prints images/s, the ratio (target >= 0.8)
-and peak memory, then one line of JSON.
+One model (FCOS, ResNet-18 FPN, eval mode), random RGB images of 480 x 640 px (BCCD's
+size) resized by FCOS to --min-size/--max-size; both paths see the same images at the same
+size and batch. Inference = torchvision's own forward with post-processing (what
+predictions cost); scoring = the adapter's forward, pseudo-boxes, per-image loss and one
+backward to the head (what ISAL adds). Each path runs once whole as a warm-up (its peak
+memory is measured then), then `repeats` rounds time both, in alternating order; the ratio
+(target >= 0.8) is reported as the median and range of the per-round ratios. Writes
+docs/results/bench/detection-<device>.json.
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import json
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from isal_core.detection import HEAD_PARAMS, DetectionAdapter
-from isal_core.params import select_parameters
-from isal_core.runtime import resolve_device
-from isal_core.scoring import influence
+from isal_core.tasks.detection import HEAD_PARAMS, DetectionAdapter
+from isal_core.influence.params import select_parameters
+from isal_core.utils.runtime import resolve_device
+from isal_core.influence.pool import influence
 
-from .common import describe, timed
+from .common import describe, interleaved, ratio_spread, timed, write_result
 
 
 class RandomImages(Dataset):
@@ -44,6 +46,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-size", type=int, default=320)
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds after the warm-up")
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -65,17 +68,21 @@ def main(argv=None) -> dict:
     def scoring():
         return influence(model, adapter, loader, s_test, params, device=device)
 
-    inference()  # warm-up (allocator, kernels)
-    results = {}
-    for name, fn in (("inference", inference), ("isal_head", scoring)):
-        _, seconds, peak = timed(fn, device)
-        results[name] = {"images_per_s": args.images / seconds, "seconds": seconds, "peak_mb": peak}
-        print(f"{name:<10} {args.images / seconds:8.2f} images/s  {seconds:7.2f} s  peak {peak:8.0f} MB")
-    ratio = results["isal_head"]["images_per_s"] / results["inference"]["images_per_s"]
-    print(f"scoring / inference = {ratio:.2f} (target >= 0.8)")
+    peak = {}
+    for name, fn in (("inference", inference), ("isal_head", scoring)):  # warm-up, whole: kernels, allocator
+        _, seconds, peak[name] = timed(fn, device)
+        print(f"warm-up {name:<10} {args.images / seconds:8.2f} images/s  peak {peak[name]:8.0f} MB")
+    seconds = interleaved({"inference": inference, "isal_head": scoring}, args.repeats, device)
+    rates = {name: [round(args.images / s, 3) for s in values] for name, values in seconds.items()}
+    ratio = ratio_spread(rates["isal_head"], rates["inference"])
+    print(f"inference {rates['inference']} images/s\nscoring   {rates['isal_head']} images/s")
+    print(f"scoring / inference: median {ratio['median']:.2f} (range {ratio['min']:.2f} .. {ratio['max']:.2f}, "
+          f"{ratio['rounds']} rounds; target >= 0.8)")
     summary = {"bench": "detection", "device": str(device), "images": args.images, "batch_size": args.batch_size,
-               "min_size": args.min_size, "max_size": args.max_size, **results, "ratio": ratio}
+               "min_size": args.min_size, "max_size": args.max_size, "repeats": args.repeats,
+               "images_per_s": rates, "peak_mb": {k: round(v) for k, v in peak.items()}, "ratio": ratio}
     print(json.dumps(summary))
+    write_result(f"detection-{device.type}", "detection", summary, argv)
     return summary
 
 

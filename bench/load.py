@@ -26,9 +26,11 @@ from pathlib import Path
 
 import requests
 
-from backend.demo import label_config
-from backend.local_ls import BackendProcess, LabelStudioServer
+from backend.tools.demo import label_config
+from backend.tools.servers import BackendProcess, LabelStudioServer
 from bench.job import project
+
+from .common import write_result
 
 WEBHOOK_LIMIT_S = 1.0
 
@@ -38,17 +40,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def group_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the gunicorn master and workers), in MB."""
-    total, seen = 0, {pid}
+def tree_rss_mb(pid: int) -> tuple[float, dict[str, float]]:
+    """Resident memory of a process and every process below it (the supervisor, gunicorn's master and its
+    web workers, the job worker and whatever they started), in MB: the total and each process's
+    (pid and command line)."""
+    parent, rss, names = {}, {}, {}
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if int(fields.get("PPid", "0").strip()) in seen or int(status.parent.name) == pid:
-            total += int(fields.get("VmRSS", "0 kB").split()[0])
-    return total / 1024
+        child = int(status.parent.name)
+        parent[child] = int(fields.get("PPid", "0").strip())
+        rss[child] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+        names[child] = cmdline[:80]
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        frontier = [c for c, pp in parent.items() if pp in frontier and c not in tree]
+        tree.update(frontier)
+    each = {f"{c} {names.get(c, '?')}": round(rss.get(c, 0.0), 1) for c in sorted(tree)}
+    return sum(rss.get(c, 0.0) for c in tree), each
 
 
 def status(url: str, pid: int) -> dict:
@@ -147,7 +159,7 @@ def main(argv=None) -> dict:
             print(f"job 1: {job_s:.1f} s, {first['model_version']}", flush=True)
             tasks = [{"id": t.id, "data": t.data} for t in server.client().tasks.list(
                 project=pid, fields="all", page_size=1000) if not t.annotations]
-            rss_before = group_rss_mb(backend.pid)
+            rss_before, processes_before = tree_rss_mb(backend.pid)
 
             requests.post(f"{url}/train", json={"project": f"{pid}.0"}, timeout=30).raise_for_status()
             deadline = time.monotonic() + 60  # the job worker claims the queued job within a sweep
@@ -178,15 +190,17 @@ def main(argv=None) -> dict:
             checks["webhooks: each under 1 s"] = storm["over_1s"] == 0
             checks["webhooks: trainings coalesced"] = 0 < storm["trainings_run"] <= storm["trainings_bound"]
             checks["backend up"] = requests.get(f"{url}/health", timeout=10).status_code == 200
-            rss_after = group_rss_mb(backend.pid)
+            rss_after, processes_after = tree_rss_mb(backend.pid)
         finally:
             backend.stop()
     summary = {"bench": "load", "tasks": args.tasks, "predict": burst, "webhooks": storm,
-               "rss_mb": {"before": round(rss_before), "after": round(rss_after)}, "checks": checks,
-               "ok": all(checks.values())}
+               "rss_mb": {"before": round(rss_before), "after": round(rss_after),
+                          "processes_before": processes_before, "processes_after": processes_after},
+               "checks": checks, "ok": all(checks.values())}
     for name, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
     print(json.dumps(summary))
+    write_result("load", "load", summary, argv)
     return summary
 
 
