@@ -18,14 +18,18 @@ run elsewhere, e.g. the `worker` service of docker/docker-compose.yml (RQ throug
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from pydantic import ValidationError
 
+from .metrics import MULTIPROC_ENV
 from .settings import Settings
+from .storage.layout import METRICS_DIR
 
 #: A worker that keeps dying is started again after this many seconds at most.
 MAX_BACKOFF_S = 30.0
@@ -84,6 +88,11 @@ def main() -> None:
     # Idle OpenMP threads sleep instead of spinning: the backend shares the CPU with its web
     # threads and, often, Label Studio; spinning made small-CNN training 10x slower on 2 busy cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # every process counts into one folder, which /metrics adds up (backend.metrics); a fresh one per start
+    metrics = Path(settings.model_dir).resolve() / METRICS_DIR
+    shutil.rmtree(metrics, ignore_errors=True)
+    metrics.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(metrics)
     cmd = gunicorn_command(settings)
     print("+", " ".join(cmd[1:]), flush=True)
     if settings.job_runner != "worker":

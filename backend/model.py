@@ -18,6 +18,7 @@ from pathlib import Path
 from isal_core.data.images import ImageRecord
 
 from .labelstudio.downloads import fetch_images
+from .metrics import TASKS_SCORED
 from .errors import ApiProblem, JobError
 from .job.run import Job
 from .labelstudio.client import LabelStudioAPI
@@ -30,6 +31,8 @@ from .storage.layout import JOBS_DB
 from .storage.projects import ModelDir, parse_project_id
 from .tasktypes import parse_label_config
 from .errors import MissingMedia, UnsupportedConfig
+from isal_core.nets.backbones import missing_weights
+
 from .storage.versions import ModelVersion
 
 log = logging.getLogger("backend")
@@ -98,13 +101,17 @@ class ISALModel:
         except UnsupportedConfig as exc:
             raise ApiProblem(400, f"Unsupported labeling config for the ISAL backend: {exc}") from None
         project = self.model_dir.get(project_id)
-        project.register(schema, task_type)
-        for warning in task_type.config_warnings():
+        engine = task_type.engine_settings(self.settings.engine)
+        weights = missing_weights(engine.arch, engine.weights)
+        new = project.register(schema, task_type, [weights] if weights else [])
+        for warning in project.info["config_warnings"]:
             log.warning("project %s: %s", project_id, warning)
         conn = {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str) and data[k]}
         if conn:
             self._connections[project_id] = conn
             project.save_connection(conn)
+        if new and project.current is None and self.settings.engine.cold_starts:  # order it before any label
+            self.jobs.request(project_id, "the project was connected (cold start, or a first training)")
         return {"model_version": project.current.name if project.current else UNTRAINED}
 
     def predict(self, tasks, context: dict) -> dict:
@@ -151,20 +158,22 @@ class ISALModel:
         todo: list[tuple[int, int, str]] = []
 
         adapter = version.adapter()
+        with_cluster = version.meta.get("cluster_field", "score_encoding" not in version.meta)
 
-        def answer(i, influence, prediction, cluster=None):
-            # an unscored sample (detection: no box above the threshold) is served after every scored one
-            score = UNSCORABLE_SCORE if adapter.unscored(prediction) else float(version.encode([influence])[0])
+        def answer(i, score, prediction, cluster=None):
             results[i] = {"result": task_type.prediction(prediction) if prelabel else [],
-                          "score": score, "model_version": version.name}
-            if cluster is not None:
+                          "score": float(score), "model_version": version.name}
+            if cluster is not None and with_cluster:
                 results[i]["cluster"] = int(cluster)
 
         for i, task in enumerate(tasks):
             if not isinstance(task, dict) or not isinstance(task.get("id"), int):
                 results[i] = _unscorable(version, "not a Label Studio task (a JSON object with an integer id)")
             elif (cached := version.cached(task["id"])) is not None:
-                answer(i, *cached)
+                score, _, prediction, cluster = cached
+                answer(i, score, prediction, cluster)
+            elif not version.scores_new_tasks:  # a cold start, or a strategy without influence
+                results[i] = _deferred(version, None)
             else:
                 try:
                     todo.append((i, task["id"], task_type.media_url(task)))
@@ -181,8 +190,11 @@ class ISALModel:
             if usable:
                 scores, clusters = version.score([ImageRecord(str(tid), str(p)) for _, tid, p in usable],
                                                  self.settings.engine.batch_size)
-                for (i, _, _), *scored in zip(usable, scores.influence.tolist(), scores.predictions, clusters):
-                    answer(i, *scored)
+                TASKS_SCORED.labels("predict").inc(len(usable))
+                encoded = version.encode(scores.influence.tolist())
+                for (i, _, _), score, prediction, cluster in zip(usable, encoded, scores.predictions, clusters):
+                    # a sample influence cannot rank (detection: no box above the threshold) is served last
+                    answer(i, UNSCORABLE_SCORE if adapter.unscored(prediction) else score, prediction, cluster)
         return results
 
     def _download(self, project_id: int, todo: list, results: list, version: ModelVersion) -> list:
@@ -202,37 +214,6 @@ class ISALModel:
                 results[i] = _unscorable(version, str(path))
                 log.warning("project %s: /predict cannot score task %s: %s", project_id, tid, path)
         return usable
-
-    # -- what the backend knows ----------------------------------------------------
-    def versions(self, project_ref) -> dict:
-        if project_ref in (None, ""):
-            return {"versions": {str(p.id): p.versions() for p in self.model_dir.projects()},
-                    "model_dir": str(self.model_dir.root)}
-        try:
-            project_id = parse_project_id(project_ref)
-        except ValueError as exc:
-            raise ApiProblem(400, str(exc)) from None
-        return {"versions": self.model_dir.known(project_id).versions(), "model_dir": str(self.model_dir.root)}
-
-    def project_status(self, project_id: int) -> dict:
-        project = self.model_dir.known(project_id)
-        jobs = self.jobs.snapshot(project_id)
-        meta = project.current.meta if project.current else {}
-        return {
-            "project": project_id, "model_version": project.current.name if project.current else UNTRAINED,
-            "job": jobs, "counts": meta.get("counts", {}), "last_error": jobs["last_error"],
-            **{k: meta.get(k) for k in ("reference_source", "reference_note", "top_task", "top_score", "sigma",
-                                        "reference_metric", "prelabel")},
-            "config_warnings": project.info.get("config_warnings", []),
-            "warnings": meta.get("warnings", {}), "task_type": project.info.get("task_type"),
-            "versions": len(project.versions()),
-        }
-
-    def status(self) -> dict:
-        return {"status": "UP", "model_dir": str(self.model_dir.root), "engine": self.settings.engine.model_dump(),
-                "label_studio_url": self.settings.label_studio_url,
-                "projects": {str(p.id): self.project_status(p.id) for p in self.model_dir.projects()}}
-
 
 def project_of(data: dict) -> int:
     if "project" not in data:
@@ -255,11 +236,13 @@ def _job_message(outcome: str, number: int, project_id: int) -> str:
             f"request joins it.")
 
 
-def _deferred(version: ModelVersion, budget: float) -> dict:
-    """A new task left for the next job: /predict must answer within Label Studio's timeout."""
+def _deferred(version: ModelVersion, budget: float | None) -> dict:
+    """A new task left for the next job: /predict must answer within Label Studio's timeout (`budget`), or the
+    version cannot score a task it did not see (no budget: a cold start, or a strategy without influence)."""
+    why = (f"/predict's time budget (PREDICT_BUDGET_S={budget:g} s) was spent on other tasks" if budget is not None
+           else f"version {version.name} ({version.meta.get('strategy')}) ranks only the tasks of its job")
     return {"result": [], "score": UNTRAINED_SCORE, "model_version": version.name,
-            "deferred": f"not scored: /predict's time budget (PREDICT_BUDGET_S={budget:g} s) was spent on other "
-                        "tasks; the next training scores it"}
+            "deferred": f"not scored: {why}; the next training scores it"}
 
 
 def _unscorable(version: ModelVersion, why: str) -> dict:

@@ -2,8 +2,9 @@
 
 Server settings keep label-studio-ml 2.x names (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY,
 MODEL_DIR, BASIC_AUTH_USER/BASIC_AUTH_PASS, WORKERS, THREADS, PORT, LOG_LEVEL); engine
-knobs carry the ISAL_ prefix. Defaults are sized for a CPU: a small CNN on 32x32 images,
-a few dozen epochs, conjugate gradient on the damped Hessian of at most 1024 samples.
+knobs carry the ISAL_ prefix, with the engine's defaults: frozen features of a pretrained
+ResNet-18 and a linear head, ranked by influence with the batch spread out and served by
+cluster (the variant measured best), conjugate gradient on the damped Hessian.
 """
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from isal_core.selection import STRATEGIES
 from isal_core.settings import SOLVER_OPTIONS
 from isal_core.settings import EngineSettings as Engine
 
-#: Strategies the backend serves. Both are influence functions, so a saved s_test scores
-#: tasks that arrive after the job (see backend.labelstudio.score_encoding); "gradsim" is ISAL with H = I.
-BACKEND_STRATEGIES = ("isal", "gradsim")
 ENV_PREFIX = "ISAL_"
+#: ISAL_ variables that are not settings: the engine reads them itself (isal_core.nets.backbones).
+NOT_SETTINGS = ("ISAL_OFFLINE",)
 
 
 class EngineSettings(Engine, BaseSettings):
@@ -30,7 +31,10 @@ class EngineSettings(Engine, BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True)
 
-    strategy: str = Field("isal", description="isal (influence with the damped Hessian) or gradsim (H = I)")
+    strategy: str = Field("isal_batch", description="the ranking: isal_batch (influence, the batch spread out by "
+                                                    "k-center on the features: the best measured with frozen "
+                                                    "features), isal, gradsim (H = I), badge, coreset, entropy, "
+                                                    "margin, least_confidence or random")
     seed: int = Field(0, description="seed of training, the Hessian subset and the solver")
     retrain_every: int = Field(40, ge=0, description="annotation events per automatic retrain; 0 = only START_TRAINING")
     min_labeled: int = Field(2, ge=1, description="fewest usable labeled tasks a job trains on")
@@ -42,18 +46,63 @@ class EngineSettings(Engine, BaseSettings):
                             "when its metric on the reference set reaches prelabel_min_metric")
     prelabel_min_metric: float = Field(0.8, ge=0, description="auto pre-labeling threshold (accuracy for "
                                                               "classification)")
+    cold_start: Literal["auto", "on", "off"] = Field(
+        "auto", description="order a project with too few labels for a model by TypiClust on the frozen "
+                            "embeddings (typical and diverse first), when it is connected and on Start training; "
+                            "auto = on with frozen features")
+    review: bool = Field(True, description="each job also ranks the labeled tasks by how likely their annotation "
+                                           "is wrong: predictions on them, the Data Manager tab 'ISAL: annotations "
+                                           "to review', GET /review")
+    review_signal: Literal["combined", "influence", "loss"] = Field(
+        "combined", description="what the review ranks by: influence on R with the annotated label, the model's "
+                                "loss on it, or the mean of their ranks (see docs/results.md, annotation review)")
+    target_metric: float = Field(0.9, gt=0, lt=1, description="the metric on R the project page forecasts the "
+                                                             "labels for (accuracy, or mAP@0.5 for detection)")
+    cluster_field: bool = Field(False, description="also write each prediction's cluster id (Label Studio's "
+                                                   "uncertainty sampling then reorders by it; one request per "
+                                                   "prediction, slow); the served order is in the score either way")
+
+    batch: int = Field(0, ge=0, description="tasks a batch-aware strategy (isal_batch, badge, coreset) spreads "
+                                            "out, and the clusters of the cold start (0 = ISAL_RETRAIN_EVERY, or 40)")
+
+    @property
+    def budget(self) -> int:
+        """The batch: what annotators label before the next automatic retrain."""
+        return self.batch or self.retrain_every or 40
+
+    @property
+    def cold_starts(self) -> bool:
+        return self.cold_start == "on" or (self.cold_start == "auto" and self.frozen)
+
+    def prelabel_decision(self, metric: dict | None) -> dict:
+        """Whether predictions carry the model's guess, which Label Studio pre-ticks: {"policy", "on", "reason"}.
+        A weak model's guess gets submitted by hurried annotators, so by default (auto) only a model whose metric
+        on R (`metric`: {name, value, on}; None: no model) reaches ISAL_PRELABEL_MIN_METRIC prelabels."""
+        policy, threshold = self.prelabel, self.prelabel_min_metric
+        if metric is None:
+            return {"policy": policy, "on": False, "reason": "a cold start has no model to guess with"}
+        if policy == "always":
+            return {"policy": policy, "on": True, "reason": "ISAL_PRELABEL=always"}
+        if policy == "never":
+            return {"policy": policy, "on": False, "reason": "ISAL_PRELABEL=never"}
+        on = metric["value"] >= threshold
+        relation = "reaches" if on else "is below"
+        return {"policy": policy, "on": on, "threshold": threshold,
+                "reason": f"{metric['name']} {metric['value']:.3f} on the reference set ({metric['on']}) {relation} "
+                          f"ISAL_PRELABEL_MIN_METRIC={threshold:g}: predictions {'carry' if on else 'do not carry'} "
+                          f"the model's guess"}
 
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:
-        if v not in BACKEND_STRATEGIES:
-            raise ValueError(f"ISAL_STRATEGY must be one of {BACKEND_STRATEGIES}, not {v!r}")
+        if v not in STRATEGIES:
+            raise ValueError(f"ISAL_STRATEGY must be one of {', '.join(STRATEGIES)}, not {v!r}")
         return v
 
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_variables(cls, values):
-        unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX)
+        unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in NOT_SETTINGS
                          and k[len(ENV_PREFIX):].lower() not in cls.model_fields)
         if unknown:
             known = ", ".join(ENV_PREFIX + k.upper() for k in cls.model_fields)
@@ -69,7 +118,9 @@ def engine_env(settings: Engine) -> dict[str, str]:
         value = getattr(settings, name)
         applies = SOLVER_OPTIONS.get(name, settings.solver) == settings.solver and not (
             settings.solver == "identity" and name in ("damping", "hessian_samples"))
-        if value is not None and applies:
+        if name == "weights" and value is None:
+            out[ENV_PREFIX + "WEIGHTS"] = "none"  # from scratch, on purpose (unset means the default weights)
+        elif value is not None and applies:
             out[ENV_PREFIX + name.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
     return out
 

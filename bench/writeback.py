@@ -24,7 +24,7 @@ import torch
 
 from backend.job.publication import Publication
 from backend.labelstudio.client import LabelStudioAPI
-from backend.labelstudio.score_encoding import encode, influence_scale
+from backend.labelstudio.score_encoding import place_scores
 from backend.storage.projects import ModelDir
 from backend.tasktypes import parse_label_config
 from backend.tools.demo import CIFAR_CLASSES, label_config
@@ -33,7 +33,7 @@ from isal_core.influence.params import select_parameters
 from isal_core.influence.scorer import InfluenceScorer
 from isal_core.nets.models import build_model
 
-from .common import PeakMemory
+from .common import PeakMemory, write_result
 
 
 def rss_mb() -> float:
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
 
         rng = np.random.default_rng(0)
         influences = rng.normal(0.0, 1e-3, len(task_ids))
-        scores = encode(influences, influence_scale(influences))
+        scores = place_scores(np.argsort(influences, kind="stable"), len(influences))
         outputs = rng.integers(0, len(CIFAR_CLASSES), len(task_ids)).tolist()
         model_dir = ModelDir(tempfile.mkdtemp(prefix="isal-bench-writeback-"))
         project_dir = model_dir.get(pid)
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
         model = build_model("small_cnn", len(CIFAR_CLASSES))
         names = [n for n, _ in select_parameters(model, "weights")]
         scorer = InfluenceScorer(torch.zeros(sum(p.numel() for _, p in select_parameters(model, "weights"))), names)
-        meta = {"version": version, "job": 1, "sigma": float(influence_scale(influences)), "params": "weights",
+        meta = {"version": version, "job": 1, "score_encoding": "place", "params": "weights",
                 "task_type": task_type.to_meta(), "top_k": 1, "arch": "small_cnn", "num_classes": len(CIFAR_CLASSES),
                 "image_size": 32}
         baseline = rss_mb()
@@ -98,6 +98,7 @@ def main(argv=None) -> dict:
                    "rss_growth_mb": round(mem.peak_mb - baseline, 1), "kept": kept, "target_tasks_per_s": 500,
                    "ok": bool(ok and rate >= 500)}
         print(json.dumps(summary))
+        write_result("writeback", "writeback", summary, argv)
         return summary
 
 

@@ -1,4 +1,4 @@
-"""The engine's command line: rank a pool (`select`) and simulate active learning (`simulate`).
+"""The engine's command line: rank a pool (`select`), review labels (`review`), simulate active learning.
 
     isal select --labeled data/labeled --reference data/val --pool data/unlabeled \
                 --epochs 30 --budget 100 --out ranked.csv
@@ -25,6 +25,7 @@ from .utils.atomic import atomic_write
 from .train.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from .data.images import load_records
 from .errors import DataError, IsalError
+from .influence.review import SIGNALS, review_order
 from .learner import Learner
 from .data.cifar10 import cifar10_root
 from .utils import distributed
@@ -147,6 +148,43 @@ def pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("review", help="list the labeled images whose labels are most likely wrong, as a CSV")
+    p.add_argument("--data", required=True, help="labeled images: folder of class subfolders, zip[/prefix], or CSV "
+                                                 "(path,label)")
+    p.add_argument("--reference", help="a trusted labeled set R (default: the data itself)")
+    p.add_argument("--signal", choices=SIGNALS[:2] + SIGNALS[3:],
+                   help="rank by influence on R with the given label, the model's loss on it, or both (default "
+                        "with --reference; without one R would be the training set itself, whose loss gradient "
+                        "is about 0 at the optimum, so the default is loss)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="review.csv")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(p.add_argument_group("engine settings"), EngineSettings)
+    return p
+
+
+def review(args: argparse.Namespace) -> int:
+    """`isal review`: train on the data, then rank every image by how likely its label is wrong."""
+    settings = validate(EngineSettings, given(args, EngineSettings), "the command line")
+    classes, records = load_records(args.data, labeled=True)
+    reference = load_records(args.reference, classes, labeled=True)[1] if args.reference else None
+    adapter = classification_adapter(settings, len(classes), settings.device, settings.batch_size)
+    learner = Learner(adapter, settings, args.seed, progress=not args.quiet)
+    _, found = learner.review(adapter.dataset(records), reference and adapter.dataset(reference),
+                              train_set=adapter.dataset(records, train=True))
+    signal = args.signal or ("combined" if args.reference else "loss")
+    scores = found.scores(signal)
+    with atomic_write(args.out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "path", "label", "model_label", signal, "influence", "loss"])
+        for rank, i in enumerate(review_order(found, signal), start=1):
+            writer.writerow([rank, records[i].path, classes[records[i].label], classes[found.predictions[i]],
+                             f"{float(scores[i]):.6g}", f"{float(found.influence[i]):.6g}", f"{float(found.loss[i]):.6g}"])
+    print(f"reviewed {len(records)} labeled images -> {args.out} (most suspicious first)")
+    return 0
+
+
 def _simulate_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="offline active-learning simulation: accuracy vs labels per strategy")
     p.add_argument("--config", help="JSON protocol file (configs/*.json); flags override it")
@@ -176,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = {"select": _select_parser(sub), "simulate": _simulate_parser(sub),
-                       "pretrain": _pretrain_parser(sub)}
+                       "pretrain": _pretrain_parser(sub), "review": _review_parser(sub)}
     return parser
 
 
@@ -188,7 +226,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     try:
         if args.command == "simulate":
             return run_simulate(args, simulate_runner)
-        return pretrain(args) if args.command == "pretrain" else select(args)
+        return {"pretrain": pretrain, "review": review, "select": select}[args.command](args)
     except IsalError as exc:
         print(f"isal: error: {exc}", file=sys.stderr)
         return 2

@@ -27,9 +27,10 @@ from .train import evaluation
 from .tasks.base import TaskAdapter
 from .errors import SelectionError
 from .utils.runtime import resolve_device, seed_everything
+from .influence.review import Review, review
 from .influence.scorer import InfluenceScorer, PoolScores, score_sharded
 from .settings import EngineSettings
-from .selection import ISAL, Ranking, SelectionContext, Strategy, influence_ranking, make_strategy
+from .selection import ISAL, BatchISAL, Ranking, SelectionContext, Strategy, influence_ranking, make_strategy
 from .train.loop import train
 
 
@@ -91,8 +92,9 @@ class Learner:
 
     def prepare(self, strategy: str | Strategy, model: nn.Module, labeled: Dataset,
                 reference: Dataset | None) -> InfluenceScorer:
-        """s_test for an influence strategy (isal, gradsim), as a scorer to save and reuse."""
+        """s_test for an influence strategy (isal, gradsim; isal_batch's own isal), as a scorer to save and reuse."""
         chosen = self.strategy(strategy)
+        chosen = chosen.isal if isinstance(chosen, BatchISAL) else chosen
         if not isinstance(chosen, ISAL):
             raise TypeError(f"{chosen.name} is not an influence strategy; use rank()")
         scorer = chosen.prepare(self.context(model, labeled, labeled, reference)) if self.main_process else None
@@ -120,14 +122,31 @@ class Learner:
             on_phase("training")
             model = self.fit(train_set if train_set is not None else labeled)
         chosen = self.strategy(strategy)
-        if not isinstance(chosen, ISAL):
+        influential = chosen.isal if isinstance(chosen, BatchISAL) else chosen
+        if not isinstance(influential, ISAL):
             on_phase("ranking")
             return RoundResult(model, self.rank(chosen, model, pool, labeled, reference, budget, round_number))
         if len(pool) == 0:
             raise SelectionError("the pool is empty: there is nothing to rank")
         on_phase("computing s_test")
-        scorer = self.prepare(chosen, model, labeled, reference)
+        scorer = self.prepare(influential, model, labeled, reference)
         on_phase("scoring the pool")
         scores = self.score(scorer, model, pool)
-        ranking = influence_ranking(scores, self.adapter, self.seed) if scores is not None else None
+        ranking = None
+        if scores is not None and chosen is influential:
+            ranking = influence_ranking(scores, self.adapter, self.seed)
+        elif scores is not None:  # the batch spread out among the top influence, from the same scores
+            on_phase("ranking")
+            ranking = chosen.rank_by(self.context(model, pool, labeled, reference, budget, round_number),
+                                     scores.influence)
         return RoundResult(model, ranking, scorer, scores)
+
+    def review(self, labeled: Dataset, reference: Dataset | None = None, model: nn.Module | None = None,
+               train_set: Dataset | None = None) -> tuple[nn.Module, Review]:
+        """The labeled set's annotations scored by how likely each is wrong (isal_core.influence.review):
+        fit (unless `model` is given), s_test over R (default: the labeled set itself), then the review."""
+        if model is None:
+            model = self.fit(train_set if train_set is not None else labeled)
+        scorer = self.prepare("isal", model, labeled, reference if reference is not None else labeled)
+        return model, review(model, self.adapter, labeled, scorer.s_test, scorer.params, self.device,
+                             self.settings.batch_size)

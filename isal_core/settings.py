@@ -39,11 +39,14 @@ class Settings(BaseModel):
 
 
 class ModelSettings(Settings):
-    arch: str = Field("small_cnn", description="model: small_cnn, resnet18_cifar or a torchvision classifier name")
+    arch: str = Field("auto", description="model: auto (resnet18 with pretrained weights, small_cnn from scratch), "
+                                          "small_cnn, resnet18_cifar or a torchvision classifier name")
     image_size: int = Field(32, ge=8, description="images are resized to image_size x image_size (pretrained "
                                                   "torchvision weights bring their own size)")
-    weights: str | None = Field(None, description="pretrained weights: a torchvision weight name (DEFAULT, "
-                                                  "IMAGENET1K_V1, ...) or a checkpoint file; none = from scratch")
+    weights: str | None = Field("auto", description="pretrained weights: auto (the architecture's torchvision "
+                                                    "DEFAULT weights where it has any, else none), a torchvision "
+                                                    "weight name (DEFAULT, IMAGENET1K_V1, ...), a checkpoint file, "
+                                                    "or none (from scratch)")
     mode: Literal["auto", "finetune", "frozen"] = Field(
         "auto", description="frozen: train a head on cached embeddings of the frozen backbone; finetune: train "
                             "every layer; auto: frozen when weights are given")
@@ -63,14 +66,46 @@ class ModelSettings(Settings):
     def frozen(self) -> bool:
         return self.mode == "frozen" or (self.mode == "auto" and self.weights is not None)
 
+    @model_validator(mode="after")
+    def _resolve_auto(self):
+        """arch and weights "auto" -> what they mean, once, so every front end records the same model. Set in
+        place, so a defaulted arch stays out of model_fields_set (a detection backbone defaults to resnet18)."""
+        arch, weights = self.arch, self.weights
+        if arch == "auto":
+            arch = "small_cnn" if weights is None else "resnet18"
+        if weights == "auto":
+            weights = "DEFAULT" if has_torchvision_weights(arch) else None
+        self.__dict__.update(arch=arch, weights=weights)
+        return self
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_none(cls, v):
+        return _none(v)
+
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
         from .nets.models import model_choices
 
-        if v not in model_choices():
+        if v != "auto" and v not in model_choices():
             raise ValueError(f"{v!r} is not a known model; e.g. small_cnn, resnet18_cifar, resnet18")
         return v
+
+
+def _none(value):
+    """"none" (any case, or empty) -> None: from scratch, on purpose."""
+    return None if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")) else value
+
+
+def has_torchvision_weights(arch: str) -> bool:
+    """Whether torchvision publishes pretrained weights for `arch` (small_cnn and resnet18_cifar: no)."""
+    import torchvision
+
+    try:
+        return len(torchvision.models.get_model_weights(arch)) > 0
+    except (ValueError, KeyError):
+        return False
 
 
 class TrainSettings(Settings):

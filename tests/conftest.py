@@ -6,8 +6,17 @@ Tests that use it carry `@pytest.mark.integration`; deselect them with
 `-m "not integration"`.
 """
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+# No test downloads pretrained weights, nor sees a developer's own torchvision cache: TORCH_HOME is a fresh
+# folder (the `default_weights` fixture puts a checkpoint made here under the default weights' file name).
+# A backend in a test trains from scratch unless the test asks otherwise (its default is pretrained).
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="isal-tests-torch-")
+os.environ.setdefault("ISAL_WEIGHTS", "none")
 
 try:
     from needs import in_ci, missing, need
@@ -86,3 +95,19 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def default_weights():
+    """A ResNet-18 state dict (random, seeded) where torchvision keeps the default weights: what a download
+    would leave in the cache. Returns the file."""
+    import torchvision
+
+    from isal_core.nets.backbones import torchvision_file
+
+    path = torchvision_file("resnet18", "DEFAULT")
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path

@@ -34,7 +34,7 @@ ENGINE_LAYERS = [
     ("cli", ["isal_core.cli", "isal_core"]),  # the package's public names (its __init__) are the top
 ]
 BACKEND_LAYERS = [
-    ("errors, settings", ["backend.errors", "backend.settings"]),
+    ("errors, settings, metrics", ["backend.errors", "backend.settings", "backend.metrics"]),
     ("labelstudio", ["backend.labelstudio"]),
     ("tasktypes", ["backend.tasktypes"]),
     ("storage", ["backend.storage"]),

@@ -21,7 +21,7 @@ from PIL import Image
 
 from backend.web.app import create_app
 from backend.errors import JobError
-from backend.labelstudio.score_encoding import UNSCORABLE_SCORE, encode, influence_scale
+from backend.labelstudio.score_encoding import UNSCORABLE_SCORE, encode, influence_scale, place_scores
 from backend.settings import EngineSettings, Settings
 from backend.tasktypes import classification_config, parse_label_config
 from backend.job.publication import Publication
@@ -202,16 +202,18 @@ def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), in
     s_test = torch.randn(dim) * 1e-3
     job = project.next_job_number()
     version = f"isal-{project_id}-{job}-test"
-    meta = {"version": version, "job": job, "sigma": influence_scale(influences), "task_type": task_type.to_meta(),
+    meta = {"version": version, "job": job, "task_type": task_type.to_meta(), "score_encoding": "place",
             "params": "weights", "top_k": 1, "arch": "small_cnn", "num_classes": 2, "image_size": 32,
             "counts": {"labeled": 4, "reference": 2, "unlabeled": len(task_ids)}, "reference_source": "isal_reference",
-            "top_task": task_ids[int(np.argmin(influences))], "cluster_source": cluster_source}
+            "top_task": task_ids[int(np.argmin(influences))], "cluster_source": cluster_source,
+            "cluster_field": cluster_source is not None}
     predictions = [0, 1, 0]
     clusters = None if cluster_source is None else (None, predictions)
     names = [n for n, _ in select_parameters(model, "weights")]
     with Publication(project, None, version) as publication:  # on disk only: no Label Studio here
         publication.save(model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(s_test, names),
-                         list(task_ids), list(influences), predictions, clusters)
+                         list(task_ids), list(influences), predictions, clusters,
+                         place_scores(np.argsort(influences, kind="stable"), len(task_ids)))
         publication.finish(meta)
     return project.current
 
@@ -235,10 +237,9 @@ def test_predict_with_a_model_scores_each_task_or_says_why_not(tmp_path, file_se
     assert r.status_code == 200, r.json
     res = r.json["results"]
     assert len(res) == len(tasks) and all(x["model_version"] == version.name for x in res)
-    sigma = version.sigma
-    assert res[0]["score"] == pytest.approx(encode([0.5], sigma)[0])
+    # the job's order by influence (-2, 0.5, 1 for tasks 1, 2, 3), as places: 1/4, 2/4, 3/4
+    assert res[0]["score"] == pytest.approx(0.5) and res[5]["score"] == pytest.approx(0.25)
     assert res[0]["result"][0]["value"]["choices"] == ["dog"]
-    assert res[5]["score"] == pytest.approx(encode([-2.0], sigma)[0]) and res[5]["score"] < res[0]["score"]
     assert res[1]["score"] == UNSCORABLE_SCORE and "no image URL" in res[1]["error"] and res[1]["result"] == []
     assert "error" not in res[2] and 0.0 < res[2]["score"] < 1.0
     assert res[2]["result"][0]["value"]["choices"][0] in ("cat", "dog")
@@ -315,6 +316,19 @@ def test_score_encoding_is_strictly_monotone_and_in_the_unit_interval():
     assert influence_scale([0.2, 0.2]) > 0 and influence_scale([]) == 1.0 and influence_scale([-4.0]) == 4.0
     with pytest.raises(ValueError):
         encode([1.0], 0.0)
+
+
+def test_the_score_is_the_place_in_the_served_order_and_a_new_task_sits_by_its_nearest_influence():
+    from backend.labelstudio.score_encoding import score_like
+
+    order = [3, 0, 4, 1, 2]  # positions, first served first
+    scores = place_scores(order, 5)
+    assert np.array_equal(np.argsort(scores, kind="stable"), order) and scores.min() > 0 and scores.max() < 1
+    assert len(set(scores.tolist())) == 5
+    pool_influence = np.array([-1.0, 0.0, 1.0, -5.0, 3.0])
+    assert score_like([-4.0, 0.9, 2.5, float("nan")], pool_influence, scores).tolist() == [
+        scores[3], scores[2], scores[4], 0.5]
+    assert score_like([1.0], [float("nan")], [0.3]).tolist() == [0.5]
 
 
 # ---------------------------------------------------------------------------
@@ -438,11 +452,14 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
     assert warnings["image_download_failed"]["count"] == 3 and "404" in warnings["image_download_failed"]["examples"][0]
     assert warnings["label_outside_config"]["count"] == 1 and "'zebra'" in warnings["label_outside_config"]["examples"][0]
     assert warnings["no_image"]["count"] == 1
-    assert status["counts"] == {"labeled": 20, "reference": 10, "unlabeled": 29, "reference_unlabeled": 0,
-                                "skipped": 5}
+    counts = status["counts"]
+    assert {k: counts[k] for k in ("labeled", "reference", "unlabeled", "reference_unlabeled", "skipped")} == {
+        "labeled": 20, "reference": 10, "unlabeled": 29, "reference_unlabeled": 0, "skipped": 5}
+    assert counts["reviewed"] == 20 and sum(counts["labels"].values()) == 20  # every labeled task, R apart
+    assert sum(counts["reference_labels"].values()) == 10
     by_id = {t.id: t for t in ls.tasks.list(project=pid, fields="all")}
     scored = [t for t in by_id.values() if any(p.model_version == v1 for p in t.predictions)]
-    assert len(scored) == 29 and extra[2] not in {t.id for t in scored}
+    assert len(scored) == 29 + 20 and extra[2] not in {t.id for t in scored}  # the pool and the review
 
     # The same MODEL_DIR with a key Label Studio refuses: the job fails, v1 stays and is served.
     bad_key = "badc0ffee" * 4 + "abcd"
@@ -511,8 +528,8 @@ def test_settings_come_from_the_environment_and_bad_values_are_refused(monkeypat
     s = Settings()
     assert (s.port, s.label_studio_api_key, s.engine.epochs, s.engine.retrain_every) == (9191, "abc", 3, 0)
     assert (s.engine.arch, s.engine.image_size, s.engine.strategy, s.engine.solver, s.engine.damping,
-            s.engine.params, s.engine.seed) == ("small_cnn", 32, "isal", "cg", 100.0, "weights", 0)
-    for name, value in [("ISAL_STRATEGY", "entropy"), ("ISAL_SOLVER", "svd"), ("ISAL_ARCH", "nope"),
+            s.engine.params, s.engine.seed) == ("small_cnn", 32, "isal_batch", "cg", 100.0, "weights", 0)
+    for name, value in [("ISAL_STRATEGY", "bald"), ("ISAL_SOLVER", "svd"), ("ISAL_ARCH", "nope"),
                         ("ISAL_EPOCHS", "0")]:
         with monkeypatch.context() as m:
             m.setenv(name, value)
@@ -556,7 +573,8 @@ def test_frozen_features_are_embedded_once_across_jobs(label_studio, tmp_path):
     ls = label_studio.client()
     pid, by_task, train, weights = frozen_project(label_studio, tmp_path, 24, 8, 5, "frozen features")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
-                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1})
+                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1,
+                           "cold_start": "off"})
     c = app.test_client()
     c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})
 
@@ -589,7 +607,7 @@ def test_a_backbone_changed_mid_project_keeps_the_published_version_working(labe
     pid, by_task, train, weights = frozen_project(label_studio, tmp_path, 16, 6, 7, "backbone change")
     other = tmp_path / "other.pt"
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in torch.load(weights).items()}, other)
-    engine = {"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1}
+    engine = {"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1, "cold_start": "off"}
     first = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                      engine=engine).test_client()
     first.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})

@@ -58,10 +58,14 @@ def check_round(ls, api: LabelStudioAPI, project_id: int, status: dict, classes:
     exactly when `prelabel`), the project uses that version, and /next serves the backend's top
     task, which has the lowest score. Returns it."""
     version = status["model_version"]
-    unlabeled, labeled, _ = predictions_of(ls, project_id, version)
+    unlabeled, labeled, tasks = predictions_of(ls, project_id, version)
     assert unlabeled and all(len(p) == 1 for p in unlabeled.values()), \
         {t: len(p) for t, p in unlabeled.items() if len(p) != 1}
-    assert all(not p for p in labeled.values()), "labeled and reference tasks get no ranking prediction"
+    reference = {t.id for t in tasks if t.data.get("isal_reference")}
+    assert all(not labeled[t] for t in reference & set(labeled)), "reference tasks get no prediction"
+    reviewed = {t: p for t, p in labeled.items() if t not in reference}
+    assert all(len(p) == 1 for p in reviewed.values()), "each trained-on task: one review prediction"
+    assert len(reviewed) == status["counts"]["reviewed"]
     scores = {t: p[0].score for t, p in unlabeled.items()}
     assert all(0.0 <= s <= 1.0 for s in scores.values())
     assert status["prelabel"]["on"] is prelabel and status["prelabel"]["policy"] == "auto"

@@ -95,3 +95,47 @@ def test_the_first_hour_in_the_label_studio_ui(label_studio, browser, tmp_path):
         if locked != status["top_task"]:
             assert served == status["top_task"]
         assert browser.ticked() == []  # below the threshold: no wrong guess pre-ticked
+
+
+def test_the_project_page_draws_the_learning_curve_and_the_forecast(label_studio, browser, tmp_path):
+    """After a real job, three earlier versions' (labels, metric) are written into the project's history, as if
+    it had been trained before (a forecast needs four versions; the fit itself is tests/test_forecast.py): the
+    page in Chromium then shows the curve, the forecast curve, its band and the sentence that states them."""
+    import json
+
+    import torch
+    import torchvision
+    from selenium.webdriver.common.by import By
+
+    weights = tmp_path / "resnet18.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    ls = label_studio.client()
+    sub, images = cifar_images(label_studio.files_root, 16, 6, seed=9)
+    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "project page")
+    train = [t for t, im in by_task.items() if im.split == "train"]
+    for t, im in by_task.items():
+        if im.split == "test" or t in train[:6]:
+            ls.annotations.create(id=t, result=choice_result(im.label))
+    models = tmp_path / "models"
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
+           "MODEL_DIR": str(models), "ISAL_ARCH": "resnet18", "ISAL_WEIGHTS": str(weights),
+           "ISAL_COLD_START": "off", "ISAL_RETRAIN_EVERY": "0"}
+    with BackendProcess(env, log_path=tmp_path / "backend.log") as backend:
+        status = lambda p: requests.get(f"{backend.url}/status", params={"project": p}, timeout=10).json()  # noqa
+        requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
+                      timeout=30).raise_for_status()
+        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+        done = wait_for_job(status, pid, timeout=300)
+        assert done["last_error"] is None, done
+        history = models / str(pid) / "history.jsonl"
+        (latest,) = [json.loads(line) for line in history.read_text().splitlines()]
+        earlier = [{**latest, "version": f"earlier-{n}", "labeled": n, "metric": latest["metric"] - d}
+                   for n, d in ((1, 0.15), (2, 0.1), (4, 0.05))]
+        history.write_text("".join(json.dumps(h) + "\n" for h in [*earlier, latest]))
+        browser.driver.get(f"{backend.url}/projects/{pid}")
+        browser.shot("project page")
+        for gid in ("learning-curve", "forecast-curve", "forecast-band"):
+            assert browser.driver.find_elements(By.ID, gid), gid
+        sentence = browser.driver.find_element(By.ID, "forecast").text
+        assert "reaches 0.9 at about" in sentence and "80 % band" in sentence, sentence

@@ -34,7 +34,7 @@ def run(folders, tmp_path, *extra):
     out = tmp_path / "ranked.csv"
     code = main(["select", "--labeled", str(folders["labeled"]), "--reference", str(folders["reference"]),
                  "--pool", str(folders["pool"]), "--epochs", "2", "--min-steps", "0", "--batch-size", "8", "--quiet",
-                 "--out", str(out), *extra])
+                 "--weights", "none", "--out", str(out), *extra])
     return code, out
 
 
@@ -91,3 +91,22 @@ def test_training_from_scratch_is_reproducible(folders, tmp_path):
     first = [(r["id"], r["influence"]) for r in read(out)]
     _, out = run(folders, tmp_path, "--strategy", "isal")
     assert [(r["id"], r["influence"]) for r in read(out)] == first
+
+
+def test_review_lists_the_mislabeled_image_first(tmp_path):
+    """`isal review`: a blue image filed under red is the most suspicious of twenty-one, by loss alone (no
+    reference set) and by influence on a clean reference set combined with loss."""
+    data = make_images(tmp_path / "data", 10)
+    Image.new("RGB", (20, 20), COLORS["blue"]).save(data / "red" / "mislabeled.png")
+    clean = make_images(tmp_path / "clean", 4, offset=10)
+    args = ["review", "--data", str(data), "--weights", "none", "--epochs", "5", "--min-steps", "200",
+            "--batch-size", "8", "--damping", "0.1", "--quiet"]
+    for extra, signal in (([], "loss"), (["--reference", str(clean)], "combined")):
+        out = tmp_path / f"review-{signal}.csv"
+        assert main(args + extra + ["--out", str(out)]) == 0
+        rows = read(out)
+        assert len(rows) == 21 and [r["rank"] for r in rows] == [str(i) for i in range(1, 22)] and signal in rows[0]
+        assert rows[0]["path"].endswith("mislabeled.png") and rows[0]["label"] == "red"
+        assert rows[0]["model_label"] == "blue" and float(rows[0]["loss"]) == max(float(r["loss"]) for r in rows)
+        if extra:  # training on it raised the clean set's loss most
+            assert float(rows[0]["influence"]) == max(float(r["influence"]) for r in rows) > 0

@@ -1,13 +1,13 @@
-"""Against a real Label Studio: with predictions carrying clusters, consecutive /next calls (an
-annotation after each) follow the emulated rule (isal_core.selection.serving) exactly."""
+"""One order everywhere, against a real Label Studio: for the default strategy (isal_batch, served by cluster
+with frozen features), 20 consecutive /next calls, an annotation after each, serve the first task of the
+Data Manager tab sorted by score, and that is the backend's own order (the version's scores.npz)."""
 from __future__ import annotations
 
-from collections import Counter
-
+import numpy as np
 import pytest
 
 from backend.labelstudio.client import LabelStudioAPI
-from isal_core.selection.serving import serving_order
+from backend.labelstudio.views import create_view
 
 try:
     from backend_helpers import choice_result, frozen_project, wait_for_job
@@ -17,35 +17,36 @@ except ImportError:  # tests/ imported as a package
     from tests.test_backend_app import make_app
 
 pytestmark = pytest.mark.integration
+UNLABELED = {"conjunction": "and", "items": [
+    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}
 
 
-def test_label_studio_serves_the_best_task_of_the_least_labeled_cluster(label_studio, tmp_path):
+def test_next_the_data_manager_and_the_backend_serve_one_order(label_studio, tmp_path):
     ls = label_studio.client()
-    pid, by_task, _, weights = frozen_project(label_studio, tmp_path, 40, 6, 6, "cluster serving")
+    pid, by_task, _, weights = frozen_project(label_studio, tmp_path, 40, 6, 6, "one order")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                    engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "clusters": 4})
     c = app.test_client()
+    # connecting the project is what asks for the first job (a cold start, or here, with labels, a training)
     c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})
-    assert c.post("/train", json={"project": f"{pid}.0"}).status_code == 202
     status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, timeout=300)
-    assert status["last_error"] is None, status
-
-    version = status["model_version"]
-    pool = {}
+    assert status["last_error"] is None and status["strategy"] == "isal_batch", status
+    version = app.extensions["isal"].model_dir.known(pid).current
+    with np.load(version.path / "scores.npz") as z:
+        intended = [int(t) for t in z["task_ids"][np.argsort(z["scores"], kind="stable")]]
+        by_influence = [int(t) for t in z["task_ids"][np.argsort(z["influence"], kind="stable")]]
+    assert intended[:20] != by_influence[:20]  # diversity changed the order, and it is in the score
     for task in ls.tasks.list(project=pid, fields="all", page_size=500):
-        mine = [p for p in task.predictions or [] if p.model_version == version]
-        if mine and not task.annotations:
-            pool[task.id] = (mine[0].score, mine[0].cluster)
-    ids = sorted(pool)
-    assert len(set(cl for _, cl in pool.values())) >= 3
-    expected = [ids[i] for i in serving_order([pool[t][0] for t in ids], [pool[t][1] for t in ids], Counter(), 20)]
-    assert expected != sorted(ids, key=lambda t: pool[t][0])[:20]  # the clusters change the order
+        assert all(p.cluster is None for p in task.predictions or [])  # every prediction: the bulk import
 
     api = LabelStudioAPI(label_studio.url, label_studio.legacy_token)
-    served = []
+    view = create_view(api, pid, "by score", ordering=["tasks:predictions_score"], visible=["tasks:id"],
+                       filters=UNLABELED)
+    served, first_in_tab = [], []
     for _ in range(20):
+        first_in_tab.append(next(iter(ls.tasks.list(project=pid, view=view, page_size=1))).id)
         task = api.next_task(pid)
         served.append(task["id"])
         ls.annotations.create(id=task["id"], result=choice_result(by_task[task["id"]].label))
     api.close()
-    assert served == expected
+    assert served == first_in_tab == intended[:20]

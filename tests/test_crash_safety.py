@@ -2,7 +2,7 @@
 complete version, ignores the half-written one, runs the interrupted job again, and Label Studio
 holds exactly the predictions of published versions (none lost, none duplicated, none left over).
 
-The job is held still at a named point (backend.job.publication.hold_point: TEST_HOLD_AT) so the kill lands exactly
+The job is held still at a named point (backend.job.publication: TEST_HOLD_AT) so the kill lands exactly
 while the version's checkpoint is half written, after its predictions are in Label Studio but
 before the version is published, or after it is published but before the predictions of older
 versions are deleted (KEEP_LS_VERSIONS=2: Label Studio keeps the newest two versions' predictions).
@@ -107,21 +107,22 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
         v1 = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)["model_version"]
     finally:
         backend.stop()
-    pool = N_TRAIN - N_LABELED
-    assert api.model_versions(pid) == {v1: pool} and api.project_model_version(pid) == v1
+    # predictions per version: one ranking each unlabeled task, one review each labeled one (R apart), so
+    # every train task, whatever is labeled
+    written = N_TRAIN
+    assert api.model_versions(pid) == {v1: written} and api.project_model_version(pid) == v1
 
     published_before, served = [v1], api.next_task(pid)["id"]
     for round_, point in enumerate(("checkpoint", "predictions", "published")):
         # the served task gets its label, so the interrupted job has something new to learn
         ls.annotations.create(id=served, result=choice_result(by_task[served].label))
-        pool -= 1
         marker.unlink(missing_ok=True)
         backend = BackendProcess({**env, "TEST_HOLD_AT": point, "TEST_HOLD_FILE": str(marker)}, port=port,
                                  log_path=log).start()
         try:
             requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
             wait_for_file(marker, backend)
-            held = held_version(model_dir, pid, published_before, point, api, pool)
+            held = held_version(model_dir, pid, published_before, point, api, written)
         finally:
             backend.kill()
         if point == "published":  # it is published, and served: nothing of it may be lost
@@ -143,14 +144,15 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
             published, temps = version_dirs(model_dir, pid)
             assert published == sorted([*published_before, new]) and temps == [], (published, temps)
             if point == "predictions":
-                assert job["last_job"]["reconciled"]["deleted_predictions"] == {held: pool}
+                assert job["last_job"]["reconciled"]["deleted_predictions"] == {held: written}
             # the newest two published versions keep exactly their predictions; the others and the
             # half-written ones left none
             counts = api.model_versions(pid)
-            expected = {v: json.loads((model_dir / str(pid) / v / "meta.json").read_text())["counts"]["unlabeled"]
-                        for v in [*published_before, new][-2:]}
+            counted = {v: json.loads((model_dir / str(pid) / v / "meta.json").read_text())["counts"]
+                       for v in [*published_before, new][-2:]}
+            expected = {v: c["unlabeled"] + c["reviewed"] for v, c in counted.items()}
             assert counts == expected, (counts, expected)
-            assert counts[new] == pool and api.project_model_version(pid) == new
+            assert counts[new] == written and api.project_model_version(pid) == new
             assert api.next_task(pid)["id"] == status["top_task"]  # (locked to us until annotated)
             served = status["top_task"]
             versions = requests.get(f"{backend.url}/versions", params={"project": pid}, timeout=10).json()

@@ -201,7 +201,7 @@ def test_detection_simulation_with_box_budgets_reports_curves_against_boxes(tmp_
     config = SimulationConfig(data=str(data), out=str(tmp_path / "run"), task="detection", budget="boxes",
                               strategies=["random", "isal"], initial=6, step=4, rounds=2, seeds=[0], epochs=1,
                               min_steps=3, batch_size=4, lr=0.002, min_size=64, max_size=96, score_threshold=0.05,
-                              reference_size=3, hessian_samples=0, progress=False)
+                              reference_size=3, hessian_samples=0, weights=None, progress=False)
     out = simulate(config)
     rows = read_csv(out / "results.csv")
     assert len(rows) == 4 and all(int(r["boxes"]) > 0 for r in rows)

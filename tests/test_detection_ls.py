@@ -83,10 +83,13 @@ def test_rectangles_in_fcos_trained_rectangle_predictions_out_and_next_serves_th
         assert status["reference_metric"]["name"] == "mAP@0.5" and 0 <= status["reference_metric"]["value"] <= 1
         version = status["model_version"]
         scores, boxes = {}, 0
+        review = c.get(f"/review?project={pid}").json
+        reviewed = {t["task"] for t in review["tasks"]}  # labeled after L1 (R: L1, which is not reviewed)
+        assert review["model_version"] == version and len(reviewed) == status["counts"]["reviewed"]
         for task in ls.tasks.list(project=pid, fields="all", page_size=500):
             mine = [p for p in task.predictions or [] if p.model_version == version]
-            if task.annotations:
-                assert not mine
+            if task.annotations:  # labeled: a review prediction (the model's boxes) on the reviewed ones only
+                assert len(mine) == (task.id in reviewed), (task.id, reviewed)
                 continue
             (p,) = mine
             scores[task.id] = p.score

@@ -30,7 +30,8 @@ def noisy_images(root: Path, per_class: int, labeled: bool, seed: int) -> Path:
 
 def select_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
     return ["select", "--labeled", str(tmp_path / "labeled"), "--reference", str(tmp_path / "reference"),
-            "--pool", str(tmp_path / "pool"), "--batch-size", "8", "--device", "cpu", "--quiet", "--out", str(out),
+            "--pool", str(tmp_path / "pool"), "--batch-size", "8", "--device", "cpu", "--weights", "none", "--quiet",
+            "--out", str(out),
             *extra]
 
 
@@ -119,15 +120,15 @@ def test_a_backend_job_round_as_a_torchrun_group_equals_one_process(tmp_path):
              "pool": records(noisy_images(tmp_path / "pool", 5, True, 2)),  # 15 samples: shards of 8 and 7
              "reference": records(noisy_images(tmp_path / "reference", 2, True, 1))}
     task_type = ImageClassification("choice", "image", "image", list(CLASSES))
-    engine = EngineSettings(weights=str(tmp_path / "backbone.pt"), embedding_cache=str(tmp_path / "cache"), epochs=3,
-                            min_steps=0, batch_size=4, device="cpu", job_procs=2)
+    engine = EngineSettings(arch="small_cnn", weights=str(tmp_path / "backbone.pt"),
+                            embedding_cache=str(tmp_path / "cache"), epochs=3, min_steps=0, batch_size=4, device="cpu", job_procs=2)
     adapter = task_type.adapter(engine)
     learner = Learner(adapter, task_type.engine_settings(engine), engine.seed)
     labeled, pool, reference = (adapter.dataset(parts[k]) for k in ("labeled", "pool", "reference"))
     one = learner.round(engine.strategy, labeled, pool, reference, train_set=adapter.dataset(parts["labeled"], True))
     phases = []
     two, report = run_in_group(2, task_type, engine, parts, tmp_path / "job", phases.append)
-    assert phases == ["training", "computing s_test", "scoring the pool", "evaluating on R"]
+    assert phases == ["training", "computing s_test", "scoring the pool", "ranking", "evaluating on R"]
     assert two.ranking.order.tolist() == one.ranking.order.tolist()
     a, b = one.scores.influence.double(), two.scores.influence.double()
     assert (a - b).abs().max() <= 1e-5 * a.abs().max()

@@ -16,7 +16,8 @@ except ImportError:  # tests/ imported as a package
     from tests.test_backend_app import CONFIG, PROJECT, make_app, publish_version
 
 ROUTES = [("GET", "/health"), ("GET", "/"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
-          ("POST", "/train"), ("GET", "/versions"), ("GET", "/status"), ("GET", "/metrics"), ("GET", "/openapi.json")]
+          ("POST", "/train"), ("GET", "/versions"), ("GET", "/status"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+          ("GET", "/review"), ("GET", "/projects/{project_id}")]
 
 scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=40)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
@@ -33,6 +34,7 @@ label_studio_like = st.fixed_dictionaries({}, optional={
 })
 bodies = (label_studio_like.map(json.dumps) | json_values.map(json.dumps) | st.binary(max_size=200)
           | st.just("[" * 5000 + "]" * 5000) | st.just('{"a":' * 3000 + "1" + "}" * 3000))
+path_ids = st.sampled_from(["7", "0", "-1", "abc", "7.0", "99999999999999999999", "９", "%00", "a/b"]) | st.text(max_size=8).filter(lambda t: not set(t) & set("?#"))
 queries = st.dictionaries(st.sampled_from(["project", "x"]), st.text(max_size=20), max_size=2)
 
 
@@ -48,12 +50,16 @@ def client(tmp_path_factory):
 @pytest.mark.parametrize("method, path", ROUTES)
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                     HealthCheck.too_slow])
-@given(body=bodies, query=queries, content_type=st.sampled_from(["application/json", "text/plain", None]))
-def test_no_generated_request_gets_a_server_error(client, method, path, body, query, content_type):
+@given(body=bodies, query=queries, content_type=st.sampled_from(["application/json", "text/plain", None]),
+       project_id=path_ids)
+def test_no_generated_request_gets_a_server_error(client, method, path, body, query, content_type, project_id):
     headers = {"Content-Type": content_type} if content_type else {}
+    path = path.replace("{project_id}", project_id)
     r = client.open(path, method=method, data=body, query_string=query, headers=headers)
     assert r.status_code < 500, (r.status_code, r.get_data(as_text=True)[:300])
-    if r.status_code >= 400:
+    if r.status_code >= 400 and r.mimetype == "text/html":  # the project page, for people: its errors are HTML
+        assert path.startswith("/projects/") and "<h1>" in r.get_data(as_text=True), r.get_data(as_text=True)[:300]
+    elif r.status_code >= 400:
         assert isinstance(r.json, dict) and r.json.get("error"), r.get_data(as_text=True)[:300]
 
 

@@ -1,6 +1,8 @@
 """GET /openapi.json describes exactly the routes the app serves, with the methods it serves."""
 from __future__ import annotations
 
+import re
+
 try:
     from test_backend_app import make_app
 except ImportError:  # tests/ imported as a package
@@ -11,7 +13,7 @@ def test_the_openapi_description_matches_the_app_routes(tmp_path):
     app = make_app(tmp_path)
     spec = app.test_client().get("/openapi.json").json
     assert spec["openapi"].startswith("3.")
-    served = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+    served = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower()) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     assert served == described

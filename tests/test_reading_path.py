@@ -94,14 +94,15 @@ def test_the_reading_path_counts_lookups_and_returns_as_a_reader_moves():
 def test_one_job_reads_in_few_files_with_few_returns(label_studio, tmp_path):
     pid, _, _, weights = frozen_project(label_studio, tmp_path, 16, 6, 3, "reading path")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
-                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1})
+                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1,
+                           "cold_start": "off"})
     client, backend = app.test_client(), app.extensions["isal"]
     config = label_studio.client().projects.get(id=pid).label_config
     assert client.post("/setup", json={"project": f"{pid}.0", "schema": config}).status_code == 200
     project, api = backend.model_dir.known(pid), backend.api_for(pid)
 
     report, calls = first_calls(lambda: backend.job.run(project, api), REPO / "backend")
-    assert report["model_version"] == project.current.name and report["predictions_written"] == 10
+    assert report["model_version"] == project.current.name and report["predictions_written"] == 10 + 6  # the pool's, and the review's
     files, visits = reading_path(calls)
     returns = len(visits) - len(set(visits))
     print(f"reading one job: {len(files)} files ({', '.join(sorted(files))}); through the job's own files "

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from isal_core.utils import distributed
+from isal_core.influence.scorer import PoolScores
 from isal_core.learner import Learner, RoundResult
 
 from ..errors import JobError
@@ -44,12 +45,26 @@ ERROR = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b")  # a traceback's las
 PARENT_ENV = "JOB_GROUP_PARENT_PID"  # (not ISAL_: that prefix is for settings)
 
 
+def engine_round(learner: Learner, adapter, engine: EngineSettings, records: dict[str, list], labeled, pool,
+                 reference, on_phase, round_number: int) -> RoundResult:
+    """The engine's round as every job runs it, in one process or a group: the strategy over the batch
+    (ISAL_BATCH), seeded by the job's number, and the model's predictions whatever the strategy."""
+    result = learner.round(engine.strategy, labeled, pool, reference, budget=min(engine.budget, len(pool)),
+                           train_set=adapter.dataset(records["labeled"], train=True), on_phase=on_phase,
+                           round_number=round_number)
+    if result.scores is None and learner.main_process:  # no influence strategy: no influence, but predictions
+        result.scores = PoolScores(torch.full((len(pool),), float("nan"), dtype=torch.float64),
+                                   learner.predict(result.model, pool))
+    return result
+
+
 def run_in_group(nproc: int, task_type: TaskType, engine: EngineSettings, records: dict[str, list],
-                 job_dir: Path, set_phase: Callable[[str], None] = lambda p: None) -> tuple[RoundResult, dict]:
+                 job_dir: Path, set_phase: Callable[[str], None] = lambda p: None,
+                 round_number: int = 0) -> tuple[RoundResult, dict]:
     """(the round's result, {"metric": value on R, "embedding_cache": stats or None}) from a group of
     `nproc` processes; JobError with the group's last output when it fails."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"task_type": task_type.to_meta(), "engine": engine, "records": records},
+    torch.save({"task_type": task_type.to_meta(), "engine": engine, "records": records, "round": round_number},
                job_dir / "round.pt")
     env = {**os.environ, PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
@@ -114,8 +129,7 @@ def main(job_dir: str) -> None:
         if rank == 0:
             print(PHASE + name, flush=True)
 
-    result = learner.round(engine.strategy, labeled, pool, reference,
-                           train_set=adapter.dataset(records["labeled"], train=True), on_phase=phase)
+    result = engine_round(learner, adapter, engine, records, labeled, pool, reference, phase, spec.get("round", 0))
     if rank == 0:
         hold_point("group")
         phase("evaluating on R")

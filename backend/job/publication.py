@@ -1,8 +1,7 @@
 """A job's publication: one owner for the transaction that makes a new model version serve.
 
-    with Publication(project, api, version) as publication:   # undoes a dead job's leftovers, then stages
-                                                               # MODEL_DIR/<p>/.tmp-<version>/
-        publication.save(model, ..., scorer, ...)              # model, scorer, the job's scores
+    with Publication(project, api, version) as publication:   # a dead job's leftovers undone; staging
+        publication.save(model, ..., scorer, ...)              # model, scorer, the job's scores, the review
         publication.write_predictions(stream, n)               # recorded as unpublished first
         publication.finish(meta)                               # meta.json: the mark of a whole version
     # the block ends: renamed into place, current here, Label Studio pointed at it, the record forgotten
@@ -10,26 +9,18 @@
     Publication.prune(project, api, keep)                      # older versions' predictions deleted
 
 `Publication` is the only code that writes a version's staging folder, the project's
-unpublished record (MODEL_DIR/<project>/unpublished.json) and Label Studio's predictions and
-model_version. The record is written before the first prediction, so a job killed mid-way
-leaves it behind; the next publication begins with `Publication.reconcile`, which deletes
-the predictions of recorded versions that were never published and points Label Studio at
-the current version if a crash came between publishing and that. Once a version is published,
-`prune` deletes from Label Studio the predictions of this backend's versions beyond the
-newest KEEP_LS_VERSIONS (never those of the version Label Studio serves by), so a project
-retrained every 40 annotations does not add a pool's worth of rows to Label Studio's
-database forever; a job killed before it prunes leaves that to the next job.
+unpublished record and Label Studio's predictions and model_version. A job killed mid-way
+leaves the record behind; the next publication begins with `reconcile`: predictions of
+recorded versions never published are deleted, and Label Studio is pointed at the current
+version if a crash came between publishing and that. `prune` keeps Label Studio's storage
+bounded (KEEP_LS_VERSIONS); a job killed before it prunes leaves that to the next job.
+`publish` is a job's third step: the served scores, the version's meta, the block above.
 
-`publish` is a job's third step: the scores Label Studio serves by, the version's meta, and
-the block above.
-
-The named points where a crash test holds a job still (`hold_point`: TEST_HOLD_AT=<point>
-makes a job that reaches it create TEST_HOLD_FILE and wait forever; once the file exists no
-job holds again) are the publication's: "checkpoint" (the model file is written, the rest
-not yet), "predictions" (every prediction is in Label Studio, the version is neither
-published on disk nor current there), "published" (published and current, the older
-versions' predictions not deleted yet); and "group" (rank 0 of a torchrun group has trained
-and scored, backend.job.group). Unset, as always outside crash tests, it does nothing.
+Crash tests hold a job still at its named points (`hold_point`: TEST_HOLD_AT=<point> makes a
+job that reaches it create TEST_HOLD_FILE and wait until killed; once the file exists no job
+holds again): "checkpoint" (the model file written, the rest not yet), "predictions" (every
+prediction in Label Studio, the version neither published nor current), "published" (current,
+older predictions not pruned yet), and "group" (rank 0 of a torchrun group has scored).
 """
 from __future__ import annotations
 
@@ -40,19 +31,23 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from isal_core.train.checkpoints import save_checkpoint
+from isal_core.utils.progress import track
 from isal_core.utils.atomic import atomic_write, write_json
 
 from ..errors import JobError
 from ..labelstudio.client import LabelStudioAPI
-from ..labelstudio.score_encoding import influence_scale, ranking_scores
-from ..storage.layout import CENTROIDS, META, MODEL, SCORER, SCORES, STAGING_PREFIX, UNPUBLISHED
+from ..labelstudio.views import REVIEW_VIEW, ensure_view
+from ..labelstudio.score_encoding import place_scores
+from ..storage.layout import CENTROIDS, META, MODEL, REVIEW, SCORER, SCORES, STAGING_PREFIX, UNPUBLISHED
 from ..storage.projects import ProjectDir, new_version_name
-from ..storage.versions import ModelVersion, save_scores
+from ..storage.versions import ModelVersion, save_review, save_scores
 from ..tasktypes import TaskType
 
 log = logging.getLogger(__name__)
@@ -67,6 +62,7 @@ class Publication:
         self.staging = project.root / f"{STAGING_PREFIX}{version}"
         self.written = 0  # predictions Label Studio kept
         self.reconciled: dict = {}  # what reconcile undid
+        self.meta: dict = {}
 
     def __enter__(self) -> "Publication":
         for tmp in self.project.root.glob(f"{STAGING_PREFIX}*"):  # one job per project at a time: a dead job's
@@ -77,14 +73,22 @@ class Publication:
         self.staging.mkdir(parents=True)
         return self
 
-    def save(self, model, model_meta: dict, scorer, task_ids, influences, predictions, clusters=None) -> None:
-        """The model, the scorer, the job's scores (and the cluster centroids)."""
-        save_checkpoint(self.staging / MODEL, model, model_meta)
-        scorer.save(self.staging / SCORER)
-        save_scores(self.staging / SCORES, task_ids, influences, predictions, None if clusters is None else clusters[1])
+    def save(self, model, model_meta: dict, scorer, task_ids, influences, predictions, clusters=None,
+             scores=None, reviewed=None) -> None:
+        """The model and the scorer (where the strategy has them: none for a cold start, no scorer without
+        influence), the job's scores: influence, prediction, served score (and the cluster centroids, the
+        review of the labeled tasks)."""
+        if model is not None:
+            save_checkpoint(self.staging / MODEL, model, model_meta)
+        if scorer is not None:
+            scorer.save(self.staging / SCORER)
+        save_scores(self.staging / SCORES, task_ids, influences, predictions, None if clusters is None else clusters[1],
+                    scores)
         if clusters is not None and clusters[0] is not None:
             with atomic_write(self.staging / CENTROIDS, "wb") as f:
                 torch.save(clusters[0], f)
+        if reviewed is not None:
+            save_review(self.staging / REVIEW, reviewed)
         hold_point("checkpoint")
 
     def write_predictions(self, predictions: Iterable[dict], expected: int) -> int:
@@ -103,6 +107,7 @@ class Publication:
     def finish(self, meta: dict) -> None:
         """meta.json, written last: a version folder with it is whole."""
         write_json(self.staging / META, meta)
+        self.meta = meta
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
@@ -118,6 +123,7 @@ class Publication:
             self._discard()
             raise
         self.project.adopt(final)
+        self.project.append_history(self.meta)
         if self.api is not None:
             self.api.set_model_version(self.project.id, self.version)  # Label Studio serves by it from now on
         _forget(self.project, self.version)
@@ -160,13 +166,10 @@ class Publication:
                             project.id, serving, current)
         return done
 
-
     @staticmethod
     def prune(project: ProjectDir, api: LabelStudioAPI, keep: int) -> dict[str, int]:
-        """Bounded Label Studio storage: delete the predictions of this backend's versions older than the
-        newest `keep` (0 = keep all), never those of the version Label Studio serves by; other backends'
-        versions are not touched. {version: predictions deleted}. Idempotent: a job killed before its
-        prune leaves the work to the next job's."""
+        """Delete the predictions of this backend's versions beyond the newest `keep` (0 = keep all), never the
+        served version's nor another backend's; {version: predictions deleted}. Idempotent."""
         if keep <= 0:
             return {}
         ours = sorted((v for v in api.model_versions(project.id) if _job_of(project, v) is not None),
@@ -201,42 +204,46 @@ def _write_record(project: ProjectDir, versions: list[str]) -> None:
 
 
 def _forget(project: ProjectDir, version: str) -> None:
-    recorded = _read_record(project)
-    if version in recorded:
+    if version in (recorded := _read_record(project)):
         _write_record(project, [v for v in recorded if v != version])
 
 
 def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskType, tasks, outcome, set_phase,
-            keep_ls_versions: int = 0) -> dict:
+            job: int, keep_ls_versions: int = 0) -> dict:
     """A job's last step: save the round's version, write its predictions, make it current, then delete the
     predictions of versions beyond `keep_ls_versions`; the report."""
-    result = outcome.result
+    result, task_ids = outcome.result, tasks.pool_ids
     influences = result.scores.influence.double().numpy()
-    sigma = influence_scale(influences)
-    scores = ranking_scores(influences, result.ranking, sigma)
-    task_ids = tasks.pool_ids
-    meta = version_meta(project, engine, task_type, tasks, outcome, sigma, scores, influences)
-    clusters = outcome.clusters
+    scores = place_scores(outcome.order, len(task_ids))  # the served order, diversity included, in the score
+    meta = version_meta(project, engine, task_type, tasks, outcome, job, scores, influences)
+    clusters, reviewed = outcome.clusters, outcome.reviewed
     with Publication(project, api, meta["version"]) as publication:
         publication.save(result.model, outcome.adapter.to_meta(), result.scorer, task_ids, influences,
-                         result.scores.predictions, clusters)
+                         result.scores.predictions, clusters, scores, reviewed)
         set_phase("writing predictions")
-        stream = task_type.predictions(meta["version"], task_ids, result.scores.predictions, scores,
-                                       prelabel=meta["prelabel"]["on"], clusters=clusters and clusters[1])
-        publication.write_predictions(stream, len(task_ids))
+        stream = chain(task_type.predictions(meta["version"], task_ids, result.scores.predictions, scores,
+                                             prelabel=meta["prelabel"]["on"],
+                                             clusters=clusters[1] if clusters and engine.cluster_field else None),
+                       # the review's: the model's own label, the review's place as the score
+                       task_type.predictions(meta["version"], reviewed.task_ids, reviewed.predictions,
+                                             reviewed.scores, prelabel=True) if reviewed else ())
+        n = len(task_ids) + meta["counts"]["reviewed"]
+        publication.write_predictions(track(stream, "writing predictions", total=n), n)
         publication.finish(meta)
     hold_point("published")
-    pruned = _prune_safely(project, api, keep_ls_versions)
-    keys = ("counts", "reference_source", "reference_note", "top_task", "top_score", "sigma", "solver_info",
-            "warnings", "reference_metric", "prelabel")
+    pruned = _after_publishing(project, api, keep_ls_versions, reviewed is not None)
+    keys = ("kind", "strategy", "counts", "reference_source", "reference_note", "top_task", "top_score",
+            "top_influence", "top_tasks", "solver_info", "warnings", "reference_metric", "prelabel")
     report = {"model_version": meta["version"], "predictions_written": publication.written,
               "label_studio_versions_pruned": pruned, **{k: meta[k] for k in keys}}
     return {**report, "reconciled": publication.reconciled} if publication.reconciled else report
 
 
-def _prune_safely(project: ProjectDir, api: LabelStudioAPI, keep: int) -> dict:
-    """Publication.prune, after the version is published: a failure is a warning (the next job prunes)."""
+def _after_publishing(project: ProjectDir, api: LabelStudioAPI, keep: int, reviewed: bool) -> dict:
+    """Publication.prune, and the review's Data Manager tab: a failure is a warning (the next job does it)."""
     try:
+        if reviewed:
+            ensure_view(api, project.id, **REVIEW_VIEW)
         return Publication.prune(project, api, keep)
     except Exception as exc:
         log.warning("project %s: could not delete old versions' predictions yet (%s); the next job will",
@@ -244,42 +251,32 @@ def _prune_safely(project: ProjectDir, api: LabelStudioAPI, keep: int) -> dict:
         return {"error": str(exc)}
 
 
-def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcome, sigma: float, scores,
+def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcome, job: int, scores,
                  influences) -> dict:
-    """What meta.json records of a version: its task, model, settings, counts and top task."""
-    result, settings = outcome.result, task_type.engine_settings(engine)
-    top = int(result.ranking.order[0])
-    task_ids = tasks.pool_ids
-    job = project.next_job_number()
+    """What meta.json records of a version: its kind, task, model, strategy, settings, counts, top tasks."""
+    result, settings, task_ids = outcome.result, task_type.engine_settings(engine), tasks.pool_ids
+    top = [int(p) for p in outcome.order[:10]]
+    prelabel = engine.prelabel_decision(outcome.metric)
     return {
-        "version": new_version_name(project.id, job), "project": project.id, "job": job, "created_at": time.time(),
-        "task_type": task_type.to_meta(), **outcome.adapter.to_meta(), "strategy": engine.strategy,
-        "solver": engine.solver, "damping": engine.damping, "params": settings.params, "top_k": engine.top_k,
-        "epochs": engine.epochs, "seed": engine.seed, "solver_info": result.scorer.info, "sigma": sigma,
-        "counts": tasks.counts, "warnings": tasks.warnings, "reference_source": tasks.reference_source,
-        "reference_note": tasks.reference_note, "top_task": task_ids[top], "top_score": float(scores[top]),
-        "top_influence": float(influences[top]), "reference_metric": outcome.metric,
-        "prelabel": prelabel_decision(engine.prelabel, engine.prelabel_min_metric, outcome.metric),
+        "version": new_version_name(project.id, job), "kind": outcome.kind, "project": project.id, "job": job,
+        "created_at": time.time(), "task_type": task_type.to_meta(), **outcome.adapter.to_meta(),
+        "strategy": "typiclust" if outcome.kind == "cold_start" else engine.strategy, "batch": engine.budget, "solver": engine.solver,
+        "damping": engine.damping, "params": settings.params, "top_k": engine.top_k, "epochs": engine.epochs,
+        "seed": engine.seed, "solver_info": result.scorer.info if result.scorer else None,
+        "score_encoding": "place", "warnings": tasks.warnings,
+        "counts": {**tasks.counts, "reviewed": len(outcome.reviewed.task_ids) if outcome.reviewed else 0},
+        "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
+        "top_task": task_ids[top[0]], "top_score": float(scores[top[0]]), "top_influence": _finite(influences, top[0]),
+        "top_tasks": [{"task": task_ids[p], "score": float(scores[p]), "influence": _finite(influences, p)}
+                      for p in top],
+        "reference_metric": outcome.metric, "prelabel": prelabel,
         "clusters": None if outcome.clusters is None or outcome.clusters[0] is None else len(outcome.clusters[0]),
-        "cluster_source": settings.cluster_source,
+        "cluster_source": settings.cluster_source, "cluster_field": bool(engine.cluster_field),
     }
 
 
-def prelabel_decision(policy: str, threshold: float, metric: dict) -> dict:
-    """Whether the version's predictions carry the model's guess, which Label Studio pre-ticks in the labeling
-    screen: {"policy", "on", "reason"}. A model trained on a handful of labels guesses badly, and an annotator
-    who just presses Submit saves its wrong guess, so by default (ISAL_PRELABEL=auto) only a model whose metric
-    on the reference set (`metric`: {name, value, on}) reaches ISAL_PRELABEL_MIN_METRIC prelabels."""
-    if policy == "always":
-        return {"policy": policy, "on": True, "reason": "ISAL_PRELABEL=always"}
-    if policy == "never":
-        return {"policy": policy, "on": False, "reason": "ISAL_PRELABEL=never"}
-    on = metric["value"] >= threshold
-    relation = "reaches" if on else "is below"
-    return {"policy": policy, "on": on, "threshold": threshold,
-            "reason": f"{metric['name']} {metric['value']:.3f} on the reference set ({metric['on']}) {relation} "
-                      f"ISAL_PRELABEL_MIN_METRIC={threshold:g}: predictions {'carry' if on else 'do not carry'} "
-                      f"the model's guess"}
+def _finite(values, i: int) -> float | None:
+    return float(values[i]) if np.isfinite(values[i]) else None
 
 
 def hold_point(name: str) -> None:

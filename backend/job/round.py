@@ -5,65 +5,168 @@ influence and prediction of every pool task in one pass (isal_core.Learner.round
 model's metric on R, and with cluster serving each pool task's cluster: k-means on the
 frozen embeddings, fitted once per project and backbone (on the labeled and unlabeled tasks
 of the first job, in task order) and kept, so every later version gives a task the same id
-(isal_core.selection.serving); without frozen features, the predicted class.
+(isal_core.selection.serving); without frozen features, the predicted class. The result is the
+order the pool is to be served in: the strategy's ranking, spread over the clusters (the
+best task of the least-labeled cluster, one after another) when cluster serving is on.
+
+With too few labels for a model (a cold start), the order comes from the frozen embeddings
+alone: TypiClust (isal_core.selection.coldstart), typical and diverse tasks first.
+
+Last, the review of what is labeled (ISAL_REVIEW): every labeled task outside R scored by the
+influence on R of its annotated label and the model's loss on it (isal_core.influence.review),
+ranked by ISAL_REVIEW_SIGNAL. The publication writes on each a prediction whose result is the
+model's own label and whose score is its place in the review, most suspicious lowest (the
+Data Manager tab "ISAL: annotations to review"); `GET /review` reads the version's review.npz.
 """
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from isal_core.influence.review import review, review_order
+
+from isal_core.influence.scorer import PoolScores
 from isal_core.learner import Learner, RoundResult
-from isal_core.selection.serving import assign, kmeans
+from isal_core.selection import Ranking
+from isal_core.selection.coldstart import typiclust_order
+from isal_core.selection.serving import assign, kmeans, served_order
 from isal_core.utils.atomic import atomic_write
 
+from ..errors import JobError
+from ..labelstudio.score_encoding import place_scores
 from ..settings import EngineSettings
 from ..storage.layout import CENTROIDS_OF_PROJECT, GROUP_PREFIX
 from ..storage.projects import ProjectDir
 from ..tasktypes import TaskType
-from .group import run_in_group
+from .group import engine_round, run_in_group
 from .tasks import REFERENCE_FLAG, ProjectTasks
 
 
 @dataclass
+class ReviewedTasks:
+    """Per reviewed task: id, annotated label, the model's prediction, and the signals; `scores` the place
+    encoding Label Studio sorts by (most suspicious lowest)."""
+
+    task_ids: list[int]
+    annotated: list
+    predictions: list
+    influence: np.ndarray
+    loss: np.ndarray
+    scores: np.ndarray
+    signal: str
+
+
+def review_labeled(result, adapter, tasks, device, signal: str) -> ReviewedTasks | None:
+    """The review of a job's labeled tasks (the reference set left out), or None when there is nothing to
+    review or no scorer to review with."""
+    if result.scorer is None:
+        return None
+    in_r = {i.task_id for i in tasks.reference}
+    keep = [k for k, item in enumerate(tasks.labeled) if item.task_id not in in_r]
+    if not keep:
+        return None
+    # a dataset of its own (not a Subset): the scorer indexes by each item's position in its dataset
+    subset = adapter.dataset([tasks.records["labeled"][k] for k in keep])
+    found = review(result.model, adapter, subset, result.scorer.s_test, result.scorer.params, device)
+    order = review_order(found, signal)
+    items = [tasks.labeled[k] for k in keep]
+    labels = [_jsonable(i.label) for i in items]
+    return ReviewedTasks([i.task_id for i in items], labels, found.predictions, found.influence.numpy(),
+                         found.loss.numpy(), place_scores(order, len(keep)), signal)
+
+
+def _jsonable(label):
+    if isinstance(label, torch.Tensor):
+        return label.tolist()
+    if isinstance(label, dict):
+        return {k: _jsonable(v) for k, v in label.items()}
+    return label
+
+
+@dataclass
 class RoundOutcome:
-    """What the round gives the publication: the engine's result, the adapter that made it, the metric
-    on R ({name, value, on}), (centroids or None, cluster per pool task) or None, and for the report
-    the processes it ran on and what the embedding cache saved."""
+    """What the round gives the publication: the engine's result, the adapter that made it, the metric on R
+    ({name, value, on}; None for a cold start), (centroids or None, cluster per pool task) or None, the
+    order the pool is to be served in (positions), and for the report the processes it ran on and what
+    the embedding cache saved."""
 
     result: RoundResult
     adapter: object
-    metric: dict
+    metric: dict | None
     clusters: tuple | None
+    order: list[int]
+    kind: str = "round"  # or "cold_start": no model yet, an order from the embeddings alone
     processes: int = 1
     embedding_cache: dict | None = None
+    reviewed: ReviewedTasks | None = None  # the labeled tasks, most suspicious annotation first
+    review_s: float = 0.0
 
 
 def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, tasks: ProjectTasks,
-              set_phase) -> RoundOutcome:
+              set_phase, job: int = 0) -> RoundOutcome:
     adapter = task_type.adapter(engine)
+    adapter.prepare(progress=lambda done, total: set_phase(f"downloading the pretrained weights: {done} of {total} MB"))
+    if tasks.cold:
+        return _cold_start(engine, adapter, tasks, set_phase)
     records = tasks.records
     group = None
     if engine.job_procs > 1:  # training, scoring and the metric as a torchrun group
         with tempfile.TemporaryDirectory(prefix=GROUP_PREFIX, dir=project.root) as job_dir:
-            result, group = run_in_group(engine.job_procs, task_type, engine, records, Path(job_dir), set_phase)
+            result, group = run_in_group(engine.job_procs, task_type, engine, records, Path(job_dir), set_phase,
+                                         job)
     labeled, pool = adapter.dataset(records["labeled"]), adapter.dataset(records["pool"])
     reference = adapter.dataset(records["reference"])
     if group is None:
         learner = Learner(adapter, task_type.engine_settings(engine), engine.seed)
-        result = learner.round(engine.strategy, labeled, pool, reference,
-                               train_set=adapter.dataset(records["labeled"], train=True), on_phase=set_phase)
+        result = engine_round(learner, adapter, engine, records, labeled, pool, reference, set_phase, job)
         value = learner.evaluate(result.model, reference)
         cache = adapter.cache.summary() if hasattr(adapter, "cache") else None
     else:
         value, cache = group["metric"], group["embedding_cache"]
-    clusters = _clusters(project, engine, adapter, tasks, labeled, pool, result,
-                         task_type.engine_settings(engine).cluster_source)
+    source = task_type.engine_settings(engine).cluster_source
+    clusters = _clusters(project, engine, adapter, tasks, labeled, pool, result, source)
+    order = result.ranking.order.tolist()
+    if clusters is not None:  # the best of the least-labeled cluster, one after another
+        order = served_order(order, clusters[1], _labeled_clusters(tasks, labeled, clusters, source))
     optimistic = "" if tasks.reference_source == REFERENCE_FLAG else " (also trained on: optimistic)"
     metric = {"name": adapter.metric().name, "value": value, "on": tasks.reference_source + optimistic}
-    return RoundOutcome(result, adapter, metric, clusters, engine.job_procs, cache)
+    reviewed, start = None, time.time()
+    if engine.review:
+        set_phase("reviewing the annotations")
+        device = next(result.model.parameters()).device
+        reviewed = review_labeled(result, adapter, tasks, device, engine.review_signal)
+    return RoundOutcome(result, adapter, metric, clusters, order, processes=engine.job_procs, embedding_cache=cache,
+                        reviewed=reviewed, review_s=round(time.time() - start, 2))
+
+
+def _cold_start(engine: EngineSettings, adapter, tasks: ProjectTasks, set_phase) -> RoundOutcome:
+    """Too few labels for a model: the pool in TypiClust's order on the frozen embeddings."""
+    if not hasattr(adapter, "cache"):
+        raise JobError(f"need at least {engine.min_labeled} labeled tasks to train, have {len(tasks.labeled)}: a "
+                       "cold start (ISAL_COLD_START) orders the tasks before any label only with pretrained frozen "
+                       "features (ISAL_WEIGHTS)")
+    set_phase("embedding the tasks (cold start)")
+    pool = adapter.dataset(tasks.records["pool"])
+    order = typiclust_order(pool.x, engine.budget, engine.seed)
+    n = len(order)
+    places = torch.empty(n, dtype=torch.float64)
+    places[torch.tensor(order, dtype=torch.long)] = torch.arange(n, dtype=torch.float64)
+    result = RoundResult(None, Ranking(torch.tensor(order, dtype=torch.long), places), None,
+                         PoolScores(torch.full((n,), float("nan"), dtype=torch.float64), [None] * n))
+    return RoundOutcome(result, adapter, None, None, order, kind="cold_start", embedding_cache=adapter.cache.summary())
+
+
+def _labeled_clusters(tasks: ProjectTasks, labeled, clusters, source) -> list[int]:
+    """The clusters of the tasks labeled so far: their embeddings' nearest centroid, or their label (the
+    cluster of a prediction, without frozen features, is the predicted class)."""
+    if source == "predictions":
+        return [int(i.label) for i in tasks.labeled]
+    return assign(labeled.x, clusters[0]).tolist() if len(tasks.labeled) else []
 
 
 def _clusters(project: ProjectDir, engine: EngineSettings, adapter, tasks: ProjectTasks, labeled, pool, result,

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from isal_core.utils.progress import reporting
+
 from ..errors import JobError, UnsupportedConfig, describe_api_error
 from ..labelstudio.client import ApiError, LabelStudioAPI
 from ..settings import EngineSettings
@@ -33,17 +35,20 @@ class Job:
         self.cache_dir = Path(cache_dir)
         self.keep_ls_versions = keep_ls_versions
 
-    def run(self, project: ProjectDir, api: LabelStudioAPI, set_phase: Callable[[str], None] = lambda p: None) -> dict:
-        """The job's report (what /status shows as the last job); JobError with a message for the user."""
+    def run(self, project: ProjectDir, api: LabelStudioAPI, set_phase: Callable = lambda *a: None) -> dict:
+        """The job's report (what /status shows as the last job); JobError with a message for the user.
+        `set_phase(phase)` hears each phase as it starts, `set_phase(loop, done, total)` a long loop's progress."""
         set_phase("reading tasks")
         try:
-            task_type = project.update_config(api.project_label_config(project.id))
-            tasks = read_project(api, project, task_type, self.cache_dir, self.engine.download_workers,
-                                 self.engine.min_labeled, set_phase)
-            read = time.time()
-            outcome = run_round(project, task_type, self.engine, tasks, set_phase)
-            scored = time.time()
-            report = publish(project, api, self.engine, task_type, tasks, outcome, set_phase, self.keep_ls_versions)
+            with reporting(set_phase):  # the long loops' done/total, beside the phase (set_phase(desc, done, total))
+                task_type = project.update_config(api.project_label_config(project.id))
+                tasks = read_project(api, project, task_type, self.cache_dir, self.engine.download_workers,
+                                     self.engine.min_labeled, set_phase, self.engine.cold_starts)
+                read, job = time.time(), project.next_job_number()
+                outcome = run_round(project, task_type, self.engine, tasks, set_phase, job)
+                scored = time.time()
+                report = publish(project, api, self.engine, task_type, tasks, outcome, set_phase, job,
+                                 self.keep_ls_versions)
         except UnsupportedConfig as exc:
             raise JobError(f"the project's labeling config is not supported: {exc}") from None
         except ApiError as exc:
@@ -52,5 +57,6 @@ class Job:
             report["processes"] = outcome.processes
         if outcome.embedding_cache is not None:
             report["embedding_cache"] = outcome.embedding_cache
-        report["timings_s"] = {**tasks.seconds, "score": round(scored - read, 2), "write": round(time.time() - scored, 2)}
+        report["timings_s"] = {**tasks.seconds, "score": round(scored - read, 2), "review": outcome.review_s,
+                               "write": round(time.time() - scored, 2)}  # ("review" is part of "score")
         return report

@@ -94,6 +94,7 @@ class ProjectTasks:
     counts: dict = field(default_factory=dict)
     warnings: dict = field(default_factory=dict)  # Warnings.as_dict
     seconds: dict = field(default_factory=dict)  # "read", "download"
+    cold: bool = False  # too few labels for a model: a cold start orders the pool
 
     def finish(self, warnings: Warnings) -> "ProjectTasks":
         """The parts as records, counts and warnings: what the rest of the job reads."""
@@ -103,6 +104,8 @@ class ProjectTasks:
         self.counts = {"labeled": len(self.labeled), "reference": len(self.reference), "unlabeled": len(self.pool),
                        "reference_unlabeled": self.flagged_unlabeled, "skipped": int(sum(warnings.counts.values()))}
         self.warnings = warnings.as_dict()
+        self.counts["labels"] = _label_counts(self.labeled)
+        self.counts["reference_labels"] = _label_counts(self.reference)
         return self
 
     def download(self, api: LabelStudioAPI, cache_dir: Path, workers: int, warnings: Warnings) -> None:
@@ -116,8 +119,8 @@ class ProjectTasks:
                                "set LABEL_STUDIO_API_KEY to a valid legacy token or personal access token")
             elif isinstance(path, DownloadError):
                 warnings.add("download_refused" if path.refused else "image_download_failed", item.task_id, str(path))
-            else:
-                warnings.add("image_undecodable", item.task_id, str(path))
+            else:  # the message names the cached copy; the user knows the task's URL
+                warnings.add("image_undecodable", item.task_id, f"{item.url}: {path}")
         for part in ("labeled", "reference", "pool"):
             setattr(self, part, [i for i in getattr(self, part) if i.path])
         self.reference_note = f"{len(self.reference)} labeled tasks flagged \"{REFERENCE_FLAG}\": true"
@@ -131,6 +134,15 @@ class ProjectTasks:
             f"set L1 ({len(self.reference)} of its {len(l1)} tasks usable), saved "
             f"{'now' if created else 'by an earlier job'} in reference_l1.json; it is also trained on. Flag a "
             "labeled, representative set for better selection.")
+
+
+def _label_counts(items: list[Item]) -> dict[str, int]:
+    """How many of each class index (a classification label, or the labels of an image's boxes)."""
+    counts: Counter = Counter()
+    for item in items:
+        labels = item.label.get("labels", []) if isinstance(item.label, dict) else [item.label]
+        counts.update(str(int(label)) for label in labels)
+    return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
 
 
 def read_tasks(api: LabelStudioAPI, project_id: int, task_type: TaskType, warnings: Warnings) -> ProjectTasks:
@@ -165,8 +177,14 @@ def read_tasks(api: LabelStudioAPI, project_id: int, task_type: TaskType, warnin
     return tasks
 
 
-def choose_reference(project: ProjectDir, tasks: ProjectTasks, min_labeled: int, warnings: Warnings) -> None:
-    """R = the flagged tasks, else the first labeled set L1 (saved once); refuse what cannot train."""
+def choose_reference(project: ProjectDir, tasks: ProjectTasks, min_labeled: int, warnings: Warnings,
+                     cold_start: bool = False) -> None:
+    """R = the flagged tasks, else the first labeled set L1 (saved once); refuse what cannot train, unless a
+    cold start may order the pool instead."""
+    if len(tasks.labeled) < min_labeled and cold_start and tasks.pool:
+        tasks.cold = True
+        tasks.reference_source, tasks.reference_note = "none", "cold start: no model yet, so no reference set"
+        return
     if len(tasks.labeled) < min_labeled:
         raise JobError(f"need at least {min_labeled} labeled tasks with a usable image to train, have "
                        f"{len(tasks.labeled)} (skipped: {dict(warnings.counts) or 'none'})")
@@ -185,14 +203,15 @@ def choose_reference(project: ProjectDir, tasks: ProjectTasks, min_labeled: int,
 
 
 def read_project(api: LabelStudioAPI, project: ProjectDir, task_type: TaskType, cache_dir: Path, workers: int,
-                 min_labeled: int, set_phase=lambda phase: None) -> ProjectTasks:
-    """The job's view of the project: tasks sorted and downloaded, R chosen, skips counted and logged."""
+                 min_labeled: int, set_phase=lambda phase: None, cold_start: bool = False) -> ProjectTasks:
+    """The job's view of the project: tasks sorted and downloaded, R chosen (or, with too few labels and
+    `cold_start`, marked cold), skips counted and logged."""
     warnings, start = Warnings(), time.time()
     tasks = read_tasks(api, project.id, task_type, warnings)
     read = time.time()
     set_phase("downloading images")
     tasks.download(api, cache_dir, workers, warnings)
     tasks.seconds = {"read": round(read - start, 2), "download": round(time.time() - read, 2)}
-    choose_reference(project, tasks, min_labeled, warnings)
+    choose_reference(project, tasks, min_labeled, warnings, cold_start)
     warnings.log(project.id)
     return tasks.finish(warnings)

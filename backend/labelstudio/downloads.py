@@ -6,6 +6,7 @@ from pathlib import Path
 
 from isal_core.data.images import open_image
 from isal_core.errors import ImageDecodeError
+from isal_core.utils.progress import track
 
 from ..errors import DownloadError
 from .client import LabelStudioAPI
@@ -26,7 +27,7 @@ def fetch_images(api: LabelStudioAPI, urls: list[str], cache_dir: Path, workers:
     if len(urls) <= 1:
         return [fetch(u) for u in urls]
     with ThreadPoolExecutor(min(workers, len(urls)), thread_name_prefix="isal-download") as pool:
-        return list(pool.map(fetch, urls))
+        return list(track(pool.map(fetch, urls), "downloading images", total=len(urls)))
 
 
 def is_key_problem(error) -> bool:

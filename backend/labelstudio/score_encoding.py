@@ -1,21 +1,25 @@
-"""Influence -> Label Studio prediction score.
+"""The order the backend wants served -> Label Studio prediction scores.
 
 Label Studio serves tasks by prediction score, LOWEST first: "Uncertainty sampling"
 (`/api/projects/<id>/next`) orders by `predictions__score` ascending and the Data
 Manager's "Prediction score" column sorts ascending. It also silently drops predictions
-whose score is outside [0, 1]. ISAL labels the MOST NEGATIVE influence first
-(I(z) = -grad l(R)^T (H + damping I)^-1 G_z < 0 means labeling z lowers the reference
-loss). So the score is a strictly increasing squashing of the influence:
+whose score is outside [0, 1]. A job decides the whole order (the strategy's ranking,
+spread over clusters when cluster serving is on: isal_core.selection.serving), so the
+score is the task's place in it:
 
-    score(z) = sigmoid(I(z) / sigma),   sigma = std of the pool's influences in that job
+    score(task at place r of n) = (r + 1) / (n + 1)
 
-- strictly monotone: ascending score = ascending influence = ISAL's order, exactly;
-- in (0, 1): always kept by Label Studio; 0.5 means zero influence;
-- sigma only sets the scale (about 0.27..0.73 for +-1 std). It is fixed per model
-  version and saved in its meta.json, so a task scored later by /predict (one that
-  arrived after the job) lands on the same scale as the pool scored by the job.
-- float64 keeps the helpful end distinct: sigmoid(-30) is 9e-14, not 0. Only very
-  harmful tasks (I > ~37 sigma) can round to exactly 1.0 and tie there.
+- the order Label Studio serves, the Data Manager sorted by score and the backend's own
+  order are one and the same, diversity included, with no `cluster` field (so every
+  prediction goes through the bulk import);
+- in (0, 1): always kept by Label Studio; distinct for every task;
+- the raw influence stays in the version's files (scores.npz), /predict and /status.
+A task imported after the job is scored by /predict with the version's own model and
+s_test, and gets the score of the job's pool task whose influence is nearest its own
+(`score_like`): it is served next to the tasks it resembles most by influence.
+
+Versions published before this encoding kept `sigmoid(I / sigma)` (`encode`), which is
+still how their scores read.
 """
 from __future__ import annotations
 
@@ -52,15 +56,27 @@ def encode(influences, sigma: float) -> np.ndarray:
     return out
 
 
-def ranking_scores(influences, ranking, sigma: float) -> np.ndarray:
-    """Scores that make Label Studio serve the job's ranking: encode(I) for scored tasks; tasks the
-    ranking puts after them (unscored: a detection image with no pseudo-box) get scores above every
-    scored one, in the ranking's (seeded random) order, so they are served only when the scored run out."""
-    scores = encode(influences, sigma)
-    order = np.asarray(ranking.order.tolist(), dtype=np.int64)
-    unscored = order[~np.isfinite(np.asarray(ranking.scores.double().numpy()))[order]]
-    if unscored.size:
-        scored = np.setdiff1d(np.arange(len(scores)), unscored)
-        floor = float(scores[scored].max()) if scored.size else 0.5
-        scores[unscored] = floor + (1.0 - floor) * np.arange(1, unscored.size + 1) / (unscored.size + 1)
+def place_scores(order, n: int) -> np.ndarray:
+    """Scores for pool positions served in `order` (positions, first served first): (place + 1) / (n + 1)."""
+    scores = np.full(n, UNSCORABLE_SCORE, dtype=np.float64)
+    scores[np.asarray(order, dtype=np.int64)] = (np.arange(len(order)) + 1.0) / (n + 1.0)
     return scores
+
+
+def score_like(influences, pool_influences, pool_scores) -> np.ndarray:
+    """For new tasks: the score of the pool task with the nearest influence (0.5 when the pool had none)."""
+    known = np.isfinite(np.asarray(pool_influences, dtype=np.float64))
+    values = np.asarray(pool_influences, dtype=np.float64)[known]
+    scores = np.asarray(pool_scores, dtype=np.float64)[known]
+    out = np.full(len(influences), UNTRAINED_SCORE, dtype=np.float64)
+    if not len(values):
+        return out
+    by = np.argsort(values, kind="stable")
+    values, scores = values[by], scores[by]
+    for i, value in enumerate(np.asarray(influences, dtype=np.float64)):
+        if not np.isfinite(value):
+            continue
+        j = int(np.clip(np.searchsorted(values, value), 1, len(values) - 1)) if len(values) > 1 else 0
+        nearest = j if len(values) == 1 or abs(values[j] - value) < abs(values[j - 1] - value) else j - 1
+        out[i] = scores[nearest]
+    return out

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from isal_core.errors import IsalError
 
+from ..metrics import record_job
 from .state import JobTable
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,11 @@ class JobManager:
                 log.exception("job heartbeat failed")
 
     def _run_once(self, project_id: int, reason: str) -> tuple[dict, str | None]:
-        def set_phase(phase: str) -> None:
-            self.table.update(project_id, phase=phase)
+        def set_phase(phase: str, done: int | None = None, total: int | None = None) -> None:
+            if done is None:  # a new phase; its long loops report their progress below
+                self.table.update(project_id, phase=phase, progress=None)
+            else:
+                self.table.update(project_id, progress={"of": phase, "done": done, "total": total})
 
         t0 = time.time()
         self.table.update(project_id, last={"status": "running", "reason": reason, "started_at": t0})
@@ -162,15 +166,19 @@ class JobManager:
                 report = self.run_job(project_id, set_phase) or {}
                 log.info("project %s: job done in %.1f s: %s", project_id, time.time() - t0,
                          {k: report.get(k) for k in ("model_version", "counts", "warnings")})
-                return {**report, "status": "done", "reason": reason, "started_at": t0,
-                        "seconds": round(time.time() - t0, 2)}, None
+                done = {**report, "status": "done", "reason": reason, "started_at": t0,
+                        "seconds": round(time.time() - t0, 2)}
+                record_job(done, "done")
+                return done, None
             except Exception as exc:  # a failed job must not take the server down
                 known = isinstance(exc, IsalError)  # a message for the user, no traceback
                 message = str(exc) if known else f"{type(exc).__name__}: {exc}"
                 log.error("project %s: job failed, keeping the current model: %s", project_id, message,
                           exc_info=not known)
-                return {"status": "failed", "reason": reason, "started_at": t0, "error": message,
-                        "seconds": round(time.time() - t0, 2)}, message
+                failed = {"status": "failed", "reason": reason, "started_at": t0, "error": message,
+                          "seconds": round(time.time() - t0, 2)}
+                record_job(failed, "failed")
+                return failed, message
 
     def snapshot(self, project_id: int) -> dict:
         return self.table.snapshot(project_id)

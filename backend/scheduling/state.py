@@ -24,8 +24,21 @@ from pathlib import Path
 
 _TOKENS: dict[int, str] = {}
 
-EMPTY_ROW = {"events": 0, "running": False, "pending": False, "reason": None, "phase": "idle", "started": 0,
+EMPTY_ROW = {"events": 0, "running": False, "pending": False, "reason": None, "phase": "idle", "progress": None,
+             "started": 0, "recent": [],
              "coalesced": 0, "resumed": 0, "last": {}, "last_error": None, "owner": None, "heartbeat": None}
+
+
+#: Finished jobs kept per project (the project page lists them).
+RECENT = 10
+
+
+def _summary(last: dict) -> dict:
+    """What the project page shows of a finished job."""
+    keys = ("status", "reason", "started_at", "seconds", "error", "model_version", "kind", "predictions_written")
+    out = {k: last[k] for k in keys if k in last}
+    out["warnings"] = {k: v.get("count", 0) for k, v in (last.get("warnings") or {}).items()}
+    return out
 
 
 def process_id() -> str:
@@ -166,7 +179,7 @@ class JobTable:
                 if not row["running"]:
                     row["reason"] = reason
                 return "pending" if row["running"] else "queued"
-            row.update(running=True, phase="queued", reason=reason, started=row["started"] + 1, owner=process_id(),
+            row.update(running=True, phase="queued", progress=None, reason=reason, started=row["started"] + 1, owner=process_id(),
                        heartbeat=time.time())
             return "started"
 
@@ -175,19 +188,20 @@ class JobTable:
         with self._row(project) as row:
             if row["owner"] != process_id():
                 return None  # claimed by another process meanwhile (we were thought dead): theirs now
-            row.update(last=last, last_error=error)
+            row.update(last=last, last_error=error, recent=[*row["recent"][-(RECENT - 1):], _summary(last)])
             if row["pending"]:
-                row.update(pending=False, started=row["started"] + 1, phase="queued", reason="pending request",
+                row.update(pending=False, started=row["started"] + 1, phase="queued", progress=None, reason="pending request",
                            heartbeat=time.time())
                 return "pending request"
             row.update(running=False, phase="idle", owner=None, heartbeat=None)
             return None
 
     def update(self, project: int, **fields) -> None:
-        """phase / last of a job this process owns (also refreshes its heartbeat)."""
+        """phase / progress / last of a job this process owns (also refreshes its heartbeat)."""
         with self._row(project) as row:
             if row["owner"] == process_id():
-                row.update({k: v for k, v in fields.items() if k in ("phase", "last")}, heartbeat=time.time())
+                row.update({k: v for k, v in fields.items() if k in ("phase", "progress", "last")},
+                           heartbeat=time.time())
 
     def heartbeat(self) -> None:
         me = process_id()
@@ -221,7 +235,7 @@ class JobTable:
                 else:
                     why = row["reason"] or "pending request"
                     row.update(running=True, pending=False)
-                row.update(owner=me, heartbeat=now, phase="queued", started=row["started"] + 1)
+                row.update(owner=me, heartbeat=now, phase="queued", progress=None, started=row["started"] + 1)
                 tx.put(project, row)
                 claimed.append((project, why))
         return claimed
@@ -231,9 +245,11 @@ class JobTable:
         with self.rows.transaction() as tx:
             row = tx.get(project)
         return {"state": "running" if row["running"] else "idle", "phase": row["phase"],
+                "progress": row["progress"] if row["running"] else None,
                 "pending": bool(row["pending"]), "events_since_request": row["events"],
                 "jobs_started": row["started"], "requests_coalesced": row["coalesced"],
                 "jobs_resumed": row["resumed"], "last_job": row["last"], "last_error": row["last_error"],
+                "recent_jobs": row["recent"],
                 "worker": row["owner"] if row["running"] else None}
 
     def busy(self, project: int) -> bool:

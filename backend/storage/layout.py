@@ -2,6 +2,7 @@
 
     MODEL_DIR/
       jobs.sqlite                 job state of every project (backend.scheduling.state; Redis instead with REDIS_URL)
+      .metrics/                   /metrics' samples of every process of `python -m backend` (backend.metrics)
       cache/                      downloaded task files (backend.labelstudio.client)
       embeddings/                 frozen-feature embeddings (isal_core.tasks.frozen), unless ISAL_EMBEDDING_CACHE
       <project>/
@@ -11,6 +12,7 @@
         connection.json           hostname and access token /setup sent (mode 0600), for the job worker,
                                   when LABEL_STUDIO_URL / _API_KEY are not set
         unpublished.json          versions whose predictions may be in Label Studio unpublished
+        history.jsonl             one line per published version: labels, metric on R (the project page)
         clusters-<backbone>-k<k>-seed<s>.pt   the project's k-means centroids (cluster serving)
         .tmp-<version>/           a version being built; renamed into place when its job publishes it
         .group-*/                 a torchrun group's records and result, while it runs
@@ -20,10 +22,12 @@
           s_test.pt               the engine's InfluenceScorer (s_test, its parameters, top-k)
           scores.npz              the job's pool: task ids, influence, predictions (and clusters)
           clusters.pt             the centroids the version's clusters come from (cluster serving)
+          review.npz              the labeled tasks ranked by how likely their label is wrong (backend.job.round)
 """
 from __future__ import annotations
 
 JOBS_DB = "jobs.sqlite"
+METRICS_DIR = ".metrics"  # prometheus-client's samples of every process (python -m backend)
 IMAGE_CACHE = "cache"
 EMBEDDING_CACHE = "embeddings"
 
@@ -32,6 +36,7 @@ REFERENCE_L1 = "reference_l1.json"
 JOB_COUNTER = "jobs.json"
 CONNECTION = "connection.json"
 UNPUBLISHED = "unpublished.json"
+HISTORY = "history.jsonl"
 STAGING_PREFIX = ".tmp-"
 GROUP_PREFIX = ".group-"
 
@@ -40,6 +45,7 @@ MODEL = "model.pt"
 SCORER = "s_test.pt"
 SCORES = "scores.npz"
 CENTROIDS = "clusters.pt"
+REVIEW = "review.npz"
 #: The files every complete version holds.
 VERSION_FILES = (META, MODEL, SCORER, SCORES)
 #: A project's k-means centroids of one backbone, k and seed (str.format fields: backbone, k, seed).

@@ -25,8 +25,8 @@ from isal_core.utils.atomic import write_json
 
 from ..errors import UnknownProject
 from ..tasktypes import TaskType, parse_label_config, task_type_from_meta
-from .layout import CONNECTION, EMBEDDING_CACHE, IMAGE_CACHE, JOB_COUNTER, META, PROJECT, REFERENCE_L1, VERSION_FILES
-from .versions import ModelVersion
+from .layout import CONNECTION, EMBEDDING_CACHE, HISTORY, IMAGE_CACHE, JOB_COUNTER, META, PROJECT, REFERENCE_L1
+from .versions import ModelVersion, required_files
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,16 @@ class ProjectDir:
         self.info: dict = {}
         self._seen = None  # the project dir's mtime when versions were last listed
 
-    def register(self, label_config: str, task_type: TaskType) -> None:
+    def register(self, label_config: str, task_type: TaskType, warnings: list[str] = ()) -> bool:
+        """Save the labeling config /setup sent (and what to warn of); True the first time this project is."""
         info = {"project": self.id, "label_config": label_config, "task_type": task_type.to_meta(),
-                "config_warnings": task_type.config_warnings(), "updated_at": time.time()}
-        if info["label_config"] != self.info.get("label_config"):
+                "config_warnings": task_type.config_warnings() + list(warnings), "updated_at": time.time()}
+        new = not self.info
+        if info["label_config"] != self.info.get("label_config") or info["config_warnings"] != self.info.get(
+                "config_warnings"):
             write_json(self.root / PROJECT, info)
         self.info = info
+        return new
 
     def task_type(self) -> TaskType:
         return task_type_from_meta(self.info["task_type"])
@@ -128,12 +132,13 @@ class ProjectDir:
             if not d.is_dir() or d.name.startswith(".") or d.name == IMAGE_CACHE:
                 continue
             try:
-                job = int(json.loads((d / META).read_text())["job"])
+                meta = json.loads((d / META).read_text())
+                job = int(meta["job"])
             except (OSError, ValueError, KeyError, TypeError):
                 if good_only:
                     continue
-                job = -1
-            if good_only and any(not (d / f).is_file() for f in VERSION_FILES):
+                meta, job = {}, -1
+            if good_only and any(not (d / f).is_file() for f in required_files(meta)):
                 continue
             found.append((job, d.name))
         return [name for _, name in sorted(found, reverse=True)]
@@ -159,6 +164,30 @@ class ProjectDir:
         """Make the version just renamed into `path` current (the publication's last step on disk)."""
         self.current = ModelVersion.open(path, self.device, embedding_cache=self.embedding_cache)
         return self.current
+
+    # -- the project's history: one line per published version (its folder may be pruned) ---------------
+    def append_history(self, meta: dict) -> None:
+        metric = meta.get("reference_metric") or {}
+        line = {"version": meta.get("version"), "job": meta.get("job"), "kind": meta.get("kind", "round"),
+                "strategy": meta.get("strategy"), "created_at": meta.get("created_at"),
+                "labeled": (meta.get("counts") or {}).get("labeled"), "metric": metric.get("value"),
+                "metric_name": metric.get("name"), "metric_on": metric.get("on")}
+        with open(self.root / HISTORY, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def history(self) -> list[dict]:
+        """Every published version's (labels, metric on R), oldest first; unreadable lines are skipped."""
+        try:
+            lines = (self.root / HISTORY).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
 
     # -- how /setup said to reach Label Studio ----------------------------------
     def save_connection(self, conn: dict) -> None:

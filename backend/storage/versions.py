@@ -21,20 +21,27 @@ from isal_core.utils.runtime import resolve_device
 from isal_core.influence.scorer import InfluenceScorer, PoolScores
 from isal_core.selection.serving import assign
 
-from ..labelstudio.score_encoding import encode
+from ..labelstudio.score_encoding import UNSCORABLE_SCORE, encode, score_like
 from ..tasktypes import TaskType, task_type_from_meta
-from .layout import CENTROIDS, META, MODEL, SCORER, SCORES, VERSION_FILES
+from .layout import CENTROIDS, META, MODEL, REVIEW, SCORER, SCORES, VERSION_FILES
 
 
 
-def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list, list]:
-    """(task ids, influence, predictions, clusters or Nones) of scores.npz (older versions kept an
-    `output` column and no clusters)."""
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray | None]:
+    """(task ids, influence, predictions, clusters or Nones, served scores or None) of scores.npz (older
+    versions kept an `output` column, and no clusters or scores)."""
     with np.load(path) as z:
         predictions = [json.loads(p) for p in z["predictions"]] if "predictions" in z else [
             o.item() if hasattr(o, "item") else o for o in z["output"]]
         clusters = z["clusters"].tolist() if "clusters" in z else [None] * len(z["task_ids"])
-        return z["task_ids"], z["influence"], predictions, clusters
+        return z["task_ids"], z["influence"], predictions, clusters, z["scores"] if "scores" in z else None
+
+
+def required_files(meta: dict) -> tuple[str, ...]:
+    """The files a whole version holds: a cold start has no model, a strategy without influence no scorer."""
+    if meta.get("kind") == "cold_start":
+        return META, SCORES
+    return VERSION_FILES if meta.get("solver_info", True) is not None else (META, MODEL, SCORES)
 
 
 @dataclass
@@ -52,8 +59,8 @@ class ModelVersion:
         return self.meta["version"]
 
     @property
-    def sigma(self) -> float:
-        return float(self.meta["sigma"])
+    def has_model(self) -> bool:
+        return self.meta.get("kind") != "cold_start"
 
     @property
     def task_type(self) -> TaskType:
@@ -77,20 +84,24 @@ class ModelVersion:
         `verify` also deserializes the checkpoint, scorer and scores (no model is built,
         so it is safe in the gunicorn master before the fork).
         """
-        missing = [f for f in VERSION_FILES if not (path / f).is_file() or (path / f).stat().st_size == 0]
-        if missing:
-            raise ValueError(f"model version {path} is incomplete: missing {missing}")
         try:
             meta = json.loads((path / META).read_text())
-            for key in ("version", "sigma", "task_type", "job", "params", "top_k", "arch", "image_size"):
+            for key in ("version", "task_type", "job", "params", "top_k", "arch", "image_size"):
                 meta[key]
             task_type_from_meta(meta["task_type"])
+        except FileNotFoundError:
+            raise ValueError(f"model version {path} is incomplete: missing ['{META}']") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"model version {path} has a bad meta.json: {exc!r}") from None
+        missing = [f for f in required_files(meta) if not (path / f).is_file() or (path / f).stat().st_size == 0]
+        if missing:
+            raise ValueError(f"model version {path} is incomplete: missing {missing}")
         if verify:
             try:
-                read_checkpoint(path / MODEL)  # (no model is built: no weights to load)
-                InfluenceScorer.load(path / SCORER)
+                if (path / MODEL).is_file():
+                    read_checkpoint(path / MODEL)  # (no model is built: no weights to load)
+                if (path / SCORER).is_file():
+                    InfluenceScorer.load(path / SCORER)
                 read_scores(path / SCORES)
             except Exception as exc:  # torch, numpy and zipfile raise many kinds
                 raise ValueError(f"model version {path} has unreadable files: {type(exc).__name__}: {exc}") from None
@@ -101,20 +112,31 @@ class ModelVersion:
         with self._lock:
             if self._loaded is None:
                 device = resolve_device(self.device)
-                model, _ = load_checkpoint(self.path / MODEL, device, self.adapter())
-                ids, influences, predictions, clusters = read_scores(self.path / SCORES)
+                model = load_checkpoint(self.path / MODEL, device, self.adapter())[0] if self.has_model else None
+                ids, influences, predictions, clusters, served = read_scores(self.path / SCORES)
+                if served is None:  # a version of the sigmoid encoding (before the served order was the score)
+                    served = encode(influences, float(self.meta["sigma"]))
+                    unscored = [self.adapter().unscored(p) for p in predictions]  # (no box: served last)
+                    served[np.asarray(unscored, dtype=bool)] = UNSCORABLE_SCORE
                 centroids = self.path / CENTROIDS
+                scorer = self.path / SCORER
                 self._loaded = {
-                    "model": model, "device": device,
-                    "scorer": InfluenceScorer.load(self.path / SCORER, top_k=int(self.meta["top_k"])),
-                    "scores": {int(t): (float(i), p, c) for t, i, p, c in zip(ids, influences, predictions, clusters)},
+                    "model": model, "device": device, "influences": influences, "served": served,
+                    "scorer": InfluenceScorer.load(scorer, top_k=int(self.meta["top_k"])) if scorer.is_file() else None,
+                    "scores": {int(t): (float(s), float(i), p, c)
+                               for t, s, i, p, c in zip(ids, served, influences, predictions, clusters)},
                     "centroids": torch.load(centroids, weights_only=True) if centroids.is_file() else None,
                 }
             return self._loaded
 
-    def cached(self, task_id) -> tuple[float, Any, int | None] | None:
-        """(influence, prediction, cluster) the job computed for this task, if it was in its pool."""
+    def cached(self, task_id) -> tuple[float, float, Any, int | None] | None:
+        """(served score, influence, prediction, cluster) the job gave this task, if it was in its pool."""
         return self.load()["scores"].get(task_id)
+
+    @property
+    def scores_new_tasks(self) -> bool:
+        """Whether /predict can score a task the job did not see (a model and an influence scorer)."""
+        return self.has_model and self.load()["scorer"] is not None
 
     def score(self, records, batch_size: int) -> tuple[PoolScores, list]:
         """Influence and predictions for new samples with this version's model and scorer, and their
@@ -134,11 +156,36 @@ class ModelVersion:
         return scores, assign(dataset.x, loaded["centroids"]).tolist()
 
     def encode(self, influences) -> np.ndarray:
-        return encode(influences, self.sigma)
+        """Scores for new tasks: that of the job's pool task with the nearest influence (score_encoding)."""
+        loaded = self.load()
+        return score_like(influences, loaded["influences"], loaded["served"])
 
 
-def save_scores(path: Path, task_ids, influences, predictions, clusters=None) -> None:
+def save_scores(path: Path, task_ids, influences, predictions, clusters=None, scores=None) -> None:
     extra = {} if clusters is None else {"clusters": np.asarray(clusters, dtype=np.int64)}
+    if scores is not None:
+        extra["scores"] = np.asarray(scores, dtype=np.float64)
     np.savez(path, task_ids=np.asarray(task_ids, dtype=np.int64), influence=np.asarray(influences, dtype=np.float64),
              predictions=np.asarray([json.dumps(p) for p in predictions], dtype=str), **extra)
 
+
+def save_review(path: Path, reviewed) -> None:
+    """A job's review (backend.job.round.ReviewedTasks) as review.npz."""
+    np.savez(path, task_ids=np.asarray(reviewed.task_ids, dtype=np.int64), influence=reviewed.influence,
+             loss=reviewed.loss, scores=reviewed.scores,
+             annotated=np.asarray([json.dumps(a) for a in reviewed.annotated], dtype=str),
+             predictions=np.asarray([json.dumps(p) for p in reviewed.predictions], dtype=str),
+             signal=np.asarray(reviewed.signal))
+
+
+def read_review(version_path: Path, task_type, limit: int | None = None) -> list[dict]:
+    """`GET /review`'s tasks from a version's review.npz, most suspicious first."""
+    path = version_path / REVIEW
+    if not path.is_file():
+        return []
+    with np.load(path) as z:
+        order = np.argsort(z["scores"], kind="stable")[:limit]
+        return [{"task": int(z["task_ids"][i]), "annotated": task_type.label_name(json.loads(str(z["annotated"][i]))),
+                 "model": task_type.label_name(json.loads(str(z["predictions"][i]))),
+                 "review_score": float(z["scores"][i]), "influence": float(z["influence"][i]),
+                 "loss": float(z["loss"][i])} for i in order]

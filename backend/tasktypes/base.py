@@ -85,6 +85,10 @@ class TaskType(ABC):
                 entry["cluster"] = int(clusters[n])
             yield entry
 
+    def label_name(self, value) -> Any:
+        """A target or prediction as a person reads it (the class name; for boxes, their label names)."""
+        return value
+
     @abstractmethod
     def adapter(self, settings: ModelSettings) -> TaskAdapter:
         """The engine adapter that learns this task with these model settings."""

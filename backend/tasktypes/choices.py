@@ -73,6 +73,9 @@ class ImageClassification(TaskType):
         return [{"from_name": self.from_name, "to_name": self.to_name, "type": "choices",
                  "value": {"choices": [self.classes[int(output)]]}}]
 
+    def label_name(self, value):
+        return None if value is None else self.classes[int(value)]
+
     def adapter(self, settings):
         return classification_adapter(settings, len(self.classes), getattr(settings, "device", "auto"),
                                       getattr(settings, "batch_size", 64))

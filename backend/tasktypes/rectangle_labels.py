@@ -67,6 +67,9 @@ class ObjectDetection(TaskType):
         return rectangle_results(output["boxes"], names, output["scores"], width, height, self.from_name,
                                  self.to_name)
 
+    def label_name(self, value):
+        return None if value is None else [self.classes[int(i)] for i in value.get("labels", [])]
+
     def adapter(self, settings):
         return detection_adapter(settings, len(self.classes))
 

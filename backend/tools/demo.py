@@ -22,9 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torchvision
-
+from isal_core.nets.backbones import torchvision_file
+from isal_core.settings import EngineSettings
 from isal_core.utils.atomic import atomic_write
 from isal_core.data.cifar10 import CLASSES, cifar10_root
 from isal_core.data.images import load_records, read_bytes
@@ -138,23 +137,20 @@ def prepare_project(api: LabelStudioAPI, server: LabelStudioServer, backend_url:
     return pid
 
 
-#: The pretrained backbone the demo uses when torchvision's cache holds it (never downloaded here).
-DEMO_BACKBONE = ("resnet18", "IMAGENET1K_V1")
-
-
 def learner_env() -> tuple[dict, str]:
-    """The backend's model settings for the demo, and a line saying which: pretrained frozen features
-    when the weights are in torchvision's cache (or ISAL_WEIGHTS is set), else a small CNN from scratch."""
+    """The backend's model settings for the demo, and a line saying which. The backend's default is a pretrained
+    ResNet-18's frozen features; the demo never downloads them: without the file in torchvision's cache it falls
+    back, on purpose and saying so, to a small CNN from scratch (ISAL_WEIGHTS=none)."""
     if os.environ.get("ISAL_WEIGHTS"):
-        return {}, f"model: {os.environ.get('ISAL_ARCH', 'small_cnn')} with ISAL_WEIGHTS={os.environ['ISAL_WEIGHTS']}"
-    arch, name = DEMO_BACKBONE
-    weights = torchvision.models.get_model_weights(arch)[name]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
-    if cached.is_file():
-        return ({"ISAL_ARCH": arch, "ISAL_WEIGHTS": name},
-                f"model: {arch} {name} (from {cached}), frozen features, a linear head, cluster serving")
-    return {}, (f"model: a small CNN trained from scratch (pretrained {arch} weights are not in torchvision's "
-                f"cache; put {weights.url.rsplit('/', 1)[-1]} at {cached} to use them)")
+        return {}, f"model: ISAL_WEIGHTS={os.environ['ISAL_WEIGHTS']} (ISAL_ARCH={os.environ.get('ISAL_ARCH', 'auto')})"
+    default = EngineSettings()
+    cached = torchvision_file(default.arch, default.weights)
+    if cached is not None and cached.is_file():
+        return {}, (f"model: the backend's default, {default.arch} {default.weights} (from {cached}), frozen "
+                    "features, a linear head, isal_batch spread over clusters, a cold start when connected")
+    return {"ISAL_WEIGHTS": "none"}, (
+        f"model: a small CNN trained from scratch (ISAL_WEIGHTS=none), because the pretrained {default.arch} weights "
+        f"the backend uses by default are not in torchvision's cache; put {cached.name} at {cached} to use them")
 
 
 def banner(server: LabelStudioServer, pid: int, backend_url: str, data_dir: Path) -> str:
@@ -163,7 +159,7 @@ def banner(server: LabelStudioServer, pid: int, backend_url: str, data_dir: Path
 ISAL demo is up.
   Label Studio  {server.url}/projects/{pid}   login {server.username} / {server.password}
   API token     {server.legacy_token}   (LABEL_STUDIO_API_KEY for the SDK and the backend)
-  ML backend    {backend_url}   (progress: {backend_url}/status?project={pid}, log: {data_dir / 'backend.log'})
+  ML backend    {backend_url}   (project page: {backend_url}/projects/{pid}, log: {data_dir / 'backend.log'})
 Label a few dozen images ("Label All Tasks"), then train: project Settings > Model, the
 model card's "..." menu > Start training, and confirm in the dialog (or label {every}
 images). The Data Manager tab "{VIEW_TITLE}" lists the tasks by prediction score, the

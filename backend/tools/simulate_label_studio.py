@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from isal_core.utils.atomic import write_text
 from isal_core.train.checkpoints import load_checkpoint
 from isal_core.errors import ConfigError
+from isal_core.selection import STRATEGIES
 from isal_core.simulation.config import SimulationConfig
 from isal_core.simulation.dataset import SimulationData
 from isal_core.simulation.report import write_report
@@ -59,9 +60,10 @@ from ..tasktypes import choice_result
 
 log = logging.getLogger(__name__)
 
-#: Simulation strategy -> the backend's ISAL_STRATEGY. isal_l1 is ISAL with no flagged
-#: reference task, where the backend falls back to the first labeled set L1.
-LS_STRATEGIES = {"isal": "isal", "isal_l1": "isal", "gradsim": "gradsim"}
+#: Simulation strategy -> the backend's ISAL_STRATEGY: every strategy the backend serves; isal_l1 is ISAL
+#: with no flagged reference task, where the backend falls back to the first labeled set L1 (isal_labeled,
+#: R = the current labeled set, has no backend twin).
+LS_STRATEGIES = {**{s: s for s in STRATEGIES}, "isal_l1": "isal"}
 JOB_TIMEOUT = 6 * 3600.0
 
 
@@ -81,9 +83,8 @@ def backend_env(config: SimulationConfig, strategy: str, seed: int, server: Serv
         "LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.api_key, "MODEL_DIR": str(model_dir),
         **engine_env(config), "ISAL_STRATEGY": LS_STRATEGIES[strategy], "ISAL_SEED": str(seed),
         "ISAL_RETRAIN_EVERY": "0", "ISAL_MIN_LABELED": "1", "ISAL_PRELABEL": "never",
-        # every version's predictions stay, as the offline run assumes: Label Studio's cluster serving counts a
-        # labeled task in the largest cluster of all its predictions, and pruning old versions would change that
-        "KEEP_LS_VERSIONS": "0",
+        # the batch a batch-aware strategy spreads out is the protocol's step; no job at connection time
+        "ISAL_BATCH": str(config.step), "ISAL_COLD_START": "off",
         # the same intra-op thread count as this process, so float reductions run alike
         "OMP_NUM_THREADS": str(torch.get_num_threads()), "THREADS": "4", "LOG_LEVEL": "INFO",
     }
@@ -92,8 +93,8 @@ def backend_env(config: SimulationConfig, strategy: str, seed: int, server: Serv
 def check_strategies(config: SimulationConfig) -> None:
     other = [s for s in config.strategies if s not in LS_STRATEGIES]
     if other:
-        raise ConfigError(f"the Label Studio simulation plays the ISAL backend, which ranks by influence: strategies "
-                         f"{', '.join(LS_STRATEGIES)}; run {', '.join(other)} offline (without --label-studio)")
+        raise ConfigError(f"the Label Studio simulation plays the ISAL backend: strategies {', '.join(LS_STRATEGIES)}; "
+                         f"run {', '.join(other)} offline (without --label-studio)")
 
 
 # ---------------------------------------------------------------------------

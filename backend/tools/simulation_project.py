@@ -6,6 +6,7 @@ from pathlib import Path
 from isal_core.utils.atomic import atomic_write
 from isal_core.data.images import ImageRecord, read_bytes
 from isal_core.simulation.dataset import SimulationData
+from isal_core.simulation.config import USES_R
 from isal_core.simulation.run import Simulation
 
 from ..errors import SimulationError
@@ -41,7 +42,7 @@ def create_project(api: LabelStudioAPI, sim: Simulation, strategy: str, seed: in
     folder = files_root / sub
     universe = sorted(sim.universe(seed))
     initial = set(sim.initial(seed))
-    reference = data.reference if strategy in ("isal", "gradsim") else []
+    reference = data.reference if strategy in USES_R else []
     files = {("test", i): r for i, r in export_images(data, "test", reference, folder).items()}
     files.update({("train", i): r for i, r in export_images(data, "train", universe, folder).items()})
     pid = api.create_project(title, classification_config(classes),

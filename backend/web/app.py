@@ -15,6 +15,7 @@ with gunicorn (`python -m backend`); job state is shared by every worker (backen
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import logging
 from typing import Any
@@ -23,7 +24,10 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ApiProblem, UnknownProject
+from ..metrics import REQUESTS, exposition
 from ..model import ISALModel
+from . import status as views
+from .page import project_page
 from .openapi import SPEC
 from ..scheduling.manager import TRAIN_EVENT
 from ..settings import Settings
@@ -47,7 +51,8 @@ def _job_answer(answer: dict, status: int) -> Response:
     """The answer to a job request, with where to watch the job (this backend's /status)."""
     if "message" in answer:
         answer["status_url"] = f"{request.host_url.rstrip('/')}/status?project={answer['project']}"
-        answer["message"] += f" Progress: {answer['status_url']}"
+        answer["page_url"] = f"{request.host_url.rstrip('/')}/projects/{answer['project']}"
+        answer["message"] += f" Progress: {answer['page_url']} (JSON: {answer['status_url']})"
         log.info("%s", answer["message"])
     return json_response(answer, status)
 
@@ -78,8 +83,10 @@ def create_app(settings: Settings | None = None, *, run_job=None) -> Flask:
     app.extensions["isal"] = backend
     if settings.basic_auth is not None:
         app.before_request(_basic_auth(*settings.basic_auth))
+    app.after_request(_count_request)
     _error_handlers(app)
-    _routes(app, backend)
+    _protocol_routes(app, backend)
+    _view_routes(app, backend)
     return app
 
 
@@ -99,6 +106,12 @@ def _basic_auth(user: str, password: str):
         return resp
 
     return check
+
+
+def _count_request(response: Response) -> Response:
+    route = request.url_rule.rule if request.url_rule is not None else "(no route)"
+    REQUESTS.labels(route, str(response.status_code)).inc()
+    return response
 
 
 def _error_handlers(app: Flask) -> None:
@@ -122,7 +135,9 @@ def _error_handlers(app: Flask) -> None:
         return error_response(500, f"internal error in the ISAL backend: {type(exc).__name__}: {exc}")
 
 
-def _routes(app: Flask, backend: ISALModel) -> None:
+def _protocol_routes(app: Flask, backend: ISALModel) -> None:
+    """The label-studio-ml protocol: health, setup, predict, webhook, train."""
+
     @app.get("/health")
     def health():
         return json_response({"status": "UP", "model_class": "ISAL"})
@@ -152,26 +167,52 @@ def _routes(app: Flask, backend: ISALModel) -> None:
         log.info("POST /train (Label Studio's \"Start training\") for project %s", data.get("project"))
         return _job_answer(*backend.fit(TRAIN_EVENT, {"project": data.get("project")}))
 
+
+
+def _view_routes(app: Flask, backend: ISALModel) -> None:
+    """What the backend knows: versions, status, review, metrics, the project page, this API's description."""
+
     @app.get("/versions")
     def versions():
         ref = request.args.get("project")
         if ref is None and request.get_data(cache=True).strip():
             ref = _json_body().get("project")
-        return json_response(backend.versions(ref))
+        return json_response(views.versions(backend, ref))
 
     @app.get("/status")
     def status():
         ref = request.args.get("project")
         if not ref:
-            return json_response(backend.status())
+            return json_response(views.status(backend))
         try:
-            return json_response(backend.project_status(parse_project_id(ref)))
+            return json_response(views.project_status(backend, parse_project_id(ref)))
         except ValueError as exc:
             raise ApiProblem(400, str(exc)) from None
 
+    @app.get("/review")
+    def review():
+        try:
+            project_id = parse_project_id(request.args.get("project"))
+        except ValueError as exc:
+            raise ApiProblem(400, f"GET /review?project=<id>: {exc}") from None
+        limit = request.args.get("limit")
+        if limit is not None and (not limit.isdigit() or int(limit) < 1):
+            raise ApiProblem(400, f"limit must be a positive integer, not {limit!r}")
+        return json_response(views.review(backend, project_id, int(limit) if limit else None))
+
+    @app.get("/projects/<int:project_id>")
+    def project(project_id: int):
+        try:
+            return Response(project_page(backend, project_id), mimetype="text/html")
+        except UnknownProject as exc:
+            text = html.escape(str(exc))
+            return Response(f"<!doctype html><title>ISAL: unknown project</title><h1>Unknown project</h1><p>{text}</p>",
+                            status=404, mimetype="text/html")
+
     @app.get("/metrics")
     def metrics():
-        return json_response({})
+        body, content_type = exposition(lambda: [backend.jobs.snapshot(p.id) for p in backend.model_dir.projects()])
+        return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
 
     @app.get("/openapi.json")
     def openapi():

@@ -51,7 +51,19 @@ SPEC = {
             "type": "object", "required": ["project"], "properties": {"project": PROJECT}}, ok="202")},
         "/versions": {"get": _op("Model versions, newest first", query=PROJECT_QUERY)},
         "/status": {"get": _op("Version, job state, counts, warnings (one project or all)", query=PROJECT_QUERY)},
-        "/metrics": {"get": _op("Metrics (none yet)")},
+        "/review": {"get": _op("The labeled tasks, most likely wrong annotation first", query=[
+            {"name": "project", "in": "query", "required": True, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}}])},
+        "/projects/{project_id}": {"get": {
+            "summary": "The project page (HTML): version, job and progress, learning curve and forecast, labels",
+            "parameters": [{"name": "project_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "4XX": {"description": "unknown project", "content": {"text/html": {
+                              "schema": {"type": "string"}}}}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text format): jobs, phases, predictions, tasks "
+                                        "scored, download failures, requests",
+                             "responses": {"200": {"description": "OK", "content": {"text/plain": {
+                                 "schema": {"type": "string"}}}}, "4XX": {"description": "never: no input"}}}},
         "/openapi.json": {"get": _op("This description")},
     },
 }

@@ -7,7 +7,6 @@ pixels. Images are only decoded in `ImageDataset.__getitem__`.
 A path may point inside a zip archive ("/data/cifar.zip/train/cat/0001.jpg"), so large
 datasets can be read in place without extracting them.
 """
-
 from __future__ import annotations
 
 import csv
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -100,13 +100,23 @@ def open_image(path: str | os.PathLike) -> Image.Image:
                 raise ImageDecodeError(f"cannot decode image {path}: {img.width} x {img.height} pixels is over "
                                        f"the {Image.MAX_IMAGE_PIXELS}-pixel limit (a decompression bomb?)")
             img.load()
-            return img.convert("RGB")
+            return _rgb(img)
     except KeyError:
         raise ImageDecodeError(f"cannot decode image {path}: no such member in the archive") from None
     except ImageDecodeError:
         raise
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         raise ImageDecodeError(f"cannot decode image {path}: {exc}") from exc
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """Any mode as 8-bit RGB: 16/32-bit and float greyscale scaled to 0..255 first (a plain convert clips a
+    16-bit image to white); palette, greyscale, CMYK and alpha convert as Pillow does."""
+    if img.mode.startswith(("I", "F")):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(values.max()), 255.0)
+        img = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 # ---------------------------------------------------------------------------

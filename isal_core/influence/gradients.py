@@ -9,11 +9,11 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..tasks.base import TaskAdapter
 from ..errors import NonFiniteError, SelectionError
 from ..train.evaluation import eval_mode
+from ..utils.progress import track
 from .params import flatten, unflatten
 
 
@@ -34,7 +34,7 @@ def reference_gradient(
     total = torch.zeros(sum(p.numel() for p in tensors), device=device, dtype=tensors[0].dtype)
     seen = 0
     with eval_mode(model):
-        for batch in tqdm(loader, desc="reference gradient", disable=not progress, leave=False):
+        for batch in track(loader, "reference gradient (batches)", enabled=progress):
             inputs, targets = adapter.to_device(batch, device)
             targets = adapter.check_targets(targets, "the reference set")
             outputs = adapter.forward(model, inputs)

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..tasks.base import TaskAdapter
 from ..errors import NonFiniteError, SelectionError
 from ..train.evaluation import eval_mode
+from ..utils.progress import track
 from .params import flatten, unflatten
 
 _FAST_MODULES = (nn.Conv2d, nn.Linear)
@@ -55,7 +55,7 @@ def influence(
     chunks: list[tuple[Tensor, Tensor]] = []
     seen = 0
     with eval_mode(model), scorer(model, adapter, params, s_test.to(device)) as score_batch:
-        for batch in tqdm(loader, desc="influence", disable=not progress, leave=False):
+        for batch in track(loader, "scoring the pool (batches)", enabled=progress):
             inputs, _ = adapter.to_device(batch, device)
             indices = batch[2] if len(batch) > 2 else torch.arange(seen, seen + len(batch[1]))
             grads, outputs = score_batch(inputs, top_k, indices)

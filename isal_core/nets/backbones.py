@@ -13,6 +13,7 @@ architecture, or the error says which do not.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from torch import nn
 
 from ..utils.atomic import atomic_write
 from ..errors import ModelError
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,12 +50,35 @@ class Weights:
     identity: str  # names these exact weights (a torchvision name, or the file's content hash)
 
 
-def load_weights(arch: str, weights: str, image_size: int = 224) -> Weights:
-    """The state dict and preprocessing for `weights` (a torchvision name or a file)."""
+def load_weights(arch: str, weights: str, image_size: int = 224, progress=None) -> Weights:
+    """The state dict and preprocessing for `weights` (a torchvision name or a file); a download reports
+    progress(MB done, MB in all) to `progress`, and to the log."""
     path = Path(os.path.expanduser(weights))
     if path.suffix in (".pt", ".pth", ".bin") or path.exists():
         return _from_file(path, image_size)
-    return _from_torchvision(arch, weights)
+    return _from_torchvision(arch, weights, progress)
+
+
+def torchvision_file(arch: str, weights: str) -> Path | None:
+    """Where torchvision keeps `weights` of `arch` ($TORCH_HOME/hub/checkpoints/<file>); None for a local file
+    or weights torchvision does not know."""
+    path = Path(os.path.expanduser(weights))
+    if path.suffix in (".pt", ".pth", ".bin") or path.exists():
+        return None
+    try:
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_enum_entry(arch, weights).url)
+    except ModelError:
+        return None
+
+
+def missing_weights(arch: str, weights: str | None) -> str | None:
+    """What a job will have to download, and where to put it offline, when `weights` are not cached yet."""
+    file = torchvision_file(arch, weights) if weights else None
+    if file is None or file.is_file():
+        return None
+    url = _enum_entry(arch, weights).url
+    return (f"the pretrained weights of {arch} ({weights}) are not in torchvision's cache: the first job downloads "
+            f"{url} to {file}; offline, put that file there, or set ISAL_WEIGHTS=none to train from scratch")
 
 
 def _from_file(path: Path, image_size: int) -> Weights:
@@ -72,20 +98,26 @@ def _from_file(path: Path, image_size: int) -> Weights:
     return Weights(state, pre, f"file:{digest}")
 
 
-def _from_torchvision(arch: str, name: str):
+def _enum_entry(arch: str, name: str):
+    """torchvision's weights entry for `name` (DEFAULT, IMAGENET1K_V1, ResNet18_Weights.IMAGENET1K_V1)."""
     try:
         enum = torchvision.models.get_model_weights(arch)
     except (ValueError, KeyError):
         raise ModelError(f"model {arch!r} has no torchvision weights; give a weights file instead") from None
     short = name.split(".", 1)[1] if name.startswith(enum.__name__ + ".") else name
     try:
-        weights = enum[short] if short != "DEFAULT" else enum.DEFAULT
+        return enum[short] if short != "DEFAULT" else enum.DEFAULT
     except KeyError:
         raise ModelError(f"unknown weights {name!r} for {arch}; choose from "
                          f"{', '.join(['DEFAULT'] + [w.name for w in enum])} or give a file") from None
+
+
+def _from_torchvision(arch: str, name: str, progress=None):
+    weights = _enum_entry(arch, name)
+    enum = type(weights)
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not file.is_file():
-        _download(weights.url, file)
+        _download(weights.url, file, progress)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -96,15 +128,23 @@ def _from_torchvision(arch: str, name: str):
     return Weights(state, pre, f"{enum.__name__}.{weights.name}")
 
 
-def _download(url: str, file: Path) -> None:
+def _download(url: str, file: Path, progress=None) -> None:
     hint = (f"put the file at {file} (torchvision's cache; download {url} on a machine with network), or give "
-            f"a local weights file")
+            f"a local weights file, or set ISAL_WEIGHTS=none (--weights none) to train from scratch")
     if os.environ.get("ISAL_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise ModelError(f"ISAL_OFFLINE is set and the weights are not cached: {hint}")
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, atomic_write(file, "wb") as f:
+            total, done, reported = int(response.headers.get("Content-Length") or 0) >> 20, 0, -1
+            log.info("downloading %s to %s (%d MB)", url, file, total)
             while block := response.read(1 << 20):
                 f.write(block)
+                done += 1
+                if progress is not None and done != reported:
+                    progress(done, total)
+                    reported = done
+                if done % 10 == 0:
+                    log.info("downloaded %d of %d MB of %s", done, total, file.name)
     except OSError as exc:
         raise ModelError(f"cannot download the weights ({type(exc).__name__}: {exc}): {hint}") from None
 

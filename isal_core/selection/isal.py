@@ -20,7 +20,7 @@ from ..influence.gradients import HessianOperator, collect_batches, reference_gr
 from ..influence.params import select_parameters
 from ..influence.scorer import InfluenceScorer, PoolScores
 from ..influence.stest import CG, Identity, SolveResult
-from .base import ScoreStrategy, SelectionContext, Strategy, features, influence_ranking, then_the_rest
+from .base import Ranking, ScoreStrategy, SelectionContext, Strategy, features, influence_ranking, then_the_rest
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,11 @@ class BatchISAL(Strategy):
     name = "isal_batch"
 
     def _rank(self, ctx):
-        influence = self.isal.scores(ctx).double().cpu()
+        return self.rank_by(ctx, self.isal.scores(ctx))
+
+    def rank_by(self, ctx: SelectionContext, influence) -> Ranking:
+        """The batch among the top candidates of these influences (computed once, e.g. with a saved scorer)."""
+        influence = influence.double().cpu()
         budget = len(influence) if ctx.budget is None else min(ctx.budget, len(influence))
         candidates = torch.argsort(influence, stable=True)[: self.factor * budget]
         pool = features(ctx, Subset(ctx.pool, candidates.tolist())).double()

@@ -1,10 +1,12 @@
-"""Diverse serving, native to Label Studio: clusters of the frozen embeddings, and Label Studio's own rule.
+"""Diverse serving: the best task of the least-labeled cluster, one after another.
 
-Label Studio Community's uncertainty sampling (projects/functions/next_task.py) orders
-the unlabeled tasks first by how many tasks the annotator already solved in the same
-`prediction.cluster`, then by the prediction's score. So a `cluster` on every prediction
-makes Label Studio itself serve the highest-influence task of the least-labeled cluster:
-no class (or region of the feature space) is starved, which influence alone tends to do.
+Influence alone tends to starve whole classes (or regions of the feature space); serving
+the best-ranked task of the cluster that holds the fewest labeled tasks, then the next, does
+not. `served_order` turns a strategy's ranking into that order; the backend writes it into
+each prediction's score, so Label Studio serves it and its Data Manager sorts by it with no
+`cluster` field (and so through the bulk import). `serving_order` is the rule itself, as
+Label Studio Community's uncertainty sampling applies it to a prediction's `cluster`
+(projects/functions/next_task.py: least solved cluster first, then the lowest score).
 
 With frozen features the clusters are k-means on the backbone's embeddings, fitted once per
 project and backbone and saved, so a task keeps its cluster id across model versions. A model
@@ -78,3 +80,14 @@ def serving_order(scores: Sequence[float], clusters: Sequence[int], solved: Coun
         if queues[c]:
             heapq.heappush(heads, (solved[c], queues[c][-1][0], queues[c][-1][1], c))
     return order
+
+
+def served_order(ranked: Sequence[int], clusters: Sequence[int], labeled_clusters: Sequence[int] = ()) -> list[int]:
+    """`ranked` (positions, best first) reordered: the best of the cluster with the fewest labeled tasks, one
+    after another. `clusters[i]` is position i's cluster; `labeled_clusters`, those of the tasks labeled so
+    far. The whole list comes back, so any prefix of it is what an annotator following it labels."""
+    rank = {int(p): r for r, p in enumerate(ranked)}
+    positions = [int(p) for p in ranked]
+    picked = serving_order([rank[p] for p in positions], [int(clusters[p]) for p in positions],
+                           Counter(int(c) for c in labeled_clusters))
+    return [positions[i] for i in picked]

@@ -20,7 +20,7 @@ USES_R = ("isal", "gradsim", "isal_batch")
 #: Settings that may change between invocations on one run directory; the rest must not.
 RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out", "progress", "embedding_cache"}
 #: What a setting added to the schema later was, in effect, for run directories made before it existed.
-BEFORE_IT_EXISTED = {"min_steps": 0}
+BEFORE_IT_EXISTED = {"min_steps": 0, "initial_strategy": "random"}
 
 
 class SimulationConfig(EngineSettings):
@@ -41,7 +41,10 @@ class SimulationConfig(EngineSettings):
     per_box: bool = Field(False, description="detection: rank by influence per predicted box (cost-normalized)")
     strategies: list[str] = Field(["random", "coreset", "gradsim", "isal"],
                                   description=f"comma list from {', '.join(SIM_STRATEGIES)}")
-    initial: PositiveInt = Field(500, description="random labels before round 1 (same for every strategy of a seed)")
+    initial: PositiveInt = Field(500, description="labels before round 1 (the same for every strategy of a seed)")
+    initial_strategy: Literal["random", "typiclust"] = Field(
+        "random", description="how the initial labels are chosen: random (the paper's), or typiclust (the backend's "
+                              "cold start: typical and diverse on the frozen embeddings, `step` clusters)")
     step: PositiveInt = Field(500, description="labels added per round")
     rounds: PositiveInt = Field(6, description="trained models per run, the initial one included")
     seeds: list[int] = Field([0, 1, 2], description="comma list of seeds (repeats)")
@@ -74,6 +77,13 @@ class SimulationConfig(EngineSettings):
             raise ValueError("budget: boxes and per_box need task: detection")
         if self.task == "detection" and self.data is None:
             raise ValueError("task: detection needs data: a Pascal VOC folder or zip (e.g. ../shared/data/bccd-voc.zip)")
+        return self
+
+    @model_validator(mode="after")
+    def _typiclust_needs_frozen_features(self):
+        if self.initial_strategy == "typiclust" and (self.task != "classification" or not self.frozen):
+            raise ValueError("initial_strategy: typiclust orders the frozen embeddings of a pretrained backbone: it "
+                             "needs task: classification and weights (frozen features)")
         return self
 
     @model_validator(mode="after")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -42,7 +41,8 @@ from .config import SIM_STRATEGIES, USES_R, SimulationConfig, load_config
 from .dataset import SimulationData
 from .report import label_balance, write_report
 from .rundir import Checkpoints, ResultsFile, RunState, check_config
-from ..selection.serving import assign, kmeans, serving_order
+from ..selection.coldstart import typiclust_order
+from ..selection.serving import assign, kmeans, served_order
 from .costs import per_box_ranking, prefix_by_cost, true_boxes
 from ..selection.base import check_budget
 
@@ -83,7 +83,13 @@ class Simulation:
         return order[:self.config.pool_subset] if self.config.pool_subset else order
 
     def initial(self, seed: int) -> list[int]:
+        """The labels before round 1: random (the paper's), or the head of TypiClust's order on the frozen
+        embeddings (`initial_strategy: typiclust`, the backend's cold start, with `step` clusters)."""
         universe = self.universe(seed)
+        if self.config.initial_strategy == "typiclust":
+            ordered = sorted(universe)  # the backend sees the tasks in id order
+            order = typiclust_order(self.dataset(ordered).x, self.config.step, seed)
+            return [ordered[p] for p in order[:self.config.initial]]
         if self.config.budget == "boxes":  # no model yet: the random set is cut by its true boxes
             return prefix_by_cost(universe, [len(r.label["boxes"]) for r in self.data.records("train", universe)],
                                   self.config.initial)
@@ -143,14 +149,11 @@ class Simulation:
             ranking = per_box_ranking(result.scores, self.adapter, seed)
         return [pool[i] for i in ranking.order.tolist()], predictions
 
-    def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int,
-               seen: dict[int, int] | None = None, round_number: int = 0) -> list[int]:
-        """The `step` images to label next: the ranking's head, or with cluster serving what Label
-        Studio would serve (the best of the least-labeled cluster, one after another).
-
-        Clusters of predictions (no frozen features) change between model versions, and Label Studio
-        counts a labeled task in the largest cluster of all its predictions: `seen` holds that for
-        every task predicted so far (the run's state keeps it), and is updated in place."""
+    def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int, round_number: int = 0) -> list[int]:
+        """The `step` images to label next: the ranking's head, or with cluster serving the head of the
+        served order (the best of the least-labeled cluster, one after another), as the backend writes it
+        into Label Studio's scores. A labeled image counts in its embedding's cluster, or (clusters of
+        predicted classes, without frozen features) in its label's."""
         order, predictions = self._round(strategy, model, labeled, seed, round_number)
         if self.config.budget == "boxes":  # the picks' predicted boxes pay for the round
             if predictions is None:
@@ -160,19 +163,14 @@ class Simulation:
         if not self.settings.serves_clusters:
             return order[:budget]
         if self.settings.cluster_source == "embeddings":
-            clusters = counts_as = self.clusters(seed)
+            clusters = self.clusters(seed)
+            pool_clusters, labeled_clusters = [clusters[i] for i in order], [clusters[i] for i in labeled]
         else:
             if predictions is None:
                 predictions = dict(zip(order, self.learner(seed).predict(model, self.dataset(order))))
-            clusters = {i: self.adapter.cluster(p) for i, p in predictions.items()}
-            counts_as = {} if seen is None else seen
-            for i, c in clusters.items():
-                counts_as[i] = max(c, counts_as.get(i, c))
-        initial = set(self.initial(seed))  # labeled before any prediction existed: no cluster in Label Studio
-        solved = Counter(counts_as[i] for i in labeled if i not in initial)
-        served = serving_order(range(len(order)), [clusters[i] for i in order], solved, budget,
-                               [counts_as[i] for i in order])
-        return [order[p] for p in served]
+            pool_clusters = [self.adapter.cluster(predictions[i]) for i in order]
+            labeled_clusters = [self.data.train[i].label for i in labeled]
+        return [order[p] for p in served_order(range(len(order)), pool_clusters, labeled_clusters)[:budget]]
 
     def clusters(self, seed: int) -> dict[int, int]:
         """Train index -> cluster of k-means on the universe's frozen embeddings (fitted once per seed, as the
@@ -231,7 +229,7 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
             start = time.perf_counter()
             if model is None:
                 model = _model_of(sim, models, name, state, seed, r - 1)
-            added = sim.select(strategy, model, state.labeled(r - 1), seed, state.seen, round_number=r)
+            added = sim.select(strategy, model, state.labeled(r - 1), seed, round_number=r - 1)  # = its job number
             state.add(r, added, time.perf_counter() - start)
             state.save()
         model, metric, seconds = _train_and_evaluate(sim, models, state.labeled(r), seed, r)

@@ -76,14 +76,13 @@ class RunState:
     strategy: str
     seed: int
     rounds: list[dict] = field(default_factory=list)
-    seen: dict[int, int] = field(default_factory=dict)  # cluster serving by prediction: see Simulation.select
 
     @classmethod
     def load(cls, path: Path, strategy: str, seed: int, initial: list[int]) -> RunState:
         if not path.exists():
             return cls(path, strategy, seed, [{"round": 1, "added": list(initial), "select_seconds": 0.0}])
         data = json.loads(path.read_text())
-        state = cls(path, strategy, seed, data["rounds"], {int(k): v for k, v in data.get("seen", {}).items()})
+        state = cls(path, strategy, seed, data["rounds"])  # (older files' "seen": no longer used)
         if state.rounds[0]["added"] != list(initial):
             raise ConfigMismatch(f"{path}: its initial labeled set differs from this dataset's for seed {seed}")
         return state
@@ -117,8 +116,6 @@ class RunState:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = {"strategy": self.strategy, "seed": self.seed, "rounds": self.rounds}
-        if self.seen:
-            body["seen"] = {str(k): v for k, v in sorted(self.seen.items())}
         write_text(self.path, json.dumps(body, separators=(",", ":")) + "\n")
 
 

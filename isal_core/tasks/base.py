@@ -59,6 +59,10 @@ class TaskAdapter(ABC):
     def pseudo_targets(self, outputs: Any, top_k: int = 1) -> Any:
         """Targets taken from the model's own (detached) outputs: the UUIC label."""
 
+    def prepare(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Fetch what the adapter needs before a round (pretrained weights), reporting a download's progress
+        as progress(MB done, MB in all). Nothing by default."""
+
     def build_model(self) -> nn.Module:
         """A fresh, untrained model for this task (the round seeds, then calls this)."""
         raise NotImplementedError(f"{type(self).__name__} cannot build a model; pass one in")

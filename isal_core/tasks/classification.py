@@ -61,11 +61,15 @@ class ClassificationAdapter(TaskAdapter):
     @property
     def pretrained(self):
         """The loaded weights (once per adapter), or None."""
+        self.prepare()
+        return self._pretrained
+
+    def prepare(self, progress=None) -> None:
+        """Load the pretrained weights once (downloaded into torchvision's cache the first time)."""
         if self.weights is not None and self._pretrained is None:
             from ..nets.backbones import load_weights
 
-            self._pretrained = load_weights(self.arch, self.weights, self.image_size)
-        return self._pretrained
+            self._pretrained = load_weights(self.arch, self.weights, self.image_size, progress)
 
     def build_model(self) -> nn.Module:
         from ..nets.backbones import load_backbone

@@ -127,12 +127,16 @@ class DetectionAdapter(TaskAdapter):
         return FCOS(body, self.num_classes, min_size=self.min_size, max_size=self.max_size, head=head,
                     score_thresh=min(0.05, self.score_threshold), detections_per_img=self.detections_per_img)
 
-    def _load_backbone(self, body: nn.Module) -> None:
-        """Classifier weights (a torchvision name or a file, backbones.load_weights) into the ResNet body."""
+    def prepare(self, progress=None) -> None:
+        """Load the backbone's pretrained classifier weights once (downloaded the first time)."""
         from ..nets.backbones import load_weights
 
-        if self._backbone_weights is None:
-            self._backbone_weights = load_weights(self.backbone, self.weights, self.min_size).state_dict
+        if self.weights is not None and self._backbone_weights is None:
+            self._backbone_weights = load_weights(self.backbone, self.weights, self.min_size, progress).state_dict
+
+    def _load_backbone(self, body: nn.Module) -> None:
+        """Classifier weights (a torchvision name or a file, backbones.load_weights) into the ResNet body."""
+        self.prepare()
         missing, _ = body.load_state_dict(self._backbone_weights, strict=False)  # the classifier's fc is not used
         if missing:
             raise ConfigError(f"weights {self.weights!r} do not fit a {self.backbone} backbone: missing "

@@ -28,6 +28,7 @@ from ..utils.atomic import atomic_write
 from ..data.images import ImageDataset, _split_zip, read_bytes
 from ..errors import ModelError
 from ..nets.models import last_linear
+from ..utils.progress import track
 from ..utils.runtime import resolve_device
 from ..settings import ModelSettings
 
@@ -157,8 +158,8 @@ class FrozenFeatureAdapter(ClassificationAdapter):
         if todo:
             images = ImageDataset([records[i] for i in todo], self.transform(train=False))
             with torch.no_grad():
-                for batch_start, (x, _, _) in zip(range(0, len(todo), self.batch_size),
-                                                  DataLoader(images, batch_size=self.batch_size)):
+                batches = track(DataLoader(images, batch_size=self.batch_size), "embedding images (batches)")
+                for batch_start, (x, _, _) in zip(range(0, len(todo), self.batch_size), batches):
                     out = self.backbone()(x.to(self.device)).float().cpu()
                     for k, value in enumerate(out):
                         i = todo[batch_start + k]

@@ -18,6 +18,8 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
+from ..utils.progress import report
+
 from ..utils import distributed
 
 from ..tasks.base import TaskAdapter
@@ -90,6 +92,7 @@ def train(model: nn.Module, adapter: TaskAdapter, dataset: Dataset, settings: Tr
         net.train()
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
         for step, batch in enumerate(bar, start=1):
+            report("training steps", (epoch - 1) * len(loader) + step - 1, epochs * len(loader))
             inputs, targets = adapter.to_device(batch, device)
             targets = adapter.check_targets(targets, f"the training batch at epoch {epoch} step {step}")
             losses = adapter.loss(adapter.forward(net, inputs), targets)
@@ -101,6 +104,7 @@ def train(model: nn.Module, adapter: TaskAdapter, dataset: Dataset, settings: Tr
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         scheduler.step()
+    report("training steps", epochs * len(loader), epochs * len(loader))
     return model.eval()
 
 

@@ -1,0 +1,53 @@
+"""What the backend knows, as the routes answer it: /status, /versions, /review (read-only views of
+MODEL_DIR and the job table; the Label Studio contract itself is backend.model)."""
+from __future__ import annotations
+
+from ..errors import ApiProblem
+from ..storage.versions import read_review
+from ..model import UNTRAINED, ISALModel
+from ..storage.projects import parse_project_id
+
+
+def versions(backend: ISALModel, project_ref) -> dict:
+    if project_ref in (None, ""):
+        return {"versions": {str(p.id): p.versions() for p in backend.model_dir.projects()},
+                "model_dir": str(backend.model_dir.root)}
+    try:
+        project_id = parse_project_id(project_ref)
+    except ValueError as exc:
+        raise ApiProblem(400, str(exc)) from None
+    return {"versions": backend.model_dir.known(project_id).versions(), "model_dir": str(backend.model_dir.root)}
+
+
+def review(backend: ISALModel, project_id: int, limit: int | None = None) -> dict:
+    """The current version's labeled tasks, most suspicious annotation first (backend.job.round: the review)."""
+    version = backend.model_dir.known(project_id).current
+    if version is None:
+        return {"model_version": UNTRAINED, "tasks": [], "note": "no model yet: the first job reviews"}
+    tasks = read_review(version.path, version.task_type, limit)
+    why = ("a cold start: no model yet" if version.meta.get("kind") == "cold_start" else
+           "no labeled task outside the reference set, or ISAL_REVIEW off")
+    note = {} if tasks else {"note": f"this version reviewed nothing ({why})"}
+    return {"model_version": version.name, "signal": backend.settings.engine.review_signal, "tasks": tasks, **note}
+
+
+def project_status(backend: ISALModel, project_id: int) -> dict:
+    project = backend.model_dir.known(project_id)
+    jobs = backend.jobs.snapshot(project_id)
+    meta = project.current.meta if project.current else {}
+    return {
+        "project": project_id, "model_version": project.current.name if project.current else UNTRAINED,
+        "job": jobs, "counts": meta.get("counts", {}), "last_error": jobs["last_error"],
+        **{k: meta.get(k) for k in ("kind", "strategy", "reference_source", "reference_note", "top_task",
+                                    "top_score", "top_influence", "top_tasks", "reference_metric", "prelabel")},
+        "config_warnings": project.info.get("config_warnings", []),
+        "warnings": meta.get("warnings", {}), "task_type": project.info.get("task_type"),
+        "versions": len(project.versions()), "page": f"/projects/{project_id}",
+        "review": f"/review?project={project_id}" if (meta.get("counts") or {}).get("reviewed") else None,
+    }
+
+
+def status(backend: ISALModel) -> dict:
+    return {"status": "UP", "model_dir": str(backend.model_dir.root), "engine": backend.settings.engine.model_dump(),
+            "label_studio_url": backend.settings.label_studio_url,
+            "projects": {str(p.id): project_status(backend, p.id) for p in backend.model_dir.projects()}}

@@ -1,0 +1,156 @@
+"""Annotation review, measured: how many deliberately flipped labels each signal finds among its top k.
+
+    python -m bench.review [--protocol scratch|pretrained] [--labeled 2000] [--flip 0.1] [--kind uniform|confusable]
+
+A labeled set of CIFAR-10 training images (the shared zip, else torchvision's download) gets
+`flip` of its labels changed, uniformly to another class or to a confusable one (cat<->dog,
+automobile<->truck, deer<->horse, airplane<->ship, bird<->frog). A model is trained on the noisy
+set as the backend would (`scratch`: a small CNN from scratch; `pretrained`: a linear head on
+the frozen features of --weights, e.g. the CIFAR-5 backbone of the pretrained protocol, with
+its five other classes). Then each signal ranks the labeled set, and precision and recall of
+the flipped labels among its top k (k = the number of flips) are reported for: ISAL's review
+(influence on R with the given label, the loss, their combination), the model's disagreement
+(the predicted class's probability minus the given one's), cleanlab's find_label_issues on
+5-fold out-of-fold probabilities (as its docs ask), and random. Finally the top k of the
+combined review and of cleanlab are relabeled with the true labels and the model retrained:
+the accuracy the flips cost and how much each relabeling buys back. R is `reference` clean
+test images; accuracy is on `evaluate` other test images. Writes docs/results/bench/
+review-<protocol>-<kind>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from isal_core.data.cifar10 import cifar10_root
+from isal_core.data.images import load_records
+from isal_core.learner import Learner
+from isal_core.settings import EngineSettings
+from isal_core.tasks.frozen import classification_adapter
+
+from .common import write_result
+
+CONFUSABLE = {"cat": "dog", "dog": "cat", "automobile": "truck", "truck": "automobile", "deer": "horse",
+              "horse": "deer", "airplane": "ship", "ship": "airplane", "bird": "frog", "frog": "bird"}
+PRETRAINED_CLASSES = ["dog", "frog", "horse", "ship", "truck"]  # the pretrained protocol's target classes
+
+
+def flip(records, fraction: float, kind: str, classes: list[str], rng) -> tuple[list, np.ndarray]:
+    n = len(records)
+    flipped = rng.choice(n, int(round(fraction * n)), replace=False)
+    out = list(records)
+    for i in flipped:
+        true = records[i].label
+        if kind == "confusable" and CONFUSABLE.get(classes[true]) in classes:
+            new = classes.index(CONFUSABLE[classes[true]])
+        else:
+            new = int(rng.choice([c for c in range(len(classes)) if c != true]))
+        out[i] = replace(records[i], label=new)
+    return out, np.sort(flipped)
+
+
+def precision_recall(order, flipped: np.ndarray) -> dict:
+    k = len(flipped)
+    hits = len(set(np.asarray(order)[:k].tolist()) & set(flipped.tolist()))
+    return {"precision_at_k": round(hits / k, 3), "recall_at_k": round(hits / k, 3), "hits": hits, "k": k}
+
+
+def out_of_fold(settings, adapter, records, seed: int, folds: int = 5) -> np.ndarray:
+    """Predicted probabilities of each record from a model that never trained on it (cleanlab's input)."""
+    n, probs = len(records), np.zeros((len(records), adapter.num_classes))
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), folds)
+    for part in parts:
+        train = [records[i] for i in np.setdiff1d(np.arange(n), part)]
+        learner = Learner(adapter, settings, seed)
+        model = learner.fit(adapter.dataset(train, train=True))
+        held = adapter.dataset([records[i] for i in part])
+        with torch.no_grad():
+            outs = [adapter.probabilities(adapter.forward(model, x.to(learner.device))).cpu()
+                    for x, _, _ in learner.loader(held)]
+        probs[part] = torch.cat(outs).double().numpy()
+    return probs
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", choices=("scratch", "pretrained"), default="scratch")
+    ap.add_argument("--weights", default="runs/backbones/cifar5-small_cnn.pt", help="pretrained: the backbone")
+    ap.add_argument("--labeled", type=int, default=2000)
+    ap.add_argument("--reference", type=int, default=500)
+    ap.add_argument("--evaluate", type=int, default=2000)
+    ap.add_argument("--flip", type=float, default=0.1)
+    ap.add_argument("--kind", choices=("uniform", "confusable"), default="uniform")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    from cleanlab.filter import find_label_issues
+
+    start = time.perf_counter()
+    root = cifar10_root()
+    classes, train = load_records(f"{root}/train")
+    _, test = load_records(f"{root}/test", classes)
+    if args.protocol == "pretrained":
+        keep = {classes.index(c): i for i, c in enumerate(PRETRAINED_CLASSES)}
+        train = [replace(r, label=keep[r.label]) for r in train if r.label in keep]
+        test = [replace(r, label=keep[r.label]) for r in test if r.label in keep]
+        classes = PRETRAINED_CLASSES
+        settings = EngineSettings(arch="small_cnn", weights=args.weights, damping=0.1, hessian_samples=0)
+    else:
+        settings = EngineSettings(arch="small_cnn", weights=None)
+    rng = np.random.default_rng(args.seed)
+    labeled = [train[i] for i in rng.choice(len(train), args.labeled, replace=False)]
+    picked = rng.permutation(len(test))
+    reference = [test[i] for i in picked[:args.reference]]
+    evaluation = [test[i] for i in picked[args.reference:args.reference + args.evaluate]]
+    noisy, flipped = flip(labeled, args.flip, args.kind, classes, rng)
+    adapter = classification_adapter(settings, len(classes), settings.device, settings.batch_size)
+    learner = Learner(adapter, settings, args.seed)
+    accuracy = lambda recs: learner.evaluate(learner.fit(adapter.dataset(recs, train=True)),  # noqa: E731
+                                             adapter.dataset(evaluation))
+    model, found = learner.review(adapter.dataset(noisy), adapter.dataset(reference),
+                                  train_set=adapter.dataset(noisy, train=True))
+    with torch.no_grad():
+        probs = torch.cat([adapter.probabilities(adapter.forward(model, x.to(learner.device))).cpu()
+                           for x, _, _ in learner.loader(adapter.dataset(noisy))]).double().numpy()
+    given = np.array([r.label for r in noisy])
+    disagreement = probs.max(1) - probs[np.arange(len(given)), given]
+    oof = out_of_fold(settings, adapter, noisy, args.seed)
+    cleanlab_order = find_label_issues(given, oof, return_indices_ranked_by="self_confidence")
+    cleanlab_full = np.concatenate([cleanlab_order, np.setdiff1d(np.arange(len(given)), cleanlab_order)])
+    orders = {f"isal_{s}": np.argsort(-found.scores(s).numpy(), kind="stable") for s in ("influence", "loss",
+                                                                                           "combined")}
+    orders["disagreement"] = np.argsort(-disagreement, kind="stable")
+    orders["cleanlab"] = cleanlab_full
+    orders["random"] = np.random.default_rng(args.seed + 1).permutation(len(given))
+    found_by = {name: precision_recall(order, flipped) for name, order in orders.items()}
+    for name, r in found_by.items():
+        print(f"{name:<16} precision@k = recall@k = {r['precision_at_k']:.3f} ({r['hits']} of {r['k']} flips)")
+    k = len(flipped)
+
+    def relabeled(order):
+        fixed = list(noisy)
+        for i in order[:k]:
+            fixed[i] = labeled[i]
+        return fixed
+
+    acc = {"clean": accuracy(labeled), "noisy": accuracy(noisy), "isal_combined_relabeled":
+           accuracy(relabeled(orders["isal_combined"])), "cleanlab_relabeled": accuracy(relabeled(orders["cleanlab"]))}
+    lost = acc["clean"] - acc["noisy"]
+    recovered = {name: round((acc[name] - acc["noisy"]) / lost, 3) if lost > 0 else None
+                 for name in ("isal_combined_relabeled", "cleanlab_relabeled")}
+    print(f"accuracy: {acc}; share of the loss recovered by relabeling the top k: {recovered}")
+    summary = {"bench": "review", "device": "cpu", "protocol": args.protocol, "kind": args.kind, "flip": args.flip,
+               "labeled": args.labeled, "flips": k, "found": found_by, "accuracy": {n: round(a, 4) for n, a in acc.items()},
+               "recovered": recovered, "seconds": round(time.perf_counter() - start, 1)}
+    print(json.dumps(summary))
+    write_result(f"review-{args.protocol}-{args.kind}", "review", summary, argv)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

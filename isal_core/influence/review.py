@@ -1,0 +1,131 @@
+"""Influence on what is already labeled: which annotations are most likely wrong, most harmful first.
+
+For a labeled sample z with its given label y, `I(z, y) = -grad l(R)^T (H + damping I)^-1
+grad l(z, y)` is (up to the factor 1/n of the mean training loss) how much removing z from
+the training set would change the reference loss: I > 0 means training on (z, y) raised the
+loss on R, which is what a wrong label does (Koh & Liang, 2017, found mislabeled training
+points this way). It is computed exactly as the pool's influence (isal_core.influence.pool),
+with the given label in place of the pseudo-label, so it costs one forward and one backward
+per batch. Beside it:
+- `loss`: the model's disagreement with the annotation, -log p(y | z);
+- `self_influence`: grad l(z, y)^T (H + damping I)^-1 grad l(z, y), how much z alone moves the
+  model; computed where the damped Hessian fits in memory (a head on frozen features).
+`review_order` ranks by a combination of their ranks (the mean rank of the signals chosen),
+most suspicious first.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import SelectionError
+from ..tasks.base import TaskAdapter
+from ..train import evaluation
+from .params import flatten, select_parameters
+from .pool import influence
+
+#: Signals a review can rank by; "combined" is the mean rank of influence and loss.
+SIGNALS = ("influence", "loss", "self_influence", "combined")
+#: Above this many parameters self-influence is not computed (a dense damped Hessian: dim^2 floats).
+MAX_DENSE = 12_000
+
+
+class _GivenTargets:
+    """The adapter with each sample's annotated label standing in for its pseudo-label."""
+
+    def __init__(self, adapter: TaskAdapter):
+        self._adapter, self._targets = adapter, None
+
+    def __getattr__(self, name):
+        return getattr(self._adapter, name)
+
+    def to_device(self, batch, device):
+        inputs, targets = self._adapter.to_device(batch, device)
+        self._targets = self._adapter.check_targets(targets, "the labeled set")
+        return inputs, targets
+
+    def pseudo_targets(self, outputs, top_k: int = 1):
+        return self._targets
+
+
+@dataclass
+class Review:
+    """Per labeled sample, in dataset order: I(z, y) on R, the training loss, self-influence (or None),
+    and the model's own prediction."""
+
+    influence: Tensor
+    loss: Tensor
+    self_influence: Tensor | None
+    predictions: list
+
+    def scores(self, signal: str = "combined") -> Tensor:
+        """Higher = more suspicious, for `signal` (SIGNALS)."""
+        if signal == "influence":
+            return self.influence
+        if signal == "loss":
+            return self.loss
+        if signal == "self_influence":
+            if self.self_influence is None:
+                raise SelectionError("self-influence was not computed for this model (too many parameters)")
+            return self.self_influence
+        if signal == "combined":
+            return (_ranks(self.influence) + _ranks(self.loss)) / 2
+        raise SelectionError(f"unknown review signal {signal!r}; choose from {', '.join(SIGNALS)}")
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """0 for the smallest value, n - 1 for the largest (ties by position)."""
+    out = torch.empty(len(x), dtype=torch.float64)
+    out[torch.argsort(x.double(), stable=True)] = torch.arange(len(x), dtype=torch.float64)
+    return out
+
+
+def review(model: nn.Module, adapter: TaskAdapter, labeled: Dataset, s_test: Tensor, params, device="cpu",
+           batch_size: int = 64, hessian=None, damping: float = 0.0) -> Review:
+    """The review signals of every labeled sample. `params` as the scorer's (names or a set name);
+    `hessian` (an isal_core HessianOperator over the same parameters) enables self-influence."""
+    if len(labeled) == 0:
+        raise SelectionError("the labeled set is empty: there is nothing to review")
+    chosen = select_parameters(model, params)
+    loader = DataLoader(labeled, batch_size=batch_size, shuffle=False, collate_fn=adapter.collate_fn)
+    predictions: dict[int, object] = {}
+
+    def keep(indices, outputs):
+        predictions.update(zip(indices.tolist(), adapter.predict(outputs)))
+
+    values = influence(model, _GivenTargets(adapter), loader, s_test.to(device), chosen, device=device,
+                       num_samples=len(labeled), on_outputs=keep)
+    losses = torch.cat([adapter.loss(out, targets).detach().double().cpu()
+                        for out, targets, _ in evaluation.outputs(model, adapter, loader, device)])
+    selfish = _self_influence(model, adapter, labeled, chosen, hessian, damping, device) if hessian else None
+    return Review(values.double().cpu(), losses, selfish, [predictions[i] for i in range(len(labeled))])
+
+
+def _self_influence(model, adapter, labeled: Dataset, params: Sequence, hessian, damping: float, device):
+    """g_z^T (H + damping I)^-1 g_z for each labeled z, with a dense solve (None above MAX_DENSE parameters)."""
+    if hessian.dim > MAX_DENSE:
+        return None
+    dense = hessian.dense().detach()
+    factor = torch.linalg.cholesky(dense + damping * torch.eye(len(dense), dtype=dense.dtype, device=dense.device))
+    tensors = [p for _, p in params]
+    out = torch.empty(len(labeled), dtype=torch.float64)
+    with evaluation.eval_mode(model):
+        for i in range(len(labeled)):
+            item = labeled[i]
+            batch = adapter.collate_fn([item]) if adapter.collate_fn is not None else \
+                (item[0].unsqueeze(0), torch.as_tensor([item[1]]))
+            inputs, targets = adapter.to_device(batch, device)
+            loss = adapter.loss(adapter.forward(model, inputs), targets).sum()
+            g = flatten(torch.autograd.grad(loss, tensors)).detach().to(dense.dtype)
+            solved = torch.cholesky_solve(g.unsqueeze(1), factor).squeeze(1)
+            out[i] = float(g @ solved)
+    return out
+
+
+def review_order(result: Review, signal: str = "combined") -> list[int]:
+    """Dataset positions, most suspicious first."""
+    return torch.argsort(-result.scores(signal).double(), stable=True).tolist()
