@@ -60,6 +60,12 @@ def frozen_project(label_studio, tmp_path: Path, n_train: int, n_labeled: int, s
     weights = tmp_path / "resnet18.pt"
     torch.manual_seed(seed)
     torch.save(torchvision.models.resnet18().state_dict(), weights)
+    return (*annotated_project(label_studio, n_train, n_labeled, seed, title), weights)
+
+
+def annotated_project(label_studio, n_train: int, n_labeled: int, seed: int, title: str):
+    """A CIFAR-10 project: 6 reference images and `n_labeled` train images annotated.
+    Returns (project id, {task id: image}, train ids)."""
     ls = label_studio.client()
     sub, images = cifar_images(label_studio.files_root, n_train, 6, seed=seed)
     pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, title)
@@ -67,4 +73,4 @@ def frozen_project(label_studio, tmp_path: Path, n_train: int, n_labeled: int, s
     for t, im in by_task.items():
         if im.split == "test" or t in train[:n_labeled]:
             ls.annotations.create(id=t, result=choice_result(im.label))
-    return pid, by_task, train, weights
+    return pid, by_task, train

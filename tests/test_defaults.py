@@ -17,25 +17,16 @@ from backend.labelstudio.client import LabelStudioAPI
 from backend.tools.servers import BackendProcess
 
 try:
-    from backend_helpers import cifar_images, choice_result, create_cifar_project, wait_for_job
+    from backend_helpers import annotated_project, wait_for_job
     from test_backend_app import make_app
 except ImportError:  # tests/ imported as a package
-    from tests.backend_helpers import cifar_images, choice_result, create_cifar_project, wait_for_job
+    from tests.backend_helpers import annotated_project, wait_for_job
     from tests.test_backend_app import make_app
 
 pytestmark = pytest.mark.integration
 
 
-def project(label_studio, n_train: int, n_labeled: int, seed: int, title: str):
-    """A CIFAR-10 project: 6 reference images and `n_labeled` train images annotated."""
-    ls = label_studio.client()
-    sub, images = cifar_images(label_studio.files_root, n_train, 6, seed=seed)
-    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, title)
-    train = [t for t, im in by_task.items() if im.split == "train"]
-    for t, im in by_task.items():
-        if im.split == "test" or t in train[:n_labeled]:
-            ls.annotations.create(id=t, result=choice_result(im.label))
-    return pid, by_task, train
+project = annotated_project
 
 
 def status_of(url: str, pid: int) -> dict:
