@@ -17,7 +17,7 @@ from pathlib import Path
 
 from isal_core.data.images import ImageRecord
 
-from .labelstudio.downloads import fetch_images
+from .job.tasks import fetch_images
 from .metrics import TASKS_SCORED
 from .errors import ApiProblem, JobError
 from .job.run import Job

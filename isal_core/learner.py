@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -111,12 +112,15 @@ class Learner:
 
     def round(self, strategy: str | Strategy, labeled: Dataset, pool: Dataset, reference: Dataset | None = None,
               budget: int | None = None, model: nn.Module | None = None, train_set: Dataset | None = None,
-              on_phase: Callable[[str], None] = lambda phase: None, round_number: int = 0) -> RoundResult:
+              on_phase: Callable[[str], None] = lambda phase: None, round_number: int = 0,
+              predict: bool = False) -> RoundResult:
         """fit (unless `model` is given) -> rank; influence strategies also return scorer and scores.
 
         `train_set` is what fit trains on when it differs from `labeled` (e.g. the same
         records with augmentation); `labeled` itself defines the Hessian, without it.
         `on_phase` hears "training", "computing s_test", "scoring the pool" as they start.
+        `predict`: the pool's predictions whatever the strategy (a baseline's scores then hold
+        them, with no influence: NaN), as a backend job writes them.
         """
         if model is None:
             on_phase("training")
@@ -125,7 +129,12 @@ class Learner:
         influential = chosen.isal if isinstance(chosen, BatchISAL) else chosen
         if not isinstance(influential, ISAL):
             on_phase("ranking")
-            return RoundResult(model, self.rank(chosen, model, pool, labeled, reference, budget, round_number))
+            ranking = self.rank(chosen, model, pool, labeled, reference, budget, round_number)
+            scores = None
+            if predict and self.main_process:
+                scores = PoolScores(torch.full((len(pool),), float("nan"), dtype=torch.float64),
+                                    self.predict(model, pool))
+            return RoundResult(model, ranking, None, scores)
         if len(pool) == 0:
             raise SelectionError("the pool is empty: there is nothing to rank")
         on_phase("computing s_test")

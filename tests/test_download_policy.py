@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from backend.labelstudio.download_policy import DownloadPolicy, DownloadRefused
-from backend.labelstudio.downloads import fetch_images, is_key_problem
+from backend.job.tasks import fetch_images, is_key_problem
 from backend.errors import DownloadError
 from backend.labelstudio.client import LabelStudioAPI
 from isal_core.data.images import open_image

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 from isal_core.utils import distributed
-from isal_core.influence.scorer import PoolScores
 from isal_core.learner import Learner, RoundResult
 
 from ..errors import JobError
@@ -43,19 +42,6 @@ log = logging.getLogger(__name__)
 PHASE = "isal-phase: "  # a stdout line of rank 0 that names the phase now running
 ERROR = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b")  # a traceback's last line
 PARENT_ENV = "JOB_GROUP_PARENT_PID"  # (not ISAL_: that prefix is for settings)
-
-
-def engine_round(learner: Learner, adapter, engine: EngineSettings, records: dict[str, list], labeled, pool,
-                 reference, on_phase, round_number: int) -> RoundResult:
-    """The engine's round as every job runs it, in one process or a group: the strategy over the batch
-    (ISAL_BATCH), seeded by the job's number, and the model's predictions whatever the strategy."""
-    result = learner.round(engine.strategy, labeled, pool, reference, budget=min(engine.budget, len(pool)),
-                           train_set=adapter.dataset(records["labeled"], train=True), on_phase=on_phase,
-                           round_number=round_number)
-    if result.scores is None and learner.main_process:  # no influence strategy: no influence, but predictions
-        result.scores = PoolScores(torch.full((len(pool),), float("nan"), dtype=torch.float64),
-                                   learner.predict(result.model, pool))
-    return result
 
 
 def run_in_group(nproc: int, task_type: TaskType, engine: EngineSettings, records: dict[str, list],
@@ -129,7 +115,9 @@ def main(job_dir: str) -> None:
         if rank == 0:
             print(PHASE + name, flush=True)
 
-    result = engine_round(learner, adapter, engine, records, labeled, pool, reference, phase, spec.get("round", 0))
+    result = learner.round(engine.strategy, labeled, pool, reference, budget=min(engine.budget, len(pool)),
+                           train_set=adapter.dataset(records["labeled"], train=True), on_phase=phase,
+                           round_number=spec.get("round", 0), predict=True)
     if rank == 0:
         hold_point("group")
         phase("evaluating on R")

@@ -43,7 +43,7 @@ from ..settings import EngineSettings
 from ..storage.layout import CENTROIDS_OF_PROJECT, GROUP_PREFIX
 from ..storage.projects import ProjectDir
 from ..tasktypes import TaskType
-from .group import engine_round, run_in_group
+from .group import run_in_group
 from .tasks import REFERENCE_FLAG, ProjectTasks
 
 
@@ -123,7 +123,9 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
     reference = adapter.dataset(records["reference"])
     if group is None:
         learner = Learner(adapter, task_type.engine_settings(engine), engine.seed)
-        result = engine_round(learner, adapter, engine, records, labeled, pool, reference, set_phase, job)
+        result = learner.round(engine.strategy, labeled, pool, reference, budget=min(engine.budget, len(pool)),
+                               train_set=adapter.dataset(records["labeled"], train=True), on_phase=set_phase,
+                               round_number=job, predict=True)  # the model's predictions whatever the strategy
         value = learner.evaluate(result.model, reference)
         cache = adapter.cache.summary() if hasattr(adapter, "cache") else None
     else:
