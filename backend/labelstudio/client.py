@@ -60,30 +60,31 @@ class LabelStudioAPI:
         self.close()
 
     # -- reading -------------------------------------------------------------
-    def iter_tasks(self, project_id: int, fields: str = "all", page_size: int = 1000) -> Iterator[dict]:
+    def iter_tasks(self, project_id: int, fields: str = "all", page_size: int = 1000,
+                   include: str | None = None) -> Iterator[dict]:
         """Every task of a project as a JSON-ready dict (`id`, `data`, `annotations`, `predictions`, ...).
 
-        One page at a time, so memory stays flat however many tasks there are.
-        `fields="all"` is needed for annotations (with `result`, `was_cancelled`);
-        predictions come in the same response at no extra request. Tasks come in id
-        order. Data URIs of cloud storages are resolved by the server into
-        `/tasks/<id>/presign/...` URLs that `download` can fetch.
-        Listing is server-bound: about 55 s for 10k tasks on 2 cores.
-        Caveat: if the project has "retrieve predictions automatically" on, Label
-        Studio asks the connected ML backend for tasks without predictions while
-        listing them, i.e. this call can make the server call /predict.
+        One page at a time, so memory stays flat. `fields="all"` brings annotations (with `result`,
+        `was_cancelled`) and predictions; `include="id,data,..."` only those fields, so the server
+        skips the others' aggregates. Tasks come in id order. Data URIs of cloud storages are
+        resolved by the server into `/tasks/<id>/presign/...` URLs that `download` can fetch.
+        Caveat: with "retrieve predictions automatically" on, Label Studio asks the connected ML
+        backend for tasks without predictions while listing them (this call can call /predict).
         """
-        for task in self.ls.tasks.list(project=project_id, fields=fields, page_size=page_size):
+        for task in self.ls.tasks.list(project=project_id, fields=fields, page_size=page_size, include=include):
             yield task.model_dump(mode="json")
 
     def tasks_with_annotations(self, project_id: int, page_size: int = 1000) -> Iterator[dict]:
         """Every task (`id`, `data` resolved as in iter_tasks, ...) with its `annotations`, faster than
-        `iter_tasks(fields="all")`: the task-only listing skips Label Studio's per-task joins, and one
-        export brings the annotated tasks' annotations (5,000 tasks: 7.4 s against 12.5 s here). A
-        task that counts annotations but is not in the export is fetched alone."""
+        `iter_tasks(fields="all")`: a task-only listing of just the fields read here skips Label Studio's
+        per-task joins and aggregates, and one export brings the annotated tasks' annotations (5,000
+        tasks, 350 annotated, a prediction on each: 3.3 s + 0.9 s, against 14.3 s for the task-only
+        listing of every field and 22.7 s for fields="all"). A task that counts annotations but is not
+        in the export is fetched alone."""
         exported = self.request("GET", f"api/projects/{int(project_id)}/export", params={"exportType": "JSON"}).json()
         annotated = {t["id"]: t.get("annotations") or [] for t in exported}
-        for task in self.iter_tasks(project_id, fields="task_only", page_size=page_size):
+        for task in self.iter_tasks(project_id, fields="task_only", page_size=page_size,
+                                    include="id,data,total_annotations,cancelled_annotations"):
             annotations = annotated.get(task["id"])
             if annotations is None and (task.get("total_annotations") or task.get("cancelled_annotations")):
                 annotations = self.request("GET", f"api/tasks/{int(task['id'])}").json().get("annotations")
