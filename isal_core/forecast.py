@@ -6,8 +6,9 @@ is a straight line, log(1 - m) = alpha - b log n, fitted by least squares to eve
 (labels, metric on R). The labels the target takes solve the line for it; the band is where
 the line's 80 % prediction interval (Student's t, n - 2 degrees of freedom) crosses the
 target, so a noisy or short curve says so with a wide band. The fit needs at least
-MIN_POINTS versions with different label counts; with fewer, or with a curve that does not
-improve, it says why instead of giving a number.
+MIN_POINTS versions with different label counts; with fewer, with a curve that does not
+improve, or with a target the line reaches only beyond REACH times the labels so far (a
+number that far out is the fit's noise, not a forecast), it says why instead of giving one.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 
 MIN_POINTS = 3
 LEVEL = 0.8  # of the prediction interval that makes the band
+REACH = 1000.0  # farthest extrapolation given as a number: this many times the labels so far
 
 
 @dataclass
@@ -67,7 +69,12 @@ def forecast(labels, metrics, target: float) -> Forecast:
         return out
     out.exponent, out._alpha = float(-slope), float(alpha)
     y_target = math.log(1.0 - target)
-    out.labels = float(math.exp((y_target - alpha) / slope))
+    labels = float(math.exp((y_target - alpha) / slope))
+    if labels > REACH * n.max():
+        out.reason = (f"out of reach of this curve: at its rate so far the target takes more than {REACH:,.0f} "
+                      f"times the {int(n.max()):,} labels of the largest version")
+        return out
+    out.labels = labels
     out.low, out.high = _band(x, y, slope, alpha, y_target)
     return out
 

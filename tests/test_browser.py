@@ -130,8 +130,10 @@ def test_the_project_page_draws_the_learning_curve_and_the_forecast(label_studio
         assert done["last_error"] is None, done
         history = models / str(pid) / "history.jsonl"
         (latest,) = [json.loads(line) for line in history.read_text().splitlines()]
-        earlier = [{**latest, "version": f"earlier-{n}", "labeled": n, "metric": latest["metric"] - d}
-                   for n, d in ((1, 0.15), (2, 0.1), (4, 0.05))]
+        # metric = 1 - 0.8 n^-0.5 with a little noise: 0.9 at about 64 labels, with a band around it
+        curve = [(n, round(1 - 0.8 * n ** -0.5 + d, 4)) for n, d in ((1, 0.01), (2, -0.01), (4, 0.01))]
+        earlier = [{**latest, "version": f"earlier-{n}", "labeled": n, "metric": m} for n, m in curve]
+        latest = {**latest, "metric": round(1 - 0.8 * latest["labeled"] ** -0.5, 4)}
         history.write_text("".join(json.dumps(h) + "\n" for h in [*earlier, latest]))
         browser.driver.get(f"{backend.url}/projects/{pid}")
         browser.shot("project page")

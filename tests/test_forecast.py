@@ -48,3 +48,12 @@ def test_a_reached_target_and_a_flat_curve_say_so():
     flat = forecast([10, 20, 30, 40], [0.6, 0.6, 0.59, 0.58], 0.95)
     assert flat.labels is None and "not improving" in flat.reason
     assert "not a metric" in forecast([10, 20, 30, 40], [0.1, 0.2, 0.3, 0.4], 1.5).reason
+
+
+def test_a_target_far_beyond_the_curve_gives_a_reason_not_a_number():
+    # metric = 1 - 2 n^-0.05 (a curve that barely rises): 0.95 would take (2 / 0.05)^20 labels
+    n = np.asarray([100, 200, 400, 800], dtype=float)
+    f = forecast(n, 1 - 2 * n ** -0.05, 0.95)
+    assert f.labels is None and "out of reach" in f.reason, f
+    # the same shape within reach is a number: 1 - 2 n^-0.5 reaches 0.95 at 1,600 labels, 2x the largest
+    assert abs(forecast(n, 1 - 2 * n ** -0.5, 0.95).labels - TRUE_LABELS) < 1e-6
