@@ -117,6 +117,32 @@ def test_frozen_features_and_cluster_serving_select_alike_offline_and_through_la
     assert selections(plain, "isal") != expected  # the clusters changed what was served
 
 
+def test_the_cold_start_through_label_studio_serves_the_offline_typiclust_initial_set(label_studio, tmp_path):
+    """`initial_strategy: typiclust`: no task is annotated at import; "Start training" with no label runs the
+    backend's cold start, and Label Studio serves the offline rule's initial set, in its order (the driver
+    checks each served task), then every round selects what the offline run selects."""
+    import torch
+
+    from isal_core.nets.models import small_cnn
+
+    torch.manual_seed(3)
+    weights = tmp_path / "backbone.pt"
+    torch.save(small_cnn(10).state_dict(), weights)
+    data = make_dataset(tmp_path / "data")
+    cold = dict(strategies=["isal_batch"], weights=str(weights), damping=0.1, min_steps=100, epochs=20,
+                initial_strategy="typiclust")
+    offline = simulate(tiny(data, tmp_path / "offline", **cold))
+    run = tmp_path / "ls"
+    simulate_label_studio(tiny(data, run, **cold), label_studio.url, label_studio.legacy_token,
+                          str(label_studio.files_root))
+    expected, got = selections(offline, "isal_batch"), selections(run, "isal_batch")
+    assert [len(a) for a in got] == [6, 4, 4] and got == expected
+    kinds = [json.loads(m.read_text())["kind"] for m in sorted((run / "backend").glob("*/*/*/meta.json"))]
+    assert kinds == ["cold_start", "round", "round", "round"], kinds  # the cold start (at connection), 3 models
+    random_start = simulate(tiny(data, tmp_path / "random", **{**cold, "initial_strategy": "random"}))
+    assert selections(random_start, "isal_batch")[0] != expected[0]  # the cold start chose another initial set
+
+
 def test_cluster_serving_by_predicted_class_selects_alike_offline_and_through_label_studio(label_studio, tmp_path):
     """From scratch (no weights) the clusters are the predicted classes, which change between versions,
     and a labeled task counts in its label's cluster. The backend writes the served order into the

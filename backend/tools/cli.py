@@ -15,7 +15,8 @@ from isal_core.simulation.config import SimulationConfig
 
 
 def add_label_studio_arguments(p: argparse.ArgumentParser) -> None:
-    ls = p.add_argument_group("headless Label Studio run (strategies isal, isal_l1, gradsim; see backend.tools.simulate_label_studio)")
+    ls = p.add_argument_group("headless Label Studio run (every strategy the backend serves, and isal_l1; see "
+                              "backend.tools.simulate_label_studio)")
     ls.add_argument("--label-studio", metavar="local|URL",
                     help="play the protocol through Label Studio and the ISAL backend: 'local' starts one under "
                          "<out>/label-studio; a URL must be a server on this machine (default --out: "

@@ -5,10 +5,12 @@
 
  1. a project per (strategy, seed) is created with label-studio-sdk: the run's train
     images as tasks (in train-split order, so task ids follow it), the initial set
-    pre-annotated with the true labels, and for isal/gradsim the reference set R
-    (test images, flagged "isal_reference": true, pre-annotated);
+    pre-annotated with the true labels (`initial_strategy: typiclust`: none), and for
+    isal/gradsim the reference set R (test images, flagged "isal_reference": true);
  2. the ISAL backend (`python -m backend`, gunicorn, on loopback) is connected as the
-    project's ML backend, with the protocol's settings as ISAL_* variables;
+    project's ML backend, with the protocol's settings as ISAL_* variables; with
+    typiclust, "Start training" with no label runs its cold start and the initial set
+    is what Label Studio serves next, checked against the offline rule's order;
  3. each round: Label Studio's "Start training" (POST /api/ml/<id>/train) makes the
     backend retrain on the project's annotations and write its influence scores as
     predictions; the driver waits for the job (backend /status), evaluates the model
@@ -22,11 +24,10 @@ images in the same order (tests/test_simulate_label_studio.py). A killed run res
 the project id is kept in state/<strategy>-<seed>.label-studio.json, and annotations of
 an unfinished round are read back from Label Studio in the order they were made.
 
-With `local`, a Label Studio with SQLite is started under <out>/label-studio and kept
-there for inspection. With a URL, that server must run on this machine (it calls the
-backend on 127.0.0.1), serve local files (LOCAL_FILES_SERVING_ENABLED=true) and
---files-root must be its LOCAL_FILES_DOCUMENT_ROOT; the API key comes from --api-key or
-LABEL_STUDIO_API_KEY.
+With `local`, a Label Studio with SQLite is started under <out>/label-studio and kept.
+With a URL, that server must run on this machine (it calls the backend on 127.0.0.1),
+serve local files and --files-root must be its LOCAL_FILES_DOCUMENT_ROOT; the API key
+comes from --api-key or LABEL_STUDIO_API_KEY.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ from isal_core.simulation.rundir import ResultsFile, RunState, check_config
 from isal_core.simulation.run import Simulation
 
 from ..errors import SimulationError, describe_api_error
+from ..model import UNTRAINED
 from .servers import BackendProcess, LabelStudioServer
 from ..labelstudio.client import ApiError, LabelStudioAPI
 from ..settings import engine_env
@@ -84,10 +86,15 @@ def backend_env(config: SimulationConfig, strategy: str, seed: int, server: Serv
         **engine_env(config), "ISAL_STRATEGY": LS_STRATEGIES[strategy], "ISAL_SEED": str(seed),
         "ISAL_RETRAIN_EVERY": "0", "ISAL_MIN_LABELED": "1", "ISAL_PRELABEL": "never",
         # the batch a batch-aware strategy spreads out is the protocol's step; no job at connection time
-        "ISAL_BATCH": str(config.step), "ISAL_COLD_START": "off",
+        "ISAL_BATCH": str(config.step), "ISAL_COLD_START": "on" if cold_start(config) else "off",
         # the same intra-op thread count as this process, so float reductions run alike
         "OMP_NUM_THREADS": str(torch.get_num_threads()), "THREADS": "4", "LOG_LEVEL": "INFO",
     }
+
+
+def cold_start(config: SimulationConfig) -> bool:
+    """Initial labels by the backend's cold start, served by Label Studio (offline: Simulation.initial)."""
+    return config.initial_strategy == "typiclust"
 
 
 def check_strategies(config: SimulationConfig) -> None:
@@ -95,10 +102,6 @@ def check_strategies(config: SimulationConfig) -> None:
     if other:
         raise ConfigError(f"the Label Studio simulation plays the ISAL backend: strategies {', '.join(LS_STRATEGIES)}; "
                          f"run {', '.join(other)} offline (without --label-studio)")
-
-
-# ---------------------------------------------------------------------------
-# the run
 
 
 class LabelStudioSimulation:
@@ -135,6 +138,8 @@ class LabelStudioSimulation:
             log_path = self.out / "backend" / f"{self.name}.log"
             with BackendProcess(env, log_path=log_path) as backend:
                 ml = self._connect(api, pid, backend.url)
+                if cold_start(self.sim.config) and not self.state.finished(1):
+                    self._cold_start(api, pid, ml, backend)
                 for r in range(1, rounds + 1):
                     bar.set_postfix_str(f"{self.name} round {r} (Label Studio project {pid})")
                     if not self.state.finished(r):
@@ -181,6 +186,24 @@ class LabelStudioSimulation:
         results.append(row)
         log.info("%s round %d via Label Studio: %d labels, metric %.4f, model %s", self.name, r, row["labels"],
                  metric, version)
+
+    def _cold_start(self, api, pid: int, ml: int, backend: BackendProcess) -> None:
+        """The initial labels through the product: "Start training" with no label (the backend's cold start
+        job), then what Label Studio serves next, `initial` times; it must be the offline rule's order."""
+        expected = self.state.labeled(1)
+        served = [i for _, i in sorted(self.annotated)]  # an interrupted cold start's annotations first
+        while (job := backend_status(backend, pid)["job"])["state"] != "idle" or job["pending"]:
+            time.sleep(0.5)  # connecting the project started its cold start job
+        if not served and backend_status(backend, pid)["model_version"] == UNTRAINED:
+            self._train(api, pid, ml, backend, 0)
+        train, classes = self.sim.data.train, self.sim.data.classes
+        while len(served) < len(expected):
+            task = api.next_task(pid)
+            if (i := task and self.index.get(task["id"])) != expected[len(served)]:
+                raise SimulationError(f"project {pid}: Label Studio served train index {i} as cold start label "
+                                      f"{len(served) + 1}, the offline TypiClust order {expected[len(served)]}")
+            api.create_annotation(task["id"], choice_result(classes[train[i].label]))
+            served.append(i)
 
     def _annotate(self, api: LabelStudioAPI, pid: int, r: int) -> list[int]:
         """Play the annotator for round r: what Label Studio serves next, labeled truly, `step` times.
@@ -238,10 +261,6 @@ def backend_status(backend: BackendProcess, pid: int) -> dict:
     if response.status_code != 200:
         raise SimulationError(f"the backend's /status answered HTTP {response.status_code}: {response.text[:300]}")
     return response.json()
-
-
-# ---------------------------------------------------------------------------
-# the loop
 
 
 def simulate_label_studio(config: SimulationConfig, label_studio: str = "local", api_key: str | None = None,

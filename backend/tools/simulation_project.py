@@ -36,12 +36,14 @@ def export_images(data: SimulationData, split: str, indices: list[int], folder: 
 def create_project(api: LabelStudioAPI, sim: Simulation, strategy: str, seed: int, files_root: Path,
                    title: str) -> int:
     """A project holding this run's images: R first (flagged, annotated; isal/gradsim only),
-    then the seed's universe in train-split order, its initial set annotated."""
+    then the seed's universe in train-split order, its initial set annotated (with a cold start:
+    none; Label Studio serves it, backend.tools.simulate_label_studio)."""
     data, classes = sim.data, sim.data.classes
     sub = f"isal-sim/{title.replace(' ', '_')}"
     folder = files_root / sub
     universe = sorted(sim.universe(seed))
-    initial = set(sim.initial(seed))
+    # the initial set annotated at import, unless the backend's cold start is to serve it
+    initial = set() if sim.config.initial_strategy == "typiclust" else set(sim.initial(seed))
     reference = data.reference if strategy in USES_R else []
     files = {("test", i): r for i, r in export_images(data, "test", reference, folder).items()}
     files.update({("train", i): r for i, r in export_images(data, "train", universe, folder).items()})
