@@ -3,8 +3,10 @@
     python -m bench.review [--protocol scratch|pretrained] [--labeled 2000] [--flip 0.1] [--kind uniform|confusable]
 
 A labeled set of CIFAR-10 training images (the shared zip, else torchvision's download) gets
-`flip` of its labels changed, uniformly to another class or to a confusable one (cat<->dog,
-automobile<->truck, deer<->horse, airplane<->ship, bird<->frog). A model is trained on the noisy
+`flip` of its labels changed, uniformly to another class or to a confusable one: the class a
+model trained on the clean labels most often predicts for R's images of the true class (on
+CIFAR-10 from scratch e.g. cat->dog; a fixed list of pairs would leave the pretrained protocol's
+five classes, which hold no pair, uniform). A model is trained on the noisy
 set as the backend would (`scratch`: a small CNN from scratch; `pretrained`: a linear head on
 the frozen features of --weights, e.g. the CIFAR-5 backbone of the pretrained protocol, with
 its five other classes). Then each signal ranks the labeled set, and precision and recall of
@@ -36,21 +38,20 @@ from isal_core.tasks.frozen import classification_adapter
 
 from .common import write_result
 
-CONFUSABLE = {"cat": "dog", "dog": "cat", "automobile": "truck", "truck": "automobile", "deer": "horse",
-              "horse": "deer", "airplane": "ship", "ship": "airplane", "bird": "frog", "frog": "bird"}
 PRETRAINED_CLASSES = ["dog", "frog", "horse", "ship", "truck"]  # the pretrained protocol's target classes
 
 
-def flip(records, fraction: float, kind: str, classes: list[str], rng) -> tuple[list, np.ndarray]:
+def flip(records, fraction: float, num_classes: int, rng, confusable: dict | None = None) -> tuple[list, np.ndarray]:
+    """Flip `fraction` of the labels: to `confusable[true]` when given, else uniformly to another class."""
     n = len(records)
     flipped = rng.choice(n, int(round(fraction * n)), replace=False)
     out = list(records)
     for i in flipped:
         true = records[i].label
-        if kind == "confusable" and CONFUSABLE.get(classes[true]) in classes:
-            new = classes.index(CONFUSABLE[classes[true]])
+        if confusable is not None:
+            new = confusable[true]
         else:
-            new = int(rng.choice([c for c in range(len(classes)) if c != true]))
+            new = int(rng.choice([c for c in range(num_classes) if c != true]))
         out[i] = replace(records[i], label=new)
     return out, np.sort(flipped)
 
@@ -61,6 +62,22 @@ def precision_recall(order, flipped: np.ndarray) -> dict:
     return {"precision_at_k": round(hits / k, 3), "recall_at_k": round(hits / k, 3), "hits": hits, "k": k}
 
 
+def most_confused(learner, adapter, labeled, reference) -> dict[int, int]:
+    """For each class, the other class a model trained on the clean labels predicts most often on R's images of it."""
+    model = learner.fit(adapter.dataset(labeled, train=True))
+    probs = predict(learner, adapter, model, reference)
+    confusion = np.zeros((adapter.num_classes, adapter.num_classes))
+    np.add.at(confusion, ([r.label for r in reference], probs.argmax(1)), 1)
+    np.fill_diagonal(confusion, -1)
+    return {c: int(confusion[c].argmax()) for c in range(adapter.num_classes)}
+
+
+def predict(learner, adapter, model, records) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([adapter.probabilities(adapter.forward(model, x.to(learner.device))).cpu()
+                          for x, _, _ in learner.loader(adapter.dataset(records))]).double().numpy()
+
+
 def out_of_fold(settings, adapter, records, seed: int, folds: int = 5) -> np.ndarray:
     """Predicted probabilities of each record from a model that never trained on it (cleanlab's input)."""
     n, probs = len(records), np.zeros((len(records), adapter.num_classes))
@@ -69,11 +86,7 @@ def out_of_fold(settings, adapter, records, seed: int, folds: int = 5) -> np.nda
         train = [records[i] for i in np.setdiff1d(np.arange(n), part)]
         learner = Learner(adapter, settings, seed)
         model = learner.fit(adapter.dataset(train, train=True))
-        held = adapter.dataset([records[i] for i in part])
-        with torch.no_grad():
-            outs = [adapter.probabilities(adapter.forward(model, x.to(learner.device))).cpu()
-                    for x, _, _ in learner.loader(held)]
-        probs[part] = torch.cat(outs).double().numpy()
+        probs[part] = predict(learner, adapter, model, [records[i] for i in part])
     return probs
 
 
@@ -107,16 +120,17 @@ def main(argv=None) -> dict:
     picked = rng.permutation(len(test))
     reference = [test[i] for i in picked[:args.reference]]
     evaluation = [test[i] for i in picked[args.reference:args.reference + args.evaluate]]
-    noisy, flipped = flip(labeled, args.flip, args.kind, classes, rng)
     adapter = classification_adapter(settings, len(classes), settings.device, settings.batch_size)
     learner = Learner(adapter, settings, args.seed)
+    confusable = most_confused(learner, adapter, labeled, reference) if args.kind == "confusable" else None
+    if confusable:
+        print("confusable:", {classes[a]: classes[b] for a, b in confusable.items()})
+    noisy, flipped = flip(labeled, args.flip, len(classes), rng, confusable)
     accuracy = lambda recs: learner.evaluate(learner.fit(adapter.dataset(recs, train=True)),  # noqa: E731
                                              adapter.dataset(evaluation))
     model, found = learner.review(adapter.dataset(noisy), adapter.dataset(reference),
                                   train_set=adapter.dataset(noisy, train=True))
-    with torch.no_grad():
-        probs = torch.cat([adapter.probabilities(adapter.forward(model, x.to(learner.device))).cpu()
-                           for x, _, _ in learner.loader(adapter.dataset(noisy))]).double().numpy()
+    probs = predict(learner, adapter, model, noisy)
     given = np.array([r.label for r in noisy])
     disagreement = probs.max(1) - probs[np.arange(len(given)), given]
     oof = out_of_fold(settings, adapter, noisy, args.seed)
@@ -145,10 +159,13 @@ def main(argv=None) -> dict:
                  for name in ("isal_combined_relabeled", "cleanlab_relabeled")}
     print(f"accuracy: {acc}; share of the loss recovered by relabeling the top k: {recovered}")
     summary = {"bench": "review", "device": "cpu", "protocol": args.protocol, "kind": args.kind, "flip": args.flip,
-               "labeled": args.labeled, "flips": k, "found": found_by, "accuracy": {n: round(a, 4) for n, a in acc.items()},
+               "labeled": args.labeled, "seed": args.seed, "flips": k,
+               "confusable": confusable and {classes[a]: classes[b] for a, b in confusable.items()}, "found": found_by,
+               "accuracy": {n: round(a, 4) for n, a in acc.items()},
                "recovered": recovered, "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(summary))
-    write_result(f"review-{args.protocol}-{args.kind}", "review", summary, argv)
+    extra = ("" if args.labeled == 2000 else f"-{args.labeled}") + ("" if args.seed == 0 else f"-seed{args.seed}")
+    write_result(f"review-{args.protocol}-{args.kind}{extra}", "review", summary, argv)
     return summary
 
 
