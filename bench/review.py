@@ -35,6 +35,7 @@ from isal_core.data.images import load_records
 from isal_core.learner import Learner
 from isal_core.settings import EngineSettings
 from isal_core.tasks.frozen import classification_adapter
+from isal_core.train import evaluation
 
 from .common import write_result
 
@@ -62,20 +63,20 @@ def precision_recall(order, flipped: np.ndarray) -> dict:
     return {"precision_at_k": round(hits / k, 3), "recall_at_k": round(hits / k, 3), "hits": hits, "k": k}
 
 
-def most_confused(learner, adapter, labeled, reference) -> dict[int, int]:
-    """For each class, the other class a model trained on the clean labels predicts most often on R's images of it."""
-    model = learner.fit(adapter.dataset(labeled, train=True))
-    probs = predict(learner, adapter, model, reference)
-    confusion = np.zeros((adapter.num_classes, adapter.num_classes))
+def most_confused(probs: np.ndarray, reference) -> dict[int, int]:
+    """For each class, the other class a model trained on the clean labels (its probabilities on R
+    given) predicts most often on R's images of it."""
+    classes = probs.shape[1]
+    confusion = np.zeros((classes, classes))
     np.add.at(confusion, ([r.label for r in reference], probs.argmax(1)), 1)
     np.fill_diagonal(confusion, -1)
-    return {c: int(confusion[c].argmax()) for c in range(adapter.num_classes)}
+    return {c: int(confusion[c].argmax()) for c in range(classes)}
 
 
 def predict(learner, adapter, model, records) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([adapter.probabilities(adapter.forward(model, x.to(learner.device))).cpu()
-                          for x, _, _ in learner.loader(adapter.dataset(records))]).double().numpy()
+    """Class probabilities of `records`, in order."""
+    outs = evaluation.outputs(model, adapter, learner.loader(adapter.dataset(records)), learner.device)
+    return torch.cat([adapter.probabilities(out).cpu() for out, _, _ in outs]).double().numpy()
 
 
 def out_of_fold(settings, adapter, records, seed: int, folds: int = 5) -> np.ndarray:
@@ -122,7 +123,9 @@ def main(argv=None) -> dict:
     evaluation = [test[i] for i in picked[args.reference:args.reference + args.evaluate]]
     adapter = classification_adapter(settings, len(classes), settings.device, settings.batch_size)
     learner = Learner(adapter, settings, args.seed)
-    confusable = most_confused(learner, adapter, labeled, reference) if args.kind == "confusable" else None
+    clean = learner.fit(adapter.dataset(labeled, train=True))
+    confusable = most_confused(predict(learner, adapter, clean, reference), reference) \
+        if args.kind == "confusable" else None
     if confusable:
         print("confusable:", {classes[a]: classes[b] for a, b in confusable.items()})
     noisy, flipped = flip(labeled, args.flip, len(classes), rng, confusable)
@@ -152,7 +155,7 @@ def main(argv=None) -> dict:
             fixed[i] = labeled[i]
         return fixed
 
-    acc = {"clean": accuracy(labeled), "noisy": accuracy(noisy), "isal_combined_relabeled":
+    acc = {"clean": learner.evaluate(clean, adapter.dataset(evaluation)), "noisy": accuracy(noisy), "isal_combined_relabeled":
            accuracy(relabeled(orders["isal_combined"])), "cleanlab_relabeled": accuracy(relabeled(orders["cleanlab"]))}
     lost = acc["clean"] - acc["noisy"]
     recovered = {name: round((acc[name] - acc["noisy"]) / lost, 3) if lost > 0 else None

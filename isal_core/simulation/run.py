@@ -200,9 +200,10 @@ def simulate(config: SimulationConfig, data: SimulationData | None = None) -> Pa
     sim = Simulation(config, data)
     sim.check_plan()
     out = Path(config.out)
-    backbone = getattr(sim.adapter, "backbone_id", None)  # which weights file made these numbers (runs/ is not kept)
-    check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()},
-                 {**config.model_dump(), **({"backbone": backbone} if backbone else {})}, SimulationConfig.implied())
+    recorded = config.model_dump()
+    if backbone := getattr(sim.adapter, "backbone_id", None):  # which weights file made these numbers
+        recorded["backbone"] = backbone
+    check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()}, recorded, SimulationConfig.implied())
     results = ResultsFile(out / "results.csv")
     models = Checkpoints(out / "state", sim.adapter)
     title = f"{Path(sim.data.root).name}, {config.arch}, {config.epochs} epochs"
