@@ -1,6 +1,7 @@
 """Object detection end to end against a real Label Studio: BCCD images uploaded as files,
 rectangle annotations in, FCOS trained, rectangle predictions with influence scores out,
-/next serving the top-ranked task, and a second training giving a new version and order."""
+/next serving the top-ranked task, the review per box (the tab: tasks by their worst box), and a
+second training giving a new version and order."""
 from __future__ import annotations
 
 import io
@@ -18,9 +19,11 @@ from isal_core.data.boxes import load_voc
 try:
     from backend_helpers import wait_for_job
     from test_backend_app import make_app
+    from test_review_ls import review_tab
 except ImportError:  # tests/ imported as a package
     from tests.backend_helpers import wait_for_job
     from tests.test_backend_app import make_app
+    from tests.test_review_ls import review_tab
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +87,20 @@ def test_rectangles_in_fcos_trained_rectangle_predictions_out_and_next_serves_th
         version = status["model_version"]
         scores, boxes = {}, 0
         review = c.get(f"/review?project={pid}").json
-        reviewed = {t["task"] for t in review["tasks"]}  # labeled after L1 (R: L1, which is not reviewed)
-        assert review["model_version"] == version and len(reviewed) == status["counts"]["reviewed"]
+        found = review["tasks"]  # detection: the boxes, each with its task, most suspicious first
+        # (job 1 reviews nothing: its labeled set is R, L1; job 2 the task annotated after it)
+        assert [b["review_score"] for b in found] == sorted(b["review_score"] for b in found)
+        assert all(b["annotated"] in classes and (b["model"] is None or b["model"] in classes) for b in found)
+        assert (n > 1) <= len(found) <= sum(len(by_task[t].label["boxes"]) for t in {b["task"] for b in found})
+        for b in found:  # each box is the task's annotated box, with its class
+            record = by_task[b["task"]].label
+            (j,) = [j for j, xy in enumerate(record["boxes"]) if max(abs(u - v) for u, v in zip(xy, b["annotated_box"])) < 1]
+            assert classes[record["labels"][j]] == b["annotated"]
+        with_boxes = list(dict.fromkeys(b["task"] for b in found))  # a task where its worst box is
+        tab = review_tab(ls, api, pid) if n > 1 else []  # tasks by their worst box, then any with no box
+        assert review["model_version"] == version and len(tab) == status["counts"]["reviewed"]
+        assert tab[:len(with_boxes)] == with_boxes and set(tab[len(with_boxes):]) <= {ids[N_LABELED]}
+        reviewed = set(tab)
         for task in ls.tasks.list(project=pid, fields="all", page_size=500):
             mine = [p for p in task.predictions or [] if p.model_version == version]
             if task.annotations:  # labeled: a review prediction (the model's boxes) on the reviewed ones only

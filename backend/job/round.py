@@ -14,7 +14,8 @@ alone: TypiClust (isal_core.selection.coldstart), typical and diverse tasks firs
 
 Last, the review of what is labeled (ISAL_REVIEW): every labeled task outside R scored by the
 influence on R of its annotated label and the model's loss on it (isal_core.influence.review),
-ranked by ISAL_REVIEW_SIGNAL. The publication writes on each a prediction whose result is the
+ranked by ISAL_REVIEW_SIGNAL; detection per box as well (isal_core.influence.review.box_review), an
+image ordered by its most suspicious box. The publication writes on each a prediction whose result is the
 model's own label and whose score is its place in the review, most suspicious lowest (the
 Data Manager tab "ISAL: annotations to review"); `GET /review` reads the version's review.npz.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isal_core.influence.review import review, review_order
+from isal_core.influence.review import box_review, review, review_order
 
 from isal_core.influence.scorer import PoolScores
 from isal_core.learner import Learner, RoundResult
@@ -59,6 +60,24 @@ class ReviewedTasks:
     loss: np.ndarray
     scores: np.ndarray
     signal: str
+    boxes: dict | None = None  # detection: per box (arrays, one entry a box), `GET /review`'s list
+
+
+def _box_table(found, items, place) -> dict:
+    """A BoxReview as arrays by box: its task, index, annotated class and box, the model's best match
+    (class -1: none), the signals, and `scores` its place among all boxes (most suspicious lowest)."""
+    targets = [i.label for i in items]
+    image, box = found.image.tolist(), found.box.tolist()
+    matches = [m or {"label": -1, "box": [np.nan] * 4, "score": np.nan} for m in found.matches]
+    return {"task_ids": np.asarray([items[i].task_id for i in image], dtype=np.int64),
+            "index": np.asarray(box, dtype=np.int64),
+            "label": np.asarray([int(targets[i]["labels"][j]) for i, j in zip(image, box)], dtype=np.int64),
+            "box": np.asarray([list(map(float, targets[i]["boxes"][j])) for i, j in zip(image, box)],
+                              dtype=np.float64).reshape(-1, 4),
+            "model_label": np.asarray([m["label"] for m in matches], dtype=np.int64),
+            "model_box": np.asarray([m["box"] for m in matches], dtype=np.float64).reshape(-1, 4),
+            "model_score": np.asarray([m["score"] for m in matches], dtype=np.float64),
+            "influence": found.influence.numpy(), "loss": found.disagreement.numpy(), "scores": place}
 
 
 def review_labeled(result, adapter, tasks, device, signal: str) -> ReviewedTasks | None:
@@ -75,9 +94,18 @@ def review_labeled(result, adapter, tasks, device, signal: str) -> ReviewedTasks
     found = review(result.model, adapter, subset, result.scorer.s_test, result.scorer.params, device)
     order = review_order(found, signal)
     items = [tasks.labeled[k] for k in keep]
+    boxes = None
+    if adapter.review_unit == "box" and any(len(i.label["labels"]) for i in items):
+        # an image is as suspicious as its worst box; images annotated with no box come last
+        per_box = box_review(result.model, adapter, subset, result.scorer.s_test, result.scorer.params, device)
+        by_box = review_order(per_box, signal)
+        boxes = _box_table(per_box, items, place_scores(by_box, len(by_box)))
+        first = per_box.image_order(signal)
+        boxed = set(first)
+        order = first + [k for k in order if k not in boxed]
     labels = [_jsonable(i.label) for i in items]
     return ReviewedTasks([i.task_id for i in items], labels, found.predictions, found.influence.numpy(),
-                         found.loss.numpy(), place_scores(order, len(keep)), signal)
+                         found.loss.numpy(), place_scores(order, len(keep)), signal, boxes)
 
 
 def _jsonable(label):

@@ -175,7 +175,7 @@ def save_review(path: Path, reviewed) -> None:
              loss=reviewed.loss, scores=reviewed.scores,
              annotated=np.asarray([json.dumps(a) for a in reviewed.annotated], dtype=str),
              predictions=np.asarray([json.dumps(p) for p in reviewed.predictions], dtype=str),
-             signal=np.asarray(reviewed.signal))
+             signal=np.asarray(reviewed.signal), **{f"box_{k}": v for k, v in (reviewed.boxes or {}).items()})
 
 
 def read_review(version_path: Path, task_type, limit: int | None = None) -> list[dict]:
@@ -184,8 +184,24 @@ def read_review(version_path: Path, task_type, limit: int | None = None) -> list
     if not path.is_file():
         return []
     with np.load(path) as z:
+        if "box_scores" in z:
+            return _read_box_review(z, task_type, limit)
         order = np.argsort(z["scores"], kind="stable")[:limit]
         return [{"task": int(z["task_ids"][i]), "annotated": task_type.label_name(json.loads(str(z["annotated"][i]))),
                  "model": task_type.label_name(json.loads(str(z["predictions"][i]))),
                  "review_score": float(z["scores"][i]), "influence": float(z["influence"][i]),
                  "loss": float(z["loss"][i])} for i in order]
+
+
+def _read_box_review(z, task_type, limit: int | None) -> list[dict]:
+    """Detection's review: the boxes, each with its task, most suspicious first; `model` is the class of
+    the model's detection overlapping the box most (None: it detects nothing there)."""
+    name = lambda c: None if c < 0 else task_type.label_name({"labels": [int(c)]})[0]  # noqa: E731
+    order = np.argsort(z["box_scores"], kind="stable")[:limit]
+    return [{"task": int(z["box_task_ids"][i]), "box": int(z["box_index"][i]),
+             "annotated": name(z["box_label"][i]), "annotated_box": z["box_box"][i].tolist(),
+             "model": name(z["box_model_label"][i]),
+             "model_box": None if z["box_model_label"][i] < 0 else z["box_model_box"][i].tolist(),
+             "model_score": None if z["box_model_label"][i] < 0 else float(z["box_model_score"][i]),
+             "review_score": float(z["box_scores"][i]), "influence": float(z["box_influence"][i]),
+             "loss": float(z["box_loss"][i])} for i in order]

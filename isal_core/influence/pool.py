@@ -79,6 +79,25 @@ def influence(
     return scores
 
 
+def influence_of_targets(model: nn.Module, adapter: TaskAdapter, loader: Iterable, s_test: Tensor,
+                         params: Sequence[tuple[str, nn.Parameter]], targets_of: Callable,
+                         device: torch.device | str = "cpu"):
+    """For each batch of `loader`: (dataset indices, [S, B] -s_test . grad loss(z_i, targets_s[i]) for the S
+    target sets `targets_of(outputs, the batch's own targets)` gives, the batch's outputs, its targets). One forward per batch, whatever S:
+    e.g. an image's annotation with each of its boxes left out in turn (isal_core.influence.review)."""
+    device = torch.device(device)
+    scorer = (_LayerwiseScorer if layerwise_supported(model, params) else _JvpScorer)(model, adapter, params,
+                                                                                        s_test.to(device))
+    with eval_mode(model), scorer:
+        for batch in loader:
+            inputs, given = adapter.to_device(batch, device)
+            grads, outputs = scorer.derivatives(inputs, lambda out: targets_of(out, given), batch[2])
+            values = -grads
+            if not torch.isfinite(values).all():
+                raise NonFiniteError(f"influence is NaN/inf for samples {batch[2].tolist()[:20]}")
+            yield batch[2], values.detach().cpu(), outputs, given
+
+
 def layerwise_supported(model: nn.Module, params: Sequence[tuple[str, nn.Parameter]]) -> bool:
     owners = _owners(model)
     return all(isinstance(owners[id(p)][0], _FAST_MODULES) and owners[id(p)][1] in ("weight", "bias") for _, p in params)
@@ -143,16 +162,22 @@ class _LayerwiseScorer:
 
     def score(self, inputs, top_k: int, indices: Tensor) -> tuple[Tensor, object]:
         """(s_test . G_i for each sample of the batch, the batch's outputs)."""
+        grads, outputs = self.derivatives(inputs, lambda out: [self.adapter.pseudo_targets(out, top_k)], indices)
+        return grads[0], outputs
+
+    def derivatives(self, inputs, targets_of, indices: Tensor) -> tuple[Tensor, object]:
+        """([S, B] s_test . grad loss(z_i, targets_s[i]) for each of the S target sets `targets_of(outputs)`
+        gives, the batch's outputs): one forward; the backward of each set reaches only eps."""
         batch = _batch_size(inputs)
         self.eps = torch.zeros(batch, device=_device(inputs), dtype=self.dtype, requires_grad=True)
         with torch.enable_grad():
             outputs = self.adapter.forward(self.model, inputs)
             self.adapter.check_finite(outputs, indices)
-            targets = self.adapter.pseudo_targets(outputs, top_k)
-            loss = self.adapter.loss(outputs, targets).sum()
-            (grad,) = torch.autograd.grad(loss, self.eps)
+            sets = targets_of(outputs)
+            grads = [torch.autograd.grad(self.adapter.loss(outputs, targets).sum(), self.eps,
+                                         retain_graph=s < len(sets) - 1)[0] for s, targets in enumerate(sets)]
         self.eps = None
-        return grad, _detach(outputs)
+        return torch.stack(grads), _detach(outputs)
 
 
 class _AdapterModule(nn.Module):
@@ -183,14 +208,19 @@ class _JvpScorer:
         return None
 
     def score(self, inputs, top_k: int, indices: Tensor) -> tuple[Tensor, object]:
+        grads, outputs = self.derivatives(inputs, lambda out: [self.adapter.pseudo_targets(out, top_k)], indices)
+        return grads[0], outputs
+
+    def derivatives(self, inputs, targets_of, indices: Tensor) -> tuple[Tensor, object]:
+        """As _LayerwiseScorer.derivatives, by one jvp over all S target sets."""
         with torch.no_grad():
             outputs = self.adapter.forward(self.wrapper.model, inputs)
         self.adapter.check_finite(outputs, indices)
-        targets = self.adapter.pseudo_targets(outputs, top_k)
+        sets = targets_of(outputs)
 
         def losses(*weights):
             out = torch.func.functional_call(self.wrapper, dict(zip(self.names, weights)), (inputs,))
-            return self.adapter.loss(out, targets)
+            return torch.stack([self.adapter.loss(out, targets) for targets in sets])
 
         _, tangent = torch.func.jvp(losses, self.primals, self.tangents)
         return tangent, outputs

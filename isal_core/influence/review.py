@@ -12,6 +12,12 @@ per batch. Beside it:
   model; computed where the damped Hessian fits in memory (a head on frozen features).
 `review_order` ranks by a combination of their ranks (the mean rank of the signals chosen),
 most suspicious first.
+
+Detection is reviewed per box (`box_review`): a box's influence is I(z, B) - I(z, B without
+the box), what the reference loss would gain from deleting that box from the image's
+annotation (a box with a wrong class or no object raises it), all of an image's boxes from one
+forward pass; its `loss` signal is the model's disagreement with the box, 1 - the best IoU x
+score of a detection of the box's class. An image is as suspicious as its worst box.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from ..errors import SelectionError
 from ..tasks.base import TaskAdapter
 from ..train import evaluation
 from .params import flatten, select_parameters
-from .pool import influence
+from .pool import influence, influence_of_targets
 
 #: Signals a review can rank by; "combined" is the mean rank of influence and loss.
 SIGNALS = ("influence", "loss", "self_influence", "combined")
@@ -129,3 +135,83 @@ def _self_influence(model, adapter, labeled: Dataset, params: Sequence, hessian,
 def review_order(result: Review, signal: str = "combined") -> list[int]:
     """Dataset positions, most suspicious first."""
     return torch.argsort(-result.scores(signal).double(), stable=True).tolist()
+
+
+@dataclass
+class BoxReview:
+    """Per annotated box, image by image in dataset order: its image's position, its index in that
+    image's annotation, its influence (leave the box out), the model's disagreement with it, and the
+    model's detection that overlaps it most ({"label", "box", "score"}, or None)."""
+
+    image: Tensor
+    box: Tensor
+    influence: Tensor
+    disagreement: Tensor
+    matches: list
+
+    def scores(self, signal: str = "combined") -> Tensor:
+        """Higher = more suspicious; `loss` is the disagreement (there is no per-box loss to read)."""
+        if signal == "influence":
+            return self.influence
+        if signal == "loss":
+            return self.disagreement
+        if signal == "combined":
+            return (_ranks(self.influence) + _ranks(self.disagreement)) / 2
+        raise SelectionError(f"boxes are reviewed by influence, loss or combined, not {signal!r}")
+
+    def image_order(self, signal: str = "combined") -> list[int]:
+        """Image positions by their most suspicious box, most suspicious first (images without a box:
+        not listed)."""
+        seen: dict[int, None] = {}
+        for i in review_order(self, signal):
+            seen.setdefault(int(self.image[i]), None)
+        return list(seen)
+
+
+def box_review(model: nn.Module, adapter, labeled: Dataset, s_test: Tensor, params, device="cpu",
+               batch_size: int = 4) -> BoxReview:
+    """The review signals of every annotated box of a detection set (targets {"boxes", "labels"})."""
+    if len(labeled) == 0:
+        raise SelectionError("the labeled set is empty: there is nothing to review")
+    chosen = select_parameters(model, params)
+    loader = DataLoader(labeled, batch_size=batch_size, shuffle=False, collate_fn=adapter.collate_fn)
+    image, box, values, disagreement, matches = [], [], [], [], []
+    for indices, derivatives, outputs, given in influence_of_targets(model, _GivenTargets(adapter), loader, s_test,
+                                                                     chosen, _leave_one_box_out, device):
+        for b, (i, found, target) in enumerate(zip(indices.tolist(), outputs.detections(), given)):
+            n = len(target["labels"])
+            image += [i] * n
+            box += range(n)
+            values.append(derivatives[0, b] - derivatives[1:n + 1, b])
+            for given, label in zip(target["boxes"], target["labels"].tolist()):
+                d, match = _disagreement(given, label, {k: v.detach() for k, v in found.items()})
+                disagreement.append(d)
+                matches.append(match)
+    if not image:
+        raise SelectionError("the labeled images hold no boxes: there is nothing to review")
+    return BoxReview(torch.as_tensor(image), torch.as_tensor(box), torch.cat(values).double(),
+                     torch.as_tensor(disagreement, dtype=torch.float64), matches)
+
+
+def _leave_one_box_out(outputs, given: list[dict]) -> list[list[dict]]:
+    """Set 0: every image's annotation; set j: image i's without its box j - 1 (whole when it has fewer)."""
+    most = max(len(t["labels"]) for t in given)
+    sets = [given]
+    for j in range(most):
+        sets.append([{k: torch.cat([v[:j], v[j + 1:]]) for k, v in t.items()} if j < len(t["labels"]) else t
+                     for t in given])
+    return sets
+
+
+def _disagreement(given: Tensor, label: int, found: dict) -> tuple[float, dict | None]:
+    """(1 - the best IoU x score of a detection of `label`, the detection with the best IoU x score)."""
+    if len(found["boxes"]) == 0:
+        return 1.0, None
+    from torchvision.ops import box_iou
+
+    fit = box_iou(given.to(found["boxes"]).unsqueeze(0), found["boxes"])[0] * found["scores"]
+    same = fit[found["labels"] == label]
+    best = int(fit.argmax())
+    match = {"label": int(found["labels"][best]), "box": found["boxes"][best].tolist(),
+             "score": float(found["scores"][best])}
+    return 1.0 - (float(same.max()) if len(same) else 0.0), match

@@ -46,6 +46,8 @@ class TaskAdapter(ABC):
 
     #: DataLoader collate_fn for this task's items (None: PyTorch's default).
     collate_fn: Callable | None = None
+    #: What an annotation review ranks: "sample" (the annotation as a whole) or "box" (detection).
+    review_unit: str = "sample"
 
     @abstractmethod
     def forward(self, model: nn.Module, inputs: Any) -> Any:

@@ -84,6 +84,7 @@ class DetectionAdapter(TaskAdapter):
     """FCOS on a ResNet-FPN backbone; targets are {"boxes": [N, 4] pixels, "labels": [N]} per image."""
 
     collate_fn = staticmethod(collate)
+    review_unit = "box"
 
     def __init__(self, num_classes: int, backbone: str = "resnet18", min_size: int = 256, max_size: int = 320,
                  score_threshold: float = 0.5, detections_per_img: int = 100, weights: str | None = None,
