@@ -10,7 +10,7 @@ served by cluster, the review of the labeled tasks. `small_cnn`: the small CNN b
 the pretrained protocol at 32 px (random weights from a file). A project of CIFAR-10
 images, 5 % flagged as reference and 100 labeled. Job 1 computes every embedding; job 2
 finds them in the cache. Prints each job's seconds and the job's own phase timings (read,
-download, score of which review, write), writes docs/results/bench/job-<backbone>-<tasks>.json.
+download, score of which review, write) and each phase's seconds, writes docs/results/bench/job-<backbone>-<tasks>.json.
 Target: <= 15 s at 5,000 tasks and <= 150 s at 50,000 for a job after the first embedding pass.
 """
 from __future__ import annotations
@@ -87,9 +87,10 @@ def main(argv=None) -> dict:
             seconds = time.perf_counter() - start
             last = c.get(f"/status?project={pid}").json["job"]["last_job"]
             assert last["status"] == "done", last
-            jobs.append({"seconds": round(seconds, 1), "timings_s": last["timings_s"],
+            jobs.append({"seconds": round(seconds, 1), "timings_s": last["timings_s"], "phases_s": last["phases_s"],
                          "embedding_cache": last["embedding_cache"], "predictions": last["predictions_written"]})
-            print(f"job {n}: {seconds:.1f} s {last['timings_s']} embeddings {last['embedding_cache']}", flush=True)
+            print(f"job {n}: {seconds:.1f} s {last['timings_s']} phases {last['phases_s']} embeddings "
+                  f"{last['embedding_cache']}", flush=True)
     target = 15 * max(1, args.tasks // 5000)
     summary = {"bench": "job", "device": "cpu", "tasks": args.tasks, "backbone": args.backbone,
                "strategy": engine.strategy, "first_job_s": jobs[0]["seconds"], "second_job_s": jobs[1]["seconds"],

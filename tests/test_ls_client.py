@@ -94,6 +94,23 @@ def test_download_fetches_and_caches(label_studio, project, api, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([path.name, other.name])
 
 
+def test_a_file_enters_the_cache_only_once_verified_and_is_not_checked_again(label_studio, project, api, tmp_path):
+    _, task_ids, rels = project
+    url = f"/data/local-files/?d={rels[task_ids[5]]}"
+    checked = []
+
+    def refuse(tmp):
+        checked.append(tmp)
+        raise ValueError("not an image")
+
+    with pytest.raises(ValueError):
+        api.download(url, tmp_path / "cache", verify=refuse)
+    assert list((tmp_path / "cache").iterdir()) == []  # refused: nothing cached, no temp file left
+    path = api.download(url, tmp_path / "cache", verify=checked.append)  # fetched again, accepted
+    assert len(checked) == 2 and path.read_bytes() == (label_studio.files_root / rels[task_ids[5]]).read_bytes()
+    assert api.download(url, tmp_path / "cache", verify=refuse) == path and len(checked) == 2  # a hit: no check
+
+
 def test_download_uploaded_file(label_studio, api, tmp_path):
     """Files uploaded through the UI come as /data/upload/<project>/<name>: the most common case.
 

@@ -6,6 +6,7 @@ import os
 import time
 
 from backend.storage.retention import cache_bytes, prune_cache, prune_versions
+from backend.storage.layout import IMAGE_CACHE
 from backend.storage.projects import ModelDir
 
 try:
@@ -69,7 +70,7 @@ def test_a_job_prunes_with_the_backend_settings(tmp_path):
     """KEEP_VERSIONS and CACHE_MAX_MB act after each job (the job itself stands in: it publishes one)."""
     models = tmp_path / "models"
     first = publish_version(models)
-    cache = models / "cache"
+    cache = models / IMAGE_CACHE
     cache.mkdir(parents=True, exist_ok=True)
     for i in range(5):
         (cache / f"{i}.png").write_bytes(b"y" * (1 << 20))  # 5 MB of images

@@ -38,6 +38,7 @@ class Job:
     def run(self, project: ProjectDir, api: LabelStudioAPI, set_phase: Callable = lambda *a: None) -> dict:
         """The job's report (what /status shows as the last job); JobError with a message for the user.
         `set_phase(phase)` hears each phase as it starts, `set_phase(loop, done, total)` a long loop's progress."""
+        set_phase = clock = PhaseClock(set_phase)
         set_phase("reading tasks")
         try:
             with reporting(set_phase):  # the long loops' done/total, beside the phase (set_phase(desc, done, total))
@@ -59,4 +60,30 @@ class Job:
             report["embedding_cache"] = outcome.embedding_cache
         report["timings_s"] = {**tasks.seconds, "score": round(scored - read, 2), "review": outcome.review_s,
                                "write": round(time.time() - scored, 2)}  # ("review" is part of "score")
+        report["phases_s"] = clock.seconds()
         return report
+
+
+class PhaseClock:
+    """set_phase that also keeps how long each phase lasted (until the next began): where a job's time goes."""
+
+    def __init__(self, set_phase: Callable):
+        self.set_phase, self.current, self.began, self.spent = set_phase, None, time.time(), {}
+
+    def __call__(self, phase: str, done: int | None = None, total: int | None = None) -> None:
+        if done is None and total is None:
+            self._close()
+            self.current, self.began = phase, time.time()
+            self.set_phase(phase)
+        else:
+            self.set_phase(phase, done, total)
+
+    def _close(self) -> None:
+        if self.current is not None:
+            key = self.current.split(":", 1)[0]  # "downloading the pretrained weights: 3 of 45 MB": one phase
+            self.spent[key] = self.spent.get(key, 0.0) + time.time() - self.began
+
+    def seconds(self) -> dict[str, float]:
+        self._close()
+        self.current = None
+        return {phase: round(s, 2) for phase, s in self.spent.items()}

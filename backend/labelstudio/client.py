@@ -241,7 +241,7 @@ class LabelStudioAPI:
             u = "/data/" + u.lstrip("/")
         return f"{self.url}/{u.lstrip('/')}"
 
-    def download(self, url_or_path: str, dest_dir: str | os.PathLike) -> Path:
+    def download(self, url_or_path: str, dest_dir: str | os.PathLike, verify=None) -> Path:
         """Fetch a task file into `dest_dir` and return its path; cached by URL.
 
         The file is named by a hash of its absolute URL, so a second call costs no
@@ -252,6 +252,8 @@ class LabelStudioAPI:
         DownloadError naming the URL and status (401 bad key, 403, 404 missing file
         -- Label Studio also answers 404 when no local storage of the project covers
         a /data/local-files/ path), or with status None on timeouts/network errors.
+        With `verify` (e.g. isal_core.data.images.open_image), a file enters the cache only once verify
+        accepted it, so a cached file needs no second check; what verify raises passes through.
         """
         if url_or_path.startswith(_CLOUD_SCHEMES):
             raise DownloadError(url_or_path, None, "raw cloud URI: use the presign URL Label Studio "
@@ -261,7 +263,7 @@ class LabelStudioAPI:
         if dest.exists():
             os.utime(dest, ns=(time.time_ns(), dest.stat().st_mtime_ns))  # a hit: newer access time (LRU), same file
             return dest
-        return fetch_file(self._http, url, dest, self.policy, self._auth_headers, self.timeout)
+        return fetch_file(self._http, url, dest, self.policy, self._auth_headers, self.timeout, verify)
 
     def _auth_headers(self) -> dict[str, str]:
         """The SDK's current Authorization header (`Token <key>`, or `Bearer <access>` for a PAT).

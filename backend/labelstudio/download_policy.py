@@ -87,9 +87,10 @@ def _addresses(host: str, port: int) -> list:
 
 
 def fetch_file(http: httpx.Client, url: str, dest: Path, policy: DownloadPolicy, auth_headers: Callable[[], dict],
-               timeout: float) -> Path:
-    """GET `url` into `dest` (atomically), checking the policy on every hop; auth headers go only to
-    Label Studio's origin. DownloadError says why not (status None: refused, timeout, network)."""
+               timeout: float, verify: Callable[[str], object] | None = None) -> Path:
+    """GET `url` into `dest` (atomically; with `verify`, only a file it accepts), checking the policy on every
+    hop; auth headers go only to Label Studio's origin. DownloadError says why not (status None: refused,
+    timeout, network); what `verify` raises passes through."""
     current = url
     try:
         for _ in range(MAX_REDIRECTS + 1):
@@ -107,7 +108,7 @@ def fetch_file(http: httpx.Client, url: str, dest: Path, policy: DownloadPolicy,
                     continue
                 if r.status_code != 200:
                     raise DownloadError(current, r.status_code, r.reason_phrase, from_label_studio=ours)
-                _save(r, dest, current, policy.max_bytes)
+                _save(r, dest, current, policy.max_bytes, verify)
                 return dest
         raise DownloadError(url, None, f"more than {MAX_REDIRECTS} redirects")
     except httpx.TimeoutException as e:
@@ -128,13 +129,13 @@ def _pin(url: str, address: str) -> tuple[str, dict, dict]:
             {"sni_hostname": parts.hostname} if parts.scheme.lower() == "https" else {})
 
 
-def _save(response: httpx.Response, dest: Path, url: str, cap: int) -> None:
+def _save(response: httpx.Response, dest: Path, url: str, cap: int, verify=None) -> None:
     """Stream the body to `dest` atomically, refusing more than `cap` bytes (nothing partial is left)."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise DownloadError(url, None, f"refused: {int(declared)} bytes is over the {cap}-byte cap (DOWNLOAD_MAX_MB)")
     size = 0
-    with atomic_write(dest, "wb") as f:
+    with atomic_write(dest, "wb", verify=verify) as f:
         for block in response.iter_bytes(1 << 16):
             size += len(block)
             if size > cap:

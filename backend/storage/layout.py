@@ -3,7 +3,7 @@
     MODEL_DIR/
       jobs.sqlite                 job state of every project (backend.scheduling.state; Redis instead with REDIS_URL)
       .metrics/                   /metrics' samples of every process of `python -m backend` (backend.metrics)
-      cache/                      downloaded task files (backend.labelstudio.client)
+      images/                     downloaded task files, each decoded before it entered (backend.job.tasks)
       embeddings/                 frozen-feature embeddings (isal_core.tasks.frozen), unless ISAL_EMBEDDING_CACHE
       <project>/
         project.json              the labeling config /setup received (a project is "known" once it exists)
@@ -28,7 +28,8 @@ from __future__ import annotations
 
 JOBS_DB = "jobs.sqlite"
 METRICS_DIR = ".metrics"  # prometheus-client's samples of every process (python -m backend)
-IMAGE_CACHE = "cache"
+IMAGE_CACHE = "images"
+OLD_IMAGE_CACHE = "cache"  # before 2026-12-03: files were not checked on entry; removed on start
 EMBEDDING_CACHE = "embeddings"
 
 PROJECT = "project.json"

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from datetime import datetime, timezone
@@ -25,7 +26,8 @@ from isal_core.utils.atomic import write_json
 
 from ..errors import UnknownProject
 from ..tasktypes import TaskType, parse_label_config, task_type_from_meta
-from .layout import CONNECTION, EMBEDDING_CACHE, HISTORY, IMAGE_CACHE, JOB_COUNTER, META, PROJECT, REFERENCE_L1
+from .layout import (CONNECTION, EMBEDDING_CACHE, HISTORY, IMAGE_CACHE, JOB_COUNTER, META, OLD_IMAGE_CACHE, PROJECT,
+                     REFERENCE_L1)
 from .versions import ModelVersion, required_files
 
 log = logging.getLogger(__name__)
@@ -232,6 +234,10 @@ class ModelDir:
         self.embedding_cache = embedding_cache or str(self.root / EMBEDDING_CACHE)
         self._lock = threading.Lock()
         self._projects: dict[int, ProjectDir] = {}
+        if (self.root / OLD_IMAGE_CACHE).is_dir():  # its files may never have been decoded: fetched again
+            shutil.rmtree(self.root / OLD_IMAGE_CACHE, ignore_errors=True)
+            log.info("removed %s: the image cache is now %s (files decoded before they enter)",
+                     self.root / OLD_IMAGE_CACHE, IMAGE_CACHE)
         for d in sorted(self.root.iterdir()):
             if d.is_dir() and d.name.isdigit() and (d / PROJECT).is_file():
                 self.get(int(d.name))

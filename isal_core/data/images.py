@@ -85,28 +85,29 @@ def read_bytes(path: str) -> bytes:
         return handle.read(member)
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
     """Decode an image (plain file or zip member) as RGB.
 
-    Raises ImageDecodeError naming `path`, so one bad file in a pool of thousands is
+    Raises ImageDecodeError naming `path` (or `name`), so one bad file in a pool of thousands is
     easy to find; also for an image of more than Pillow's MAX_IMAGE_PIXELS (a decompression
     bomb: a small file that decodes to gigabytes), checked from the header before decoding.
     """
     path = os.fspath(path)
+    shown = name or path
     try:
         data = read_bytes(path)
         with Image.open(io.BytesIO(data)) as img:
             if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
-                raise ImageDecodeError(f"cannot decode image {path}: {img.width} x {img.height} pixels is over "
+                raise ImageDecodeError(f"cannot decode image {shown}: {img.width} x {img.height} pixels is over "
                                        f"the {Image.MAX_IMAGE_PIXELS}-pixel limit (a decompression bomb?)")
             img.load()
             return _rgb(img)
     except KeyError:
-        raise ImageDecodeError(f"cannot decode image {path}: no such member in the archive") from None
+        raise ImageDecodeError(f"cannot decode image {shown}: no such member in the archive") from None
     except ImageDecodeError:
         raise
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-        raise ImageDecodeError(f"cannot decode image {path}: {exc}") from exc
+        raise ImageDecodeError(f"cannot decode image {shown}: {exc}") from exc
 
 
 def _rgb(img: Image.Image) -> Image.Image:

@@ -10,12 +10,14 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
-    """`with atomic_write(p, "w") as f: f.write(...)`: p appears whole when the block ends, or not at all."""
+def atomic_write(path: str | os.PathLike, mode: str = "wb", verify: Callable[[str], object] | None = None,
+                 **open_kwargs) -> Iterator[IO]:
+    """`with atomic_write(p, "w") as f: f.write(...)`: p appears whole when the block ends, or not at all;
+    with `verify`, only once verify(the written file) returned (what it raises leaves nothing behind)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -24,6 +26,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; other processes (a worker, a reader) may read it
         os.replace(tmp, path)
     except BaseException:
