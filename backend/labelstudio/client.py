@@ -244,16 +244,13 @@ class LabelStudioAPI:
     def download(self, url_or_path: str, dest_dir: str | os.PathLike, verify=None) -> Path:
         """Fetch a task file into `dest_dir` and return its path; cached by URL.
 
-        The file is named by a hash of its absolute URL, so a second call costs no
-        request, and written atomically (isal_core.utils.atomic), so readers never see
-        a partial file. Which hosts may be fetched is the policy's (download_policy:
-        Label Studio's origin by default), checked again on every redirect; auth headers
-        go only to this server's origin, never to third parties. Raises
-        DownloadError naming the URL and status (401 bad key, 403, 404 missing file
-        -- Label Studio also answers 404 when no local storage of the project covers
-        a /data/local-files/ path), or with status None on timeouts/network errors.
-        With `verify` (e.g. isal_core.data.images.open_image), a file enters the cache only once verify
-        accepted it, so a cached file needs no second check; what verify raises passes through.
+        The file is named by a hash of its absolute URL, so a second call costs no request, and written
+        atomically (isal_core.utils.atomic), so readers never see a partial file; with `verify`, only once
+        verify(file) returned, so a cached file needs no second check. Which hosts may be fetched is the
+        policy's (download_policy: Label Studio's origin by default), checked again on every redirect; auth
+        headers go only to this server's origin, never to third parties. Raises DownloadError naming the URL
+        and status (401 bad key, 403, 404 missing file -- Label Studio also answers 404 when no local storage
+        of the project covers a /data/local-files/ path), or with status None on timeouts/network errors.
         """
         if url_or_path.startswith(_CLOUD_SCHEMES):
             raise DownloadError(url_or_path, None, "raw cloud URI: use the presign URL Label Studio "

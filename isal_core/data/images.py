@@ -86,14 +86,12 @@ def read_bytes(path: str) -> bytes:
 
 
 def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
-    """Decode an image (plain file or zip member) as RGB.
-
-    Raises ImageDecodeError naming `path` (or `name`), so one bad file in a pool of thousands is
-    easy to find; also for an image of more than Pillow's MAX_IMAGE_PIXELS (a decompression
-    bomb: a small file that decodes to gigabytes), checked from the header before decoding.
-    """
+    """Decode an image (plain file or zip member) as RGB, or raise ImageDecodeError naming `path` (or
+    `name`): one bad file in a pool of thousands is easy to find. Also for an image of more than Pillow's
+    MAX_IMAGE_PIXELS (a decompression bomb: a small file that decodes to gigabytes), checked from the
+    header before decoding."""
     path = os.fspath(path)
-    shown = name or path
+    shown = name or path  # (a download is checked before it has its name)
     try:
         data = read_bytes(path)
         with Image.open(io.BytesIO(data)) as img:
