@@ -282,6 +282,6 @@ def test_box_disagreement_reads_the_model_detection_of_the_box_class():
     wrong, match = _disagreement(torch.tensor([0.0, 0, 10, 10]), 1, found)  # a class-0 object annotated 1
     assert wrong == 1.0 and match["label"] == 0 and match["box"] == [0.0, 0, 10, 10]
     nothing, match = _disagreement(torch.tensor([50.0, 50, 60, 60]), 0, found)  # no object there
-    assert nothing == 1.0
+    assert nothing == 1.0 and match is None
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
     assert _disagreement(torch.tensor([0.0, 0, 10, 10]), 0, empty) == (1.0, None)

@@ -183,8 +183,9 @@ def box_review(model: nn.Module, adapter, labeled: Dataset, s_test: Tensor, para
             image += [i] * n
             box += range(n)
             values.append(derivatives[0, b] - derivatives[1:n + 1, b])
-            for given, label in zip(target["boxes"], target["labels"].tolist()):
-                d, match = _disagreement(given, label, {k: v.detach() for k, v in found.items()})
+            found = {k: v.detach() for k, v in found.items()}
+            for xy, label in zip(target["boxes"], target["labels"].tolist()):
+                d, match = _disagreement(xy, label, found)
                 disagreement.append(d)
                 matches.append(match)
     if not image:
@@ -204,7 +205,8 @@ def _leave_one_box_out(outputs, given: list[dict]) -> list[list[dict]]:
 
 
 def _disagreement(given: Tensor, label: int, found: dict) -> tuple[float, dict | None]:
-    """(1 - the best IoU x score of a detection of `label`, the detection with the best IoU x score)."""
+    """(1 - the best IoU x score of a detection of `label`, the detection with the best IoU x score;
+    None when no detection overlaps the box)."""
     if len(found["boxes"]) == 0:
         return 1.0, None
     from torchvision.ops import box_iou
@@ -212,6 +214,6 @@ def _disagreement(given: Tensor, label: int, found: dict) -> tuple[float, dict |
     fit = box_iou(given.to(found["boxes"]).unsqueeze(0), found["boxes"])[0] * found["scores"]
     same = fit[found["labels"] == label]
     best = int(fit.argmax())
-    match = {"label": int(found["labels"][best]), "box": found["boxes"][best].tolist(),
-             "score": float(found["scores"][best])}
+    match = None if fit[best] <= 0 else {"label": int(found["labels"][best]), "box": found["boxes"][best].tolist(),
+                                         "score": float(found["scores"][best])}
     return 1.0 - (float(same.max()) if len(same) else 0.0), match
