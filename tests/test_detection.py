@@ -240,8 +240,8 @@ def test_least_confidence_ranks_images_by_the_mean_score_of_their_boxes(blobs):
     assert ranking.order.tolist() == torch.argsort(means, stable=True).tolist()
 
 
-def test_box_influence_is_the_image_influence_minus_that_without_the_box(blobs):
-    from isal_core.influence.pool import expected_gradient  # noqa: F401  (the definition's pieces below)
+@pytest.mark.parametrize("edit", ["relabel", "delete"])
+def test_box_influence_is_the_image_influence_minus_that_with_the_box_edited(blobs, edit):
     from isal_core.influence.params import flatten
     from isal_core.influence.review import box_review, review_order
 
@@ -251,7 +251,7 @@ def test_box_influence_is_the_image_influence_minus_that_without_the_box(blobs):
     params = select_parameters(model, HEAD_PARAMS)
     dataset = Double(adapter.dataset(blobs))
     s_test = torch.randn(sum(p.numel() for _, p in params), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    found = box_review(model, adapter, dataset, s_test, HEAD_PARAMS, batch_size=3)
+    found = box_review(model, adapter, dataset, s_test, HEAD_PARAMS, batch_size=3, edit=edit)
     counts = [len(dataset[i][1]["labels"]) for i in range(len(dataset))]
     assert found.image.tolist() == [i for i, n in enumerate(counts) for _ in range(n)]
     assert found.box.tolist() == [j for n in counts for j in range(n)] and max(counts) > 1
@@ -260,28 +260,41 @@ def test_box_influence_is_the_image_influence_minus_that_without_the_box(blobs):
         loss = adapter.loss(adapter.forward(model, [image]), [target]).sum()
         return -float(flatten(torch.autograd.grad(loss, [p for _, p in params])) @ s_test)
 
+    relabeled = 0
     for k, (i, j) in enumerate(zip(found.image.tolist(), found.box.tolist())):
         image, target, _ = dataset[i]
-        without = {key: torch.cat([v[:j], v[j + 1:]]) for key, v in target.items()}
-        expected = direct(image, target) - direct(image, without)
+        other = int(found.alternative[k])
+        if edit == "delete":
+            edited = {key: torch.cat([v[:j], v[j + 1:]]) for key, v in target.items()}
+        elif other < 0:  # the model sees no other class there: nothing to relabel to, no gain
+            assert float(found.influence[k]) == 0.0
+            continue
+        else:
+            assert other != int(target["labels"][j])
+            edited = dict(target, labels=target["labels"].clone())
+            edited["labels"][j] = other
+            relabeled += 1
+        expected = direct(image, target) - direct(image, edited)
         assert abs(float(found.influence[k]) - expected) <= 1e-6 * max(1.0, abs(expected)), (i, j)
-    assert found.influence.abs().min() > 0 and ((found.disagreement >= 0) & (found.disagreement <= 1)).all()
+        assert expected != 0.0
+    assert edit == "delete" or relabeled > 0
+    assert ((found.disagreement >= 0) & (found.disagreement <= 1)).all()
     order = review_order(found, "combined")
     assert sorted(order) == list(range(len(order)))
     images = found.image_order("combined")  # each image once, where its worst box first appears
     assert images == list(dict.fromkeys(int(found.image[k]) for k in order))
 
 
-def test_box_disagreement_reads_the_model_detection_of_the_box_class():
-    from isal_core.influence.review import _disagreement
+def test_box_review_compares_with_the_model_detection_of_the_box_class():
+    from isal_core.influence.review import _compare
 
     found = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([0, 1]),
              "scores": torch.tensor([0.9, 0.8])}
-    same, match = _disagreement(torch.tensor([0.0, 0, 10, 10]), 0, found)
-    assert abs(same - 0.1) < 1e-6 and match["label"] == 0
-    wrong, match = _disagreement(torch.tensor([0.0, 0, 10, 10]), 1, found)  # a class-0 object annotated 1
-    assert wrong == 1.0 and match["label"] == 0 and match["box"] == [0.0, 0, 10, 10]
-    nothing, match = _disagreement(torch.tensor([50.0, 50, 60, 60]), 0, found)  # no object there
-    assert nothing == 1.0 and match is None
+    same, match, other = _compare(torch.tensor([0.0, 0, 10, 10]), 0, found)
+    assert abs(same - 0.1) < 1e-6 and match["label"] == 0 and other is None  # no other class overlaps
+    wrong, match, other = _compare(torch.tensor([0.0, 0, 10, 10]), 1, found)  # a class-0 object annotated 1
+    assert wrong == 1.0 and match["label"] == 0 and match["box"] == [0.0, 0, 10, 10] and other == 0
+    nothing, match, other = _compare(torch.tensor([50.0, 50, 60, 60]), 0, found)  # no object there
+    assert nothing == 1.0 and match is None and other is None
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}
-    assert _disagreement(torch.tensor([0.0, 0, 10, 10]), 0, empty) == (1.0, None)
+    assert _compare(torch.tensor([0.0, 0, 10, 10]), 0, empty) == (1.0, None, None)

@@ -90,6 +90,9 @@ def test_rectangles_in_fcos_trained_rectangle_predictions_out_and_next_serves_th
         found = review["tasks"]  # detection: the boxes, each with its task, most suspicious first
         # (job 1 reviews nothing: its labeled set is R, L1; job 2 the task annotated after it)
         assert [b["review_score"] for b in found] == sorted(b["review_score"] for b in found)
+        if found:  # ISAL_REVIEW_SIGNAL=auto: detection's boxes by the model's disagreement
+            assert review["signal"] == "loss"
+            assert [b["loss"] for b in found] == sorted((b["loss"] for b in found), reverse=True)
         assert all(b["annotated"] in classes and (b["model"] is None or b["model"] in classes) for b in found)
         assert (n > 1) <= len(found) <= sum(len(by_task[t].label["boxes"]) for t in {b["task"] for b in found})
         for b in found:  # each box is the task's annotated box, with its class

@@ -85,6 +85,8 @@ def review_labeled(result, adapter, tasks, device, signal: str) -> ReviewedTasks
     review or no scorer to review with."""
     if result.scorer is None:
         return None
+    if signal == "auto":  # measured: a box's influence is dominated by its class's prior (docs/results.md)
+        signal = "loss" if adapter.review_unit == "box" else "combined"
     in_r = {i.task_id for i in tasks.reference}
     keep = [k for k, item in enumerate(tasks.labeled) if item.task_id not in in_r]
     if not keep:

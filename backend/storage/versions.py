@@ -193,6 +193,15 @@ def read_review(version_path: Path, task_type, limit: int | None = None) -> list
                  "loss": float(z["loss"][i])} for i in order]
 
 
+def review_signal(version_path: Path) -> str | None:
+    """The signal a version's review ranked by (None: it reviewed nothing)."""
+    path = version_path / REVIEW
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return str(z["signal"]) if "signal" in z else None
+
+
 def _read_box_review(z, task_type, limit: int | None) -> list[dict]:
     """Detection's review: the boxes, each with its task, most suspicious first; `model` is the class of
     the model's detection overlapping the box most (None: it detects nothing there)."""

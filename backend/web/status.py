@@ -3,7 +3,7 @@ MODEL_DIR and the job table; the Label Studio contract itself is backend.model).
 from __future__ import annotations
 
 from ..errors import ApiProblem
-from ..storage.versions import read_review
+from ..storage.versions import read_review, review_signal
 from ..model import UNTRAINED, ISALModel
 from ..storage.projects import parse_project_id
 
@@ -28,7 +28,8 @@ def review(backend: ISALModel, project_id: int, limit: int | None = None) -> dic
     why = ("a cold start: no model yet" if version.meta.get("kind") == "cold_start" else
            "no labeled task outside the reference set, or ISAL_REVIEW off")
     note = {} if tasks else {"note": f"this version reviewed nothing ({why})"}
-    return {"model_version": version.name, "signal": backend.settings.engine.review_signal, "tasks": tasks, **note}
+    signal = review_signal(version.path) or backend.settings.engine.review_signal
+    return {"model_version": version.name, "signal": signal, "tasks": tasks, **note}
 
 
 def project_status(backend: ISALModel, project_id: int) -> dict:

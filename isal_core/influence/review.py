@@ -13,11 +13,15 @@ per batch. Beside it:
 `review_order` ranks by a combination of their ranks (the mean rank of the signals chosen),
 most suspicious first.
 
-Detection is reviewed per box (`box_review`): a box's influence is I(z, B) - I(z, B without
-the box), what the reference loss would gain from deleting that box from the image's
-annotation (a box with a wrong class or no object raises it), all of an image's boxes from one
-forward pass; its `loss` signal is the model's disagreement with the box, 1 - the best IoU x
-score of a detection of the box's class. An image is as suspicious as its worst box.
+Detection is reviewed per box (`box_review`): a box's influence is I(z, B) - I(z, B edited),
+what the reference loss would gain from correcting that box in the image's annotation, all of
+an image's boxes from one forward pass. The default edit gives the box the class the model
+detects there (its best-fitting detection of another class, Koh & Liang's relabeling); the other
+deletes it. Its `loss` signal is the model's disagreement with the box, 1 - the best IoU x score
+of a detection of the box's class. An image is as suspicious as its worst box. Measured on BCCD
+(docs/results.md, "Annotation review"), a box's influence follows its class more than its
+correctness (a step on any box of a rare class lowers R's loss, a direct finite-step check
+agrees), so the backend ranks boxes by the disagreement.
 """
 from __future__ import annotations
 
@@ -140,14 +144,16 @@ def review_order(result: Review, signal: str = "combined") -> list[int]:
 @dataclass
 class BoxReview:
     """Per annotated box, image by image in dataset order: its image's position, its index in that
-    image's annotation, its influence (leave the box out), the model's disagreement with it, and the
-    model's detection that overlaps it most ({"label", "box", "score"}, or None)."""
+    image's annotation, its influence (the edit `box_review` names), the model's disagreement with it,
+    the model's detection that overlaps it most ({"label", "box", "score"}, or None), and the class of
+    the model's best-fitting detection of another class (-1: none overlaps; a relabel then gains 0)."""
 
     image: Tensor
     box: Tensor
     influence: Tensor
     disagreement: Tensor
     matches: list
+    alternative: Tensor
 
     def scores(self, signal: str = "combined") -> Tensor:
         """Higher = more suspicious; `loss` is the disagreement (there is no per-box loss to read)."""
@@ -168,33 +174,52 @@ class BoxReview:
         return list(seen)
 
 
+#: What a box's influence compares its annotation with: the box relabeled to the model's other class,
+#: or the box deleted.
+BOX_EDITS = ("relabel", "delete")
+
+
 def box_review(model: nn.Module, adapter, labeled: Dataset, s_test: Tensor, params, device="cpu",
-               batch_size: int = 4) -> BoxReview:
-    """The review signals of every annotated box of a detection set (targets {"boxes", "labels"})."""
+               batch_size: int = 4, edit: str = "relabel") -> BoxReview:
+    """The review signals of every annotated box of a detection set (targets {"boxes", "labels"}).
+    A box's influence is I(z, B) - I(z, B edited): `relabel` gives the box the class of the model's
+    best-fitting detection of another class, `delete` removes it."""
+    if edit not in BOX_EDITS:
+        raise SelectionError(f"a box is edited by {' or '.join(BOX_EDITS)}, not {edit!r}")
     if len(labeled) == 0:
         raise SelectionError("the labeled set is empty: there is nothing to review")
     chosen = select_parameters(model, params)
     loader = DataLoader(labeled, batch_size=batch_size, shuffle=False, collate_fn=adapter.collate_fn)
-    image, box, values, disagreement, matches = [], [], [], [], []
-    for indices, derivatives, outputs, given in influence_of_targets(model, _GivenTargets(adapter), loader, s_test,
-                                                                     chosen, _leave_one_box_out, device):
-        for b, (i, found, target) in enumerate(zip(indices.tolist(), outputs.detections(), given)):
+    image, box, values, disagreement, matches, alternative = [], [], [], [], [], []
+    compared: list = []  # per image of the batch: [(disagreement, match, alternative)] per box
+
+    def edits(outputs, given: list[dict]) -> list[list[dict]]:
+        found = [{k: v.detach() for k, v in d.items()} for d in outputs.detections()]
+        compared[:] = [[_compare(xy, label, d) for xy, label in zip(t["boxes"], t["labels"].tolist())]
+                       for t, d in zip(given, found)]
+        if edit == "delete":
+            return _leave_one_box_out(given)
+        return _relabel_each_box(given, [[c[2] for c in boxes] for boxes in compared])
+
+    for indices, derivatives, _, given in influence_of_targets(model, _GivenTargets(adapter), loader, s_test,
+                                                               chosen, edits, device):
+        for b, (i, target, boxes) in enumerate(zip(indices.tolist(), given, compared)):
             n = len(target["labels"])
             image += [i] * n
             box += range(n)
             values.append(derivatives[0, b] - derivatives[1:n + 1, b])
-            found = {k: v.detach() for k, v in found.items()}
-            for xy, label in zip(target["boxes"], target["labels"].tolist()):
-                d, match = _disagreement(xy, label, found)
+            for d, match, other in boxes:
                 disagreement.append(d)
                 matches.append(match)
+                alternative.append(-1 if other is None else other)
     if not image:
         raise SelectionError("the labeled images hold no boxes: there is nothing to review")
     return BoxReview(torch.as_tensor(image), torch.as_tensor(box), torch.cat(values).double(),
-                     torch.as_tensor(disagreement, dtype=torch.float64), matches)
+                     torch.as_tensor(disagreement, dtype=torch.float64), matches,
+                     torch.as_tensor(alternative, dtype=torch.long))
 
 
-def _leave_one_box_out(outputs, given: list[dict]) -> list[list[dict]]:
+def _leave_one_box_out(given: list[dict]) -> list[list[dict]]:
     """Set 0: every image's annotation; set j: image i's without its box j - 1 (whole when it has fewer)."""
     most = max(len(t["labels"]) for t in given)
     sets = [given]
@@ -204,16 +229,35 @@ def _leave_one_box_out(outputs, given: list[dict]) -> list[list[dict]]:
     return sets
 
 
-def _disagreement(given: Tensor, label: int, found: dict) -> tuple[float, dict | None]:
-    """(1 - the best IoU x score of a detection of `label`, the detection with the best IoU x score;
-    None when no detection overlaps the box)."""
+def _relabel_each_box(given: list[dict], classes: list[list[int | None]]) -> list[list[dict]]:
+    """Set 0: every image's annotation; set j: image i's with box j - 1 given `classes[i][j - 1]` (whole
+    when it has fewer boxes or that class is None)."""
+    most = max(len(t["labels"]) for t in given)
+    sets = [given]
+    for j in range(most):
+        row = []
+        for t, other in zip(given, classes):
+            if j < len(other) and other[j] is not None:
+                t = dict(t, labels=t["labels"].clone())
+                t["labels"][j] = other[j]
+            row.append(t)
+        sets.append(row)
+    return sets
+
+
+def _compare(given: Tensor, label: int, found: dict) -> tuple[float, dict | None, int | None]:
+    """(1 - the best IoU x score of a detection of `label`, the detection with the best IoU x score (None
+    when no detection overlaps the box), the class of the best-fitting detection of another class (None
+    when none overlaps))."""
     if len(found["boxes"]) == 0:
-        return 1.0, None
+        return 1.0, None, None
     from torchvision.ops import box_iou
 
     fit = box_iou(given.to(found["boxes"]).unsqueeze(0), found["boxes"])[0] * found["scores"]
-    same = fit[found["labels"] == label]
+    same = found["labels"] == label
     best = int(fit.argmax())
     match = None if fit[best] <= 0 else {"label": int(found["labels"][best]), "box": found["boxes"][best].tolist(),
                                          "score": float(found["scores"][best])}
-    return 1.0 - (float(same.max()) if len(same) else 0.0), match
+    other = torch.where(same, torch.zeros_like(fit), fit)
+    alternative = int(found["labels"][int(other.argmax())]) if float(other.max()) > 0 else None
+    return 1.0 - (float(fit[same].max()) if same.any() else 0.0), match, alternative
