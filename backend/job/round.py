@@ -149,6 +149,8 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
         with tempfile.TemporaryDirectory(prefix=GROUP_PREFIX, dir=project.root) as job_dir:
             result, group = run_in_group(engine.job_procs, task_type, engine, records, Path(job_dir), set_phase,
                                          job)
+    if hasattr(adapter, "cache"):  # frozen features: the datasets embed every image not in the cache
+        set_phase("embedding images")
     labeled, pool = adapter.dataset(records["labeled"]), adapter.dataset(records["pool"])
     reference = adapter.dataset(records["reference"])
     if group is None:
