@@ -42,12 +42,17 @@ def flip_boxes(records, fraction: float, num_classes: int, rng, confusable: dict
     """Records with `fraction` of all boxes relabeled, and the flipped (image, box) pairs."""
     boxes = [(i, j) for i, r in enumerate(records) for j in range(len(r.label["labels"]))]
     picked = sorted(boxes[k] for k in rng.choice(len(boxes), int(round(fraction * len(boxes))), replace=False))
-    out = [replace(r, label={"boxes": r.label["boxes"], "labels": list(r.label["labels"])}) for r in records]
+    out = copied(records)
     for i, j in picked:
         true = out[i].label["labels"][j]
         out[i].label["labels"][j] = confusable[true] if confusable else \
             int(rng.choice([c for c in range(num_classes) if c != true]))
     return out, picked
+
+
+def copied(records) -> list:
+    """The records with labels of their own, to change without touching the originals."""
+    return [replace(r, label={"boxes": r.label["boxes"], "labels": list(r.label["labels"])}) for r in records]
 
 
 def cleaned(adapter, records) -> list:
@@ -92,7 +97,7 @@ def most_confused(found, records, num_classes: int) -> dict[int, int]:
     return {c: int(confusion[c].argmax()) for c in range(num_classes)}
 
 
-def first_order_check(model, adapter, noisy, labeled, flipped, reference, params, count: int, step: float = 1e-3):
+def first_order_check(model, adapter, dataset, labeled, flipped, reference, params, count: int, step: float = 1e-3):
     """For the first `count` flipped boxes: R's loss after one SGD step (lr `step`, the review's parameters)
     on the image as annotated, minus that after a step on it with the box's true class. Negative: the
     wrong label lowers R's loss more, as the box's influence says it does (no influence code involved)."""
@@ -100,7 +105,7 @@ def first_order_check(model, adapter, noisy, labeled, flipped, reference, params
 
     tensors = [p for _, p in select_parameters(model, params)]
     ref = adapter.dataset(reference)
-    items, dataset = [ref[i] for i in range(len(ref))], adapter.dataset(noisy)
+    items = [ref[i] for i in range(len(ref))]
 
     def ref_loss():
         with torch.no_grad():
@@ -171,13 +176,12 @@ def main(argv=None) -> dict:
         print("confusable:", {classes[a]: classes[b] for a, b in confusable.items()})
     rng = np.random.default_rng(args.seed)
     noisy, flipped = flip_boxes(labeled, args.flip, len(classes), rng, confusable)
-    model = fit(noisy)
-    scorer = learner.prepare("isal", model, adapter.dataset(noisy), adapter.dataset(reference))
+    model, noisy_set = fit(noisy), adapter.dataset(noisy)
+    scorer = learner.prepare("isal", model, noisy_set, adapter.dataset(reference))
     began = time.perf_counter()
-    found = box_review(model, adapter, adapter.dataset(noisy), scorer.s_test, scorer.params, learner.device)
+    found = box_review(model, adapter, noisy_set, scorer.s_test, scorer.params, learner.device)
     review_s = time.perf_counter() - began
-    deleted = box_review(model, adapter, adapter.dataset(noisy), scorer.s_test, scorer.params, learner.device,
-                         edit="delete")
+    deleted = box_review(model, adapter, noisy_set, scorer.s_test, scorer.params, learner.device, edit="delete")
     pairs = list(zip(found.image.tolist(), found.box.tolist()))
     flipped_at = np.asarray([pairs.index(p) for p in flipped])
     orders = {f"isal_{s}": np.asarray(review_order(found, s)) for s in ("influence", "loss", "combined")}
@@ -200,7 +204,7 @@ def main(argv=None) -> dict:
     clean_gain = found.influence[np.setdiff1d(np.arange(len(pairs)), flipped_at)]
     signs = {"flipped_positive": round(float((flipped_gain > 0).double().mean()), 3),
              "clean_positive": round(float((clean_gain > 0).double().mean()), 3)}
-    direct = first_order_check(model, adapter, noisy, labeled, flipped, reference, scorer.params,
+    direct = first_order_check(model, adapter, noisy_set, labeled, flipped, reference, scorer.params,
                                args.direct_check)
     signs |= {"direct_check": [round(d, 6) for d in direct],
               "direct_negative": round(float(np.mean(np.asarray(direct) < 0)), 3) if direct else None}
@@ -209,7 +213,7 @@ def main(argv=None) -> dict:
           f"for {signs['direct_negative']} of {len(direct)} flipped boxes")
 
     def relabeled(order):
-        fixed = [replace(r, label={"boxes": r.label["boxes"], "labels": list(r.label["labels"])}) for r in noisy]
+        fixed = copied(noisy)
         for at in order[:k]:
             i, j = pairs[at]
             fixed[i].label["labels"][j] = labeled[i].label["labels"][j]

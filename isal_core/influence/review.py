@@ -194,12 +194,13 @@ def box_review(model: nn.Module, adapter, labeled: Dataset, s_test: Tensor, para
     compared: list = []  # per image of the batch: [(disagreement, match, alternative)] per box
 
     def edits(outputs, given: list[dict]) -> list[list[dict]]:
-        found = [{k: v.detach() for k, v in d.items()} for d in outputs.detections()]
+        with torch.no_grad():  # post-processing needs no graph
+            found = [{k: v.detach() for k, v in d.items()} for d in outputs.detections()]
         compared[:] = [[_compare(xy, label, d) for xy, label in zip(t["boxes"], t["labels"].tolist())]
                        for t, d in zip(given, found)]
         if edit == "delete":
-            return _leave_one_box_out(given)
-        return _relabel_each_box(given, [[c[2] for c in boxes] for boxes in compared])
+            return _each_box_edited(given, lambda i, t, j: {k: torch.cat([v[:j], v[j + 1:]]) for k, v in t.items()})
+        return _each_box_edited(given, lambda i, t, j: _relabeled(t, j, compared[i][j][2]))
 
     for indices, derivatives, _, given in influence_of_targets(model, _GivenTargets(adapter), loader, s_test,
                                                                chosen, edits, device):
@@ -219,30 +220,21 @@ def box_review(model: nn.Module, adapter, labeled: Dataset, s_test: Tensor, para
                      torch.as_tensor(alternative, dtype=torch.long))
 
 
-def _leave_one_box_out(given: list[dict]) -> list[list[dict]]:
-    """Set 0: every image's annotation; set j: image i's without its box j - 1 (whole when it has fewer)."""
+def _each_box_edited(given: list[dict], edit_box) -> list[list[dict]]:
+    """Set 0: every image's annotation; set j: image i's with its box j - 1 edited,
+    `edit_box(i, target, j - 1)` (whole when it has fewer boxes)."""
     most = max(len(t["labels"]) for t in given)
-    sets = [given]
-    for j in range(most):
-        sets.append([{k: torch.cat([v[:j], v[j + 1:]]) for k, v in t.items()} if j < len(t["labels"]) else t
-                     for t in given])
-    return sets
+    return [given] + [[edit_box(i, t, j) if j < len(t["labels"]) else t for i, t in enumerate(given)]
+                      for j in range(most)]
 
 
-def _relabel_each_box(given: list[dict], classes: list[list[int | None]]) -> list[list[dict]]:
-    """Set 0: every image's annotation; set j: image i's with box j - 1 given `classes[i][j - 1]` (whole
-    when it has fewer boxes or that class is None)."""
-    most = max(len(t["labels"]) for t in given)
-    sets = [given]
-    for j in range(most):
-        row = []
-        for t, other in zip(given, classes):
-            if j < len(other) and other[j] is not None:
-                t = dict(t, labels=t["labels"].clone())
-                t["labels"][j] = other[j]
-            row.append(t)
-        sets.append(row)
-    return sets
+def _relabeled(target: dict, j: int, label: int | None) -> dict:
+    """`target` with box j given `label` (unchanged when None)."""
+    if label is None:
+        return target
+    out = dict(target, labels=target["labels"].clone())
+    out["labels"][j] = label
+    return out
 
 
 def _compare(given: Tensor, label: int, found: dict) -> tuple[float, dict | None, int | None]:
