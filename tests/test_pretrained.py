@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,6 +149,14 @@ def test_the_embedding_cache_computes_each_image_once(tmp_path, torch_home, capl
         repaired = frozen(tmp_path)
         assert torch.allclose(repaired.dataset(records).x[1], first.x[1], rtol=1e-4, atol=1e-6)
     assert repaired.cache.stats["corrupt"] == 1 and "corrupt" in caplog.text
+
+    entry = repaired.cache.path(repaired.backbone_id, hashlib.sha256(Path(records[2].path).read_bytes()).hexdigest())
+    legacy = entry.with_suffix(".pt")  # an entry of the older torch.save format is read, then rewritten as .npy
+    torch.save(first.x[2].float() + 1, legacy)
+    entry.unlink()
+    upgraded = frozen(tmp_path)
+    assert torch.equal(upgraded.dataset(records).x[2], (first.x[2].float() + 1).double())
+    assert upgraded.cache.stats["computed"] == 0 and entry.is_file() and not legacy.exists()
 
     other = tmp_path / "other.pt"  # another backbone (other weights) has entries of its own
     torch.save({k: v + 1 for k, v in torch_home[1].items()}, other)

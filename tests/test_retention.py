@@ -61,7 +61,7 @@ def test_the_embedding_cache_is_capped_and_a_hit_keeps_an_entry(tmp_path):
     (tmp_path / "emb" / "bb" / ".partial.tmp").write_bytes(b"z" * 10_000)  # a write under way: never pruned
     report = prune_cache(tmp_path / "emb", 4 * per_file, "embedding cache")
     assert report["files_removed"] == 4 and report["bytes_after"] == 4 * per_file
-    left = sorted(p.name[:2] for p in (tmp_path / "emb").rglob("*.pt"))
+    left = sorted(p.name[:2] for p in (tmp_path / "emb").rglob("*.npy"))
     assert left == ["00", "01", "06", "07"] and (tmp_path / "emb" / "bb" / ".partial.tmp").exists()
     assert EmbeddingCache(tmp_path / "emb").get("bb", "02" * 32) is None  # pruned: computed again when needed
 

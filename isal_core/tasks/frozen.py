@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -38,7 +39,13 @@ DEFAULT_CACHE = Path.home() / ".cache" / "isal" / "embeddings"
 
 
 class EmbeddingCache:
-    """folder/<backbone id>/<sha256 of the image bytes>.pt, one float tensor each."""
+    """folder/<backbone id>/<sha256 of the image bytes>.npy, one float32 vector each.
+
+    Raw .npy, not torch.save: a job after the first reads every entry of the project, and
+    np.load reads 5,000 entries in about 0.2 s where torch.load took 1.3 s. Entries of the
+    older format (.pt) are still read, and rewritten as .npy on the way."""
+
+    SUFFIX, LEGACY_SUFFIX = ".npy", ".pt"
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -49,8 +56,8 @@ class EmbeddingCache:
         """What the cache saved so far: {"hits", "computed", "corrupt"} (for a job's report)."""
         return {k: self.stats[k] for k in ("hits", "computed", "corrupt")}
 
-    def path(self, backbone: str, digest: str) -> Path:
-        return self.folder / backbone / digest[:2] / f"{digest}.pt"
+    def path(self, backbone: str, digest: str, suffix: str = SUFFIX) -> Path:
+        return self.folder / backbone / digest[:2] / f"{digest}{suffix}"
 
     def get(self, backbone: str, digest: str) -> torch.Tensor | None:
         path = self.path(backbone, digest)
@@ -58,18 +65,26 @@ class EmbeddingCache:
             self.stats["hits"] += 1
             self._touch(path)
             return self._memory[backbone, digest]
-        if not path.is_file():
+        source = path if path.is_file() else self.path(backbone, digest, self.LEGACY_SUFFIX)
+        if not source.is_file():
             return None
         try:
-            value = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(value, torch.Tensor) or not torch.isfinite(value).all():
-                raise ValueError("not a finite tensor")
+            if source is path:
+                value = torch.from_numpy(np.load(path, allow_pickle=False))
+            else:
+                value = torch.load(source, map_location="cpu", weights_only=True)
+            if not isinstance(value, torch.Tensor) or value.ndim != 1 or not torch.isfinite(value).all():
+                raise ValueError("not a finite vector")
         except Exception as exc:
             self.stats["corrupt"] += 1
-            log.warning("embedding cache entry %s is corrupt (%s): computing it again", path, exc)
+            log.warning("embedding cache entry %s is corrupt (%s): computing it again", source, exc)
             return None
         self.stats["hits"] += 1
-        self._touch(path)
+        if source is path:
+            self._touch(path)
+        else:  # the older format: rewritten as .npy
+            self._write(path, value.float())
+            source.unlink(missing_ok=True)
         self._memory[backbone, digest] = value
         return value
 
@@ -83,10 +98,14 @@ class EmbeddingCache:
 
     def put(self, backbone: str, digest: str, value: torch.Tensor) -> None:
         self.stats["computed"] += 1
-        value = value.detach().cpu().clone()
-        with atomic_write(self.path(backbone, digest), "wb") as f:
-            torch.save(value, f)
+        value = value.detach().float().cpu().clone()
+        self._write(self.path(backbone, digest), value)
         self._memory[backbone, digest] = value
+
+    @staticmethod
+    def _write(path: Path, value: torch.Tensor) -> None:
+        with atomic_write(path, "wb") as f:
+            np.save(f, value.numpy(), allow_pickle=False)
 
 
 class Embeddings(Dataset):
