@@ -70,6 +70,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp, LabelStudioServer() as server:
         os.environ["TORCH_HOME"] = str(Path(tmp) / "torch")
         keep = args.keep or Path(tmp)
+        keep.mkdir(parents=True, exist_ok=True)
         warm = (keep / "embeddings").is_dir()
         if args.backbone == "default":
             weights = torchvision_file("resnet18", "DEFAULT")

@@ -107,8 +107,12 @@ def test_downloads_follow_the_policy_and_each_redirect(two_hosts, tmp_path):
 def test_one_refused_task_does_not_stop_the_others(two_hosts, tmp_path):
     ls_url, other_url = two_hosts
     with LabelStudioAPI(ls_url, "0" * 40) as api:
-        got = fetch_images(api, ["/a.png", f"{other_url}/a.png", "/a.png?copy=1"], tmp_path / "c", workers=3)
-    assert [type(g).__name__ for g in got] == ["PosixPath", "DownloadError", "PosixPath"]
+        urls = ["/a.png", f"{other_url}/a.png", "/a.png?copy=1", "s3://bucket/a.png"]
+        got = fetch_images(api, urls, tmp_path / "c", workers=3)
+    assert [type(g).__name__ for g in got] == ["PosixPath", "DownloadError", "PosixPath", "DownloadError"]
+    with LabelStudioAPI(ls_url, "0" * 40) as again:  # a later job: the cached files are hits, no request made
+        again._http.close()  # a request would now fail
+        assert fetch_images(again, [urls[2], urls[0]], tmp_path / "c", workers=3) == [got[2], got[0]]
 
 
 def test_a_decompression_bomb_is_a_clean_decode_error(tmp_path):

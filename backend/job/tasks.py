@@ -59,10 +59,22 @@ def fetch_images(api: LabelStudioAPI, urls: list[str], cache_dir: Path, workers:
         except (DownloadError, ImageDecodeError) as exc:
             return exc
 
-    if len(urls) <= 1:
-        return [fetch(u) for u in urls]
-    with ThreadPoolExecutor(min(workers, len(urls)), thread_name_prefix="isal-download") as pool:
-        return list(track(pool.map(fetch, urls), "downloading images", total=len(urls)))
+    def hit(url: str):
+        try:
+            return api.cached(url, cache_dir)
+        except DownloadError as exc:
+            return exc
+
+    found = [hit(u) for u in urls]  # cached files without threads (most of a later job's): a pool costs more
+    todo = [k for k, f in enumerate(found) if f is None]
+    if len(todo) <= 1:
+        fetched = [fetch(urls[k]) for k in todo]
+    else:
+        with ThreadPoolExecutor(min(workers, len(todo)), thread_name_prefix="isal-download") as pool:
+            fetched = list(track(pool.map(fetch, [urls[k] for k in todo]), "downloading images", total=len(todo)))
+    for k, result in zip(todo, fetched):
+        found[k] = result
+    return found
 
 
 def is_key_problem(error) -> bool:

@@ -252,15 +252,26 @@ class LabelStudioAPI:
         and status (401 bad key, 403, 404 missing file -- Label Studio also answers 404 when no local storage
         of the project covers a /data/local-files/ path), or with status None on timeouts/network errors.
         """
+        return self.cached(url_or_path, dest_dir) or fetch_file(
+            self._http, self.absolute_url(url_or_path), self._cache_path(url_or_path, dest_dir), self.policy,
+            self._auth_headers, self.timeout, verify)
+
+    def cached(self, url_or_path: str, dest_dir: str | os.PathLike) -> Path | None:
+        """The file `download` would return without a request, if it is in `dest_dir` already (its access
+        time refreshed, for the cache's LRU cap); else None."""
+        dest = self._cache_path(url_or_path, dest_dir)
+        try:
+            os.utime(dest, ns=(time.time_ns(), dest.stat().st_mtime_ns))  # a hit: newer access time, same file
+        except FileNotFoundError:
+            return None
+        return dest
+
+    def _cache_path(self, url_or_path: str, dest_dir: str | os.PathLike) -> Path:
         if url_or_path.startswith(_CLOUD_SCHEMES):
             raise DownloadError(url_or_path, None, "raw cloud URI: use the presign URL Label Studio "
                                 "returns in task data (iter_tasks resolves them)")
         url = self.absolute_url(url_or_path)
-        dest = Path(dest_dir) / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
-        if dest.exists():
-            os.utime(dest, ns=(time.time_ns(), dest.stat().st_mtime_ns))  # a hit: newer access time (LRU), same file
-            return dest
-        return fetch_file(self._http, url, dest, self.policy, self._auth_headers, self.timeout, verify)
+        return Path(dest_dir) / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
 
     def _auth_headers(self) -> dict[str, str]:
         """The SDK's current Authorization header (`Token <key>`, or `Bearer <access>` for a PAT).
