@@ -10,7 +10,8 @@ served by cluster, the review of the labeled tasks. `small_cnn`: the small CNN b
 the pretrained protocol at 32 px (random weights from a file). A project of CIFAR-10
 images, 5 % flagged as reference and 100 labeled. Job 1 computes every embedding; jobs 2
 and 3 find them in the cache, and job 3 also deletes job 1's predictions (KEEP_LS_VERSIONS=2),
-as every later job of a project does. Prints each job's seconds, its phase timings (read,
+as every later job of a project does. Prints each job's seconds (and when its version began to
+serve: before Label Studio deletes the old predictions, one by one), its phase timings (read,
 download, score of which review, write) and each phase's seconds; writes
 docs/results/bench/job-<backbone>-<tasks>.json. `--keep DIR` keeps the backbone's weights file
 and the embedding cache in DIR, so a rerun's job 1 finds its embeddings too (for profiling the
@@ -103,16 +104,19 @@ def main(argv=None) -> dict:
             seconds = time.perf_counter() - start
             last = c.get(f"/status?project={pid}").json["job"]["last_job"]
             assert last["status"] == "done", last
-            jobs.append({"seconds": round(seconds, 1), "timings_s": last["timings_s"], "phases_s": last["phases_s"],
+            cleanup = last["phases_s"].get("deleting old predictions", 0.0)  # after the new version serves
+            jobs.append({"seconds": round(seconds, 1), "serving_after_s": round(seconds - cleanup, 1),
+                         "timings_s": last["timings_s"], "phases_s": last["phases_s"],
                          "embedding_cache": last["embedding_cache"], "predictions": last["predictions_written"],
                          "label_studio_versions_pruned": last.get("label_studio_versions_pruned")})
             print(f"job {n}: {seconds:.1f} s {last['timings_s']} phases {last['phases_s']} embeddings "
                   f"{last['embedding_cache']}", flush=True)
     target = 15 * max(1, args.tasks // 5000)
-    later = [j["seconds"] for j in jobs[1:]]
+    later, serving = [j["seconds"] for j in jobs[1:]], [j["serving_after_s"] for j in jobs[1:]]
     summary = {"bench": "job", "device": "cpu", "tasks": args.tasks, "backbone": args.backbone,
                "strategy": engine.strategy, "embedding_cache_warm_at_start": warm, "first_job_s": jobs[0]["seconds"],
-               "later_jobs_s": later, "jobs": jobs, "target_s": target, "ok": max(later) <= target}
+               "later_jobs_s": later, "later_jobs_serving_after_s": serving, "jobs": jobs, "target_s": target,
+               "ok": max(later) <= target, "ok_serving": max(serving) <= target}
     print(json.dumps(summary))
     write_result(f"job-{args.backbone}-{args.tasks}", "job", summary, argv)
     return summary

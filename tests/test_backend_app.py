@@ -591,7 +591,7 @@ def test_frozen_features_are_embedded_once_across_jobs(label_studio, tmp_path):
     assert second["job"]["last_job"]["embedding_cache"] == {"hits": 30 + 8, "computed": 0, "corrupt": 0}
     phases = second["job"]["last_job"]["phases_s"]  # where the job's time went, phase by phase
     assert {"reading tasks", "downloading images", "embedding images", "training", "scoring the pool",
-            "writing predictions"} <= set(phases)
+            "writing predictions", "deleting old predictions"} <= set(phases)
     assert all(s >= 0 for s in phases.values())
     assert second["model_version"] != first["model_version"]
     meta = json.loads((tmp_path / "models" / str(pid) / second["model_version"] / "meta.json").read_text())
