@@ -128,7 +128,7 @@ class LabelStudioAPI:
         on 10k tasks, 2 cores: 1,000 per request 180-250 tasks/s, one request of
         10,000 640-1,440 tasks/s (busy vs idle machine); at 50,000 tasks, chunks of
         10,000 took 158 s for a job's 47,400 (`python -m bench.job --tasks 50000`),
-        so a project of up to 50,000 tasks is written in one request (about 15 MB).
+        so a project of up to 50,000 tasks is written in one request (32 s there).
         No retries (a retried import would duplicate predictions) and a long timeout.
         Scores are cast to float so numpy/torch scalars serialize.
         Label Studio 1.23 answers 201 yet silently drops predictions that fail its
