@@ -120,22 +120,15 @@ class LabelStudioAPI:
                           request_timeout: float = 900) -> int:
         """Bulk-write `{task, result, score, model_version}` dicts; returns how many were created.
 
-        Uses the project's bulk import (hundreds per second on SQLite, far faster
-        than one POST per prediction), in chunks to bound request size and memory.
-        Chunks are large because each import request also recounts the annotation and
-        prediction counters of EVERY task of the project (Label Studio 1.23's default
-        import path), a cost that grows with the project. `python -m bench.writeback`
-        on 10k tasks, 2 cores: 1,000 per request 180-250 tasks/s, one request of
-        10,000 640-1,440 tasks/s (busy vs idle machine); at 50,000 tasks, chunks of
-        10,000 took 158 s for a job's 47,400 (`python -m bench.job --tasks 50000`),
-        so a project of up to 50,000 tasks is written in one request (32 s there).
-        No retries (a retried import would duplicate predictions) and a long timeout.
-        Scores are cast to float so numpy/torch scalars serialize.
-        Label Studio 1.23 answers 201 yet silently drops predictions that fail its
-        validation: a score outside [0, 1], or a result that does not fit the label
-        config (unknown from_name/to_name, a choice not in the config). An empty
-        result is accepted. So the return value can be smaller than the input; a
-        warning is logged when it is.
+        The project's bulk import (hundreds per second on SQLite, far faster than one POST per
+        prediction), in chunks that bound request size and memory. Chunks are large because each
+        import request recounts the counters of EVERY task of the project (Label Studio 1.23's
+        default import path): at 50,000 tasks a job's 47,400 took 158 s in chunks of 10,000 and
+        32 s in one request (`python -m bench.job --tasks 50000`). No retries (a retried import
+        would duplicate predictions) and a long timeout. Scores are cast to float.
+        Label Studio 1.23 answers 201 yet silently drops predictions that fail its validation (a
+        score outside [0, 1], a result that does not fit the label config); an empty result is
+        accepted. So the return value can be smaller than the input; a warning is logged then.
         """
         created = sent = 0
         it = iter(predictions)
@@ -244,23 +237,19 @@ class LabelStudioAPI:
         return f"{self.url}/{u.lstrip('/')}"
 
     def download(self, url_or_path: str, dest_dir: str | os.PathLike, verify=None) -> Path:
-        """Fetch a task file into `dest_dir` and return its path; cached by URL.
-
-        The file is named by a hash of its absolute URL, so a second call costs no request, and written
-        atomically (isal_core.utils.atomic), so readers never see a partial file; with `verify`, only once
-        verify(file) returned, so a cached file needs no second check. Which hosts may be fetched is the
-        policy's (download_policy: Label Studio's origin by default), checked again on every redirect; auth
-        headers go only to this server's origin, never to third parties. Raises DownloadError naming the URL
-        and status (401 bad key, 403, 404 missing file -- Label Studio also answers 404 when no local storage
-        of the project covers a /data/local-files/ path), or with status None on timeouts/network errors.
-        """
+        """Fetch a task file into `dest_dir` and return its path; cached by URL (a hash of it names the file,
+        so a second call costs no request), written atomically (readers never see a partial file), with
+        `verify` only once verify(file) returned (a cached file needs no second check). Which hosts may be
+        fetched is the policy's (download_policy: Label Studio's origin by default), checked again on every
+        redirect; auth headers go only to this server's origin. Raises DownloadError naming the URL and status
+        (401 bad key, 403, 404 missing file -- also Label Studio's answer when no local storage of the project
+        covers a /data/local-files/ path), or with status None on timeouts/network errors."""
         return self.cached(url_or_path, dest_dir) or fetch_file(
             self._http, self.absolute_url(url_or_path), self._cache_path(url_or_path, dest_dir), self.policy,
             self._auth_headers, self.timeout, verify)
 
     def cached(self, url_or_path: str, dest_dir: str | os.PathLike) -> Path | None:
-        """The file `download` would return without a request, if it is in `dest_dir` already (its access
-        time refreshed, for the cache's LRU cap); else None."""
+        """The file `download` would return without a request (its access time refreshed: LRU), else None."""
         dest = self._cache_path(url_or_path, dest_dir)
         try:
             os.utime(dest, ns=(time.time_ns(), dest.stat().st_mtime_ns))  # a hit: newer access time, same file
@@ -276,11 +265,8 @@ class LabelStudioAPI:
         return Path(dest_dir) / (hashlib.sha256(url.encode()).hexdigest()[:32] + _suffix(url))
 
     def _auth_headers(self) -> dict[str, str]:
-        """The SDK's current Authorization header (`Token <key>`, or `Bearer <access>` for a PAT).
-
-        The SDK keeps the exchanged access token private; its client wrapper is the
-        one place that refreshes it when it expires.
-        """
+        """The SDK's current Authorization header (`Token <key>`, or `Bearer <access>` for a PAT): the SDK keeps
+        the exchanged access token private, and its client wrapper is the one place that refreshes it."""
         return {"Authorization": self.ls._client_wrapper.get_headers()["Authorization"]}
 
 
