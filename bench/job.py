@@ -70,6 +70,8 @@ def main(argv=None) -> dict:
                     "the predictions of the version before last (KEEP_LS_VERSIONS=2), as a project's steady state")
     ap.add_argument("--keep", type=Path, help="a folder for the weights and the embedding cache, kept between runs")
     args = ap.parse_args(argv)
+    if args.jobs < 2:
+        ap.error("--jobs: at least 2 (the target is on the jobs after the first)")
     for key in [k for k in os.environ if k.startswith("ISAL_")]:
         del os.environ[key]  # the backend as a user who sets nothing gets it
     with tempfile.TemporaryDirectory() as tmp, LabelStudioServer() as server:
