@@ -50,7 +50,8 @@ class ISALModel:
         self.model_dir = ModelDir(settings.model_dir, settings.engine.device, settings.engine.embedding_cache)
         if settings.engine.embedding_cache is None:  # frozen features are cached beside the models
             settings.engine.embedding_cache = self.model_dir.embedding_cache
-        self.job = Job(settings.engine, self.model_dir.cache_dir, settings.keep_ls_versions)
+        self.job = Job(settings.engine, self.model_dir.cache_dir, settings.keep_ls_versions,
+                       settings.ls_predictions_per_version)
         self.jobs = JobManager(run_job or self._run_job, settings.engine.retrain_every,
                                self.model_dir.root / JOBS_DB, settings.job_stale_s,
                                runs_jobs=run_job is not None or settings.job_runner == "web",

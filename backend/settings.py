@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     keep_versions: int = Field(0, ge=0, description="newest model versions kept per project (0 = all)")
     keep_ls_versions: int = Field(2, ge=0, description="newest versions whose predictions Label Studio keeps per "
                                                        "project, the one it serves by always (0 = all)")
+    ls_predictions_per_version: int = Field(
+        500, ge=0, description="tasks a version writes a prediction for: the first of the served order, and as many "
+                               "of the review's (0 = every task); Label Studio on SQLite takes no annotation "
+                               "while it deletes a version's predictions, ~11 ms each (python -m bench.ls_lock)")
     job_runner: Literal["worker", "web", "external"] = Field(
         "web", description="worker: jobs run in `python -m backend.worker` (python -m backend starts it; its "
                            "default); web: on a thread of the process that took the request (in-process apps); "

@@ -44,7 +44,7 @@ from isal_core.utils.atomic import atomic_write, write_json
 from ..errors import JobError
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.views import REVIEW_VIEW, ensure_view
-from ..labelstudio.score_encoding import place_scores
+from ..labelstudio.score_encoding import first_served, place_scores
 from ..storage.layout import CENTROIDS, META, MODEL, REVIEW, SCORER, SCORES, STAGING_PREFIX, UNPUBLISHED
 from ..storage.projects import ProjectDir, new_version_name
 from ..storage.versions import ModelVersion, save_review, save_scores
@@ -209,9 +209,10 @@ def _forget(project: ProjectDir, version: str) -> None:
 
 
 def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskType, tasks, outcome, set_phase,
-            job: int, keep_ls_versions: int = 0) -> dict:
-    """A job's last step: save the round's version, write its predictions, make it current, then delete the
-    predictions of versions beyond `keep_ls_versions`; the report."""
+            job: int, keep_ls_versions: int = 0, per_version: int = 0) -> dict:
+    """A job's last step: save the round's version, write its predictions (for the first `per_version` tasks
+    of the served order and of the review's, 0 = all), make it current, then delete the predictions of
+    versions beyond `keep_ls_versions`; the report."""
     result, task_ids = outcome.result, tasks.pool_ids
     influences = result.scores.influence.double().numpy()
     scores = place_scores(outcome.order, len(task_ids))  # the served order, diversity included, in the score
@@ -221,14 +222,13 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
         publication.save(result.model, outcome.adapter.to_meta(), result.scorer, task_ids, influences,
                          result.scores.predictions, clusters, scores, reviewed)
         set_phase("writing predictions")
-        stream = chain(task_type.predictions(meta["version"], task_ids, result.scores.predictions, scores,
-                                             prelabel=meta["prelabel"]["on"],
-                                             clusters=clusters[1] if clusters and engine.cluster_field else None),
-                       # the review's: the model's own label, the review's place as the score
-                       task_type.predictions(meta["version"], reviewed.task_ids, reviewed.predictions,
-                                             reviewed.scores, prelabel=True) if reviewed else ())
-        n = len(task_ids) + meta["counts"]["reviewed"]
-        publication.write_predictions(track(stream, "writing predictions", total=n), n)
+        field = clusters[1] if clusters and engine.cluster_field else None
+        pool, n = _first(task_type, meta["version"], task_ids, result.scores.predictions, scores, per_version,
+                         meta["prelabel"]["on"], field)
+        # the review's: the model's own label, the review's place as the score
+        review, m = _first(task_type, meta["version"], reviewed.task_ids, reviewed.predictions, reviewed.scores,
+                           per_version, True) if reviewed else ((), 0)
+        publication.write_predictions(track(chain(pool, review), "writing predictions", total=n + m), n + m)
         publication.finish(meta)
     hold_point("published")
     set_phase("deleting old predictions")  # the new version serves already; Label Studio deletes one by one
@@ -238,6 +238,16 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
     report = {"model_version": meta["version"], "predictions_written": publication.written,
               "label_studio_versions_pruned": pruned, **{k: meta[k] for k in keys}}
     return {**report, "reconciled": publication.reconciled} if publication.reconciled else report
+
+
+def _first(task_type: TaskType, version: str, task_ids, outputs, scores, limit: int, prelabel: bool,
+           clusters=None) -> tuple[Iterable[dict], int]:
+    """The predictions of the `limit` tasks Label Studio serves first, lowest score first (0 = all), and
+    how many (score_encoding.first_served says why not all)."""
+    shown = first_served(scores, limit)
+    return task_type.predictions(version, [task_ids[i] for i in shown], [outputs[i] for i in shown],
+                                 np.asarray(scores)[shown], prelabel=prelabel,
+                                 clusters=None if clusters is None else np.asarray(clusters)[shown]), len(shown)
 
 
 def _after_publishing(project: ProjectDir, api: LabelStudioAPI, keep: int, reviewed: bool) -> dict:

@@ -30,10 +30,12 @@ from .tasks import read_project
 class Job:
     """Runs one job for a project (see the module docstring)."""
 
-    def __init__(self, engine: EngineSettings, cache_dir: Path, keep_ls_versions: int = 0):
+    def __init__(self, engine: EngineSettings, cache_dir: Path, keep_ls_versions: int = 0,
+                 ls_predictions_per_version: int = 0):
         self.engine = engine
         self.cache_dir = Path(cache_dir)
         self.keep_ls_versions = keep_ls_versions
+        self.ls_predictions_per_version = ls_predictions_per_version
 
     def run(self, project: ProjectDir, api: LabelStudioAPI, set_phase: Callable = lambda *a: None) -> dict:
         """The job's report (what /status shows as the last job); JobError with a message for the user.
@@ -49,7 +51,7 @@ class Job:
                 outcome = run_round(project, task_type, self.engine, tasks, set_phase, job)
                 scored = time.time()
                 report = publish(project, api, self.engine, task_type, tasks, outcome, set_phase, job,
-                                 self.keep_ls_versions)
+                                 self.keep_ls_versions, self.ls_predictions_per_version)
         except UnsupportedConfig as exc:
             raise JobError(f"the project's labeling config is not supported: {exc}") from None
         except ApiError as exc:

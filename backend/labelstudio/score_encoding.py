@@ -63,6 +63,19 @@ def place_scores(order, n: int) -> np.ndarray:
     return scores
 
 
+def first_served(scores, limit: int) -> np.ndarray:
+    """Positions of the `limit` lowest scores (the first Label Studio serves; 0 = every one), in that order.
+
+    Why not every task: Label Studio 1.23 deletes a version's predictions in one transaction with a
+    counter update per prediction, during which SQLite (its default database) takes no other write, so
+    an annotation submitted then waits for the whole deletion (`python -m bench.ls_lock`: 5.1 s for 500
+    predictions, 57.6 s for 5,000, when the annotation timed out). A version of the first 500 tasks keeps
+    that pause short, and the job's write with it; the Data Manager sorts tasks without a prediction of
+    the served version last, and `/predict` scores any task on demand."""
+    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
+    return order[:limit] if limit > 0 else order
+
+
 def score_like(influences, pool_influences, pool_scores) -> np.ndarray:
     """For new tasks: the score of the pool task with the nearest influence (0.5 when the pool had none)."""
     known = np.isfinite(np.asarray(pool_influences, dtype=np.float64))
