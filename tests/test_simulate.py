@@ -380,3 +380,18 @@ def test_cifar10_download_fallback_writes_class_folders(tmp_path, monkeypatch):
         "test/cat/00000.png", "test/dog/00001.png", "train/cat/00000.png", "train/cat/00002.png",
         "train/dog/00001.png", "train/dog/00003.png"]
     assert cifar10.download_cifar10(tmp_path) == folder  # done once
+
+
+def test_validation_size_holds_train_images_out_as_the_test_split(dataset, tmp_path):
+    from isal_core.simulation.dataset import SimulationData
+
+    plain = SimulationData.load(config(dataset, tmp_path / "a"))
+    held = SimulationData.load(config(dataset, tmp_path / "b", validation_size=12))
+    again = SimulationData.load(config(dataset, tmp_path / "c", validation_size=12, seeds=[3]))
+    train_ids, test_ids = {r.id for r in held.train}, {r.id for r in held.test}
+    assert len(test_ids) == 12 and not train_ids & test_ids  # never in the pool
+    assert train_ids | test_ids == {r.id for r in plain.train}  # the test split's images are not read
+    assert [r.id for r in again.test] == [r.id for r in held.test] and again.reference == held.reference
+    assert {r.id: r.label for r in held.test} == {r.id: r.label for r in plain.train if r.id in test_ids}
+    with pytest.raises(DataError, match="validation_size 48"):
+        SimulationData.load(config(dataset, tmp_path / "d", validation_size=48))

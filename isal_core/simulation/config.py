@@ -20,7 +20,7 @@ USES_R = ("isal", "gradsim", "isal_batch")
 #: Settings that may change between invocations on one run directory; the rest must not.
 RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out", "progress", "embedding_cache"}
 #: What a setting added to the schema later was, in effect, for run directories made before it existed.
-BEFORE_IT_EXISTED = {"min_steps": 0, "initial_strategy": "random"}
+BEFORE_IT_EXISTED = {"min_steps": 0, "initial_strategy": "random", "validation_size": 0}
 
 
 class SimulationConfig(EngineSettings):
@@ -50,6 +50,9 @@ class SimulationConfig(EngineSettings):
     seeds: list[int] = Field([0, 1, 2], description="comma list of seeds (repeats)")
     pool_subset: PositiveInt | None = Field(None, description="train images the run may label (seeded subset)")
     test_subset: PositiveInt | None = Field(None, description="evaluation images (seeded subset of test minus R)")
+    validation_size: NonNegativeInt = Field(0, description="hold out this many train images (seeded) as the "
+                                            "split R and the evaluation set come from, so settings can be chosen "
+                                            "without the test images; 0 = the test split")
     reference_size: NonNegativeInt = Field(1000, description="ISAL's reference set R: labeled test images, "
                                                              "disjoint from the evaluation set")
     out: str = Field("runs/simulate", description="run directory (with --config: runs/<config name>); "

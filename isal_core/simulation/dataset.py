@@ -3,7 +3,9 @@ its splits), and the fixed cut of the test split into ISAL's reference set R and
 evaluation set.
 
 The cut uses split seed 0 for every seed and strategy alike, so accuracy is never
-measured on the images R steers the selection with.
+measured on the images R steers the selection with. With `validation_size` the "test" split
+is a fixed cut of the train split instead, never in the pool: a protocol for choosing
+settings that leaves the test images for the runs that report.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ..errors import DataError
 from .config import SimulationConfig
 
 SPLIT_SEED = 0  # cuts the test split into R and the evaluation set, for every seed alike
+VALIDATION_SEED = 1  # cuts validation_size train images off as the test split, for every seed alike
 
 
 @dataclass
@@ -46,6 +49,8 @@ class SimulationData:
             raise DataError("classes (keep some class folders) is for classification datasets")
         if config.classes:
             classes, train, test = only(classes, config.classes, train, test, root)
+        if config.validation_size:
+            train, test = held_out(train, config.validation_size, root)
         if len(classes) < 2:
             if config.task == "classification":
                 raise DataError(f"{root}/train has a single class ({classes[0]!r}): a classifier needs at least two")
@@ -78,3 +83,11 @@ def only(classes: list[str], keep: list[str], train: list[ImageRecord], test: li
     index = {classes.index(c): i for i, c in enumerate(keep)}
     pick = lambda records: [replace(r, label=index[r.label]) for r in records if r.label in index]  # noqa: E731
     return list(keep), pick(train), pick(test)
+
+
+def held_out(train: list[ImageRecord], n: int, root: str) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(the train records left, `n` of them held out as the test split): a fixed cut, the same for every seed."""
+    if n >= len(train):
+        raise DataError(f"validation_size {n}: {root}/train holds only {len(train)} images")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VALIDATION_SEED)).tolist()
+    return [train[i] for i in sorted(order[n:])], [train[i] for i in sorted(order[:n])]
