@@ -2,6 +2,7 @@
 project's version set, against a real local Label Studio.
 
     python -m bench.job [--tasks 5000] [--backbone default|small_cnn] [--jobs 3] [--keep DIR]
+                        [--predictions-per-version N]
 
 `default` (the default): the backend with nothing set, as a user gets it: a pretrained
 ResNet-18's frozen features (its file placed in a fresh torchvision cache, as a download
@@ -69,6 +70,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=3, help="jobs in a row (>= 2); from the third on, each deletes "
                     "the predictions of the version before last (KEEP_LS_VERSIONS=2), as a project's steady state")
     ap.add_argument("--keep", type=Path, help="a folder for the weights and the embedding cache, kept between runs")
+    ap.add_argument("--predictions-per-version", type=int, default=Settings().ls_predictions_per_version,
+                    help="LS_PREDICTIONS_PER_VERSION (0 = every task, as before it existed)")
     args = ap.parse_args(argv)
     if args.jobs < 2:
         ap.error("--jobs: at least 2 (the target is on the jobs after the first)")
@@ -95,7 +98,8 @@ def main(argv=None) -> dict:
                                     embedding_cache=str(keep / "embeddings"))
         pid = project(server, args.tasks)
         app = create_app(Settings(model_dir=str(Path(tmp) / "models"), label_studio_url=server.url,
-                                  label_studio_api_key=server.legacy_token, engine=engine))
+                                  label_studio_api_key=server.legacy_token, engine=engine,
+                                  ls_predictions_per_version=args.predictions_per_version))
         c = app.test_client()
         c.post("/setup", json={"project": f"{pid}.0", "schema": label_config()})
         jobs = []
@@ -116,11 +120,13 @@ def main(argv=None) -> dict:
     target = 15 * max(1, args.tasks // 5000)
     later, serving = [j["seconds"] for j in jobs[1:]], [j["serving_after_s"] for j in jobs[1:]]
     summary = {"bench": "job", "device": "cpu", "tasks": args.tasks, "backbone": args.backbone,
+               "predictions_per_version": args.predictions_per_version,
                "strategy": engine.strategy, "embedding_cache_warm_at_start": warm, "first_job_s": jobs[0]["seconds"],
                "later_jobs_s": later, "later_jobs_serving_after_s": serving, "jobs": jobs, "target_s": target,
                "ok": max(later) <= target, "ok_serving": max(serving) <= target}
     print(json.dumps(summary))
-    write_result(f"job-{args.backbone}-{args.tasks}", "job", summary, argv)
+    every = "" if args.predictions_per_version else "-every-prediction"
+    write_result(f"job-{args.backbone}-{args.tasks}{every}", "job", summary, argv)
     return summary
 
 
