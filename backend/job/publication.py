@@ -231,7 +231,7 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
         publication.write_predictions(track(chain(pool, review), "writing predictions", total=n + m), n + m)
         publication.finish(meta)
     hold_point("published")
-    set_phase("deleting old predictions")  # the new version serves already; Label Studio deletes one by one
+    set_phase("deleting old predictions")  # the new version serves already; one transaction in Label Studio
     pruned = _after_publishing(project, api, keep_ls_versions, reviewed is not None)
     keys = ("kind", "strategy", "counts", "reference_source", "reference_note", "top_task", "top_score",
             "top_influence", "top_tasks", "solver_info", "warnings", "reference_metric", "prelabel")
