@@ -150,9 +150,12 @@ class InfluenceSettings(Settings):
 
     @model_validator(mode="after")
     def _options_fit_the_solver(self):
-        wrong = sorted(k for k in self.model_fields_set if SOLVER_OPTIONS.get(k, self.solver) != self.solver)
+        """An option of another solver set to anything but its default is a mistake worth naming; at its
+        default it changes nothing, so model_dump() validates again."""
+        changed = {k for k in self.model_fields_set if getattr(self, k) != type(self).model_fields[k].default}
+        wrong = sorted(k for k in changed if SOLVER_OPTIONS.get(k, self.solver) != self.solver)
         if self.solver == "identity":
-            wrong += sorted(k for k in ("damping", "hessian_samples") if k in self.model_fields_set)
+            wrong += sorted(k for k in ("damping", "hessian_samples") if k in changed)
         if wrong:
             raise ValueError(f"{', '.join(wrong)} do(es) not apply to solver {self.solver!r}; remove them or "
                              f"choose the solver they belong to")

@@ -61,3 +61,11 @@ def test_the_environment_is_checked_by_the_same_schema(monkeypatch):
     monkeypatch.setenv("ISAL_EPOCS", "3")
     with pytest.raises(ValueError, match="unknown setting.s. ISAL_EPOCS"):
         Settings()
+
+
+@pytest.mark.parametrize("solver", ["cg", "lissa", "identity"])
+def test_a_dump_of_the_settings_validates_again(solver):
+    settings = EngineSettings(solver=solver)
+    assert EngineSettings(**settings.model_dump()) == settings  # other solvers' options at their defaults
+    with pytest.raises(ValueError, match="do.es. not apply"):
+        EngineSettings(**{**settings.model_dump(), "lissa_scale" if solver != "lissa" else "cg_iters": 7})
