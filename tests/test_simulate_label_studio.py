@@ -139,6 +139,8 @@ def test_the_cold_start_through_label_studio_serves_the_offline_typiclust_initia
     assert [len(a) for a in got] == [6, 4, 4] and got == expected
     kinds = [json.loads(m.read_text())["kind"] for m in sorted((run / "backend").glob("*/*/*/meta.json"))]
     assert kinds == ["cold_start", "round", "round", "round"], kinds  # the cold start (at connection), 3 models
+    backbones = [json.loads((d / "config.json").read_text())["last_run"].get("backbone") for d in (offline, run)]
+    assert backbones[0] and backbones[0] == backbones[1]  # both name the weights file that made their numbers
     random_start = simulate(tiny(data, tmp_path / "random", **{**cold, "initial_strategy": "random"}))
     assert selections(random_start, "isal_batch")[0] != expected[0]  # the cold start chose another initial set
 

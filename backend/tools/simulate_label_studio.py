@@ -50,7 +50,7 @@ from isal_core.simulation.config import SimulationConfig
 from isal_core.simulation.dataset import SimulationData
 from isal_core.simulation.report import write_report
 from isal_core.simulation.rundir import ResultsFile, RunState, check_config
-from isal_core.simulation.run import Simulation
+from isal_core.simulation.run import Simulation, recorded
 
 from ..errors import SimulationError, describe_api_error
 from ..model import UNTRAINED
@@ -276,7 +276,7 @@ def simulate_label_studio(config: SimulationConfig, label_studio: str = "local",
     sim.check_plan()
     out = Path(config.out)
     identity = {**config.identity(), "dataset": sim.data.fingerprint(), "driver": "label-studio"}
-    check_config(out, identity, config.model_dump())
+    check_config(out, identity, recorded(sim))
     local = None
     if label_studio == "local":
         local = LabelStudioServer(data_dir=out / "label-studio", keep_data=True).start()

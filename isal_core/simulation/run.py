@@ -194,16 +194,23 @@ class Simulation:
 # the loop
 
 
+def recorded(sim: Simulation) -> dict:
+    """What config.json records of a run: its settings, and the backbone's id (which weights file made the
+    numbers: a remade backbone changes them)."""
+    record = sim.config.model_dump()
+    if backbone := getattr(sim.adapter, "backbone_id", None):
+        record["backbone"] = backbone
+    return record
+
+
 def simulate(config: SimulationConfig, data: SimulationData | None = None) -> Path:
     """Run (or resume) every (seed, strategy) run of `config`; returns the run directory
     holding results.csv, curves.png, savings.md, config.json and state/."""
     sim = Simulation(config, data)
     sim.check_plan()
     out = Path(config.out)
-    recorded = config.model_dump()
-    if backbone := getattr(sim.adapter, "backbone_id", None):  # which weights file made these numbers
-        recorded["backbone"] = backbone
-    check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()}, recorded, SimulationConfig.implied())
+    check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()}, recorded(sim),
+                 SimulationConfig.implied())
     results = ResultsFile(out / "results.csv")
     models = Checkpoints(out / "state", sim.adapter)
     title = f"{Path(sim.data.root).name}, {config.arch}, {config.epochs} epochs"
