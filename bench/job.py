@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=3, help="jobs in a row (>= 2); from the third on, each deletes "
                     "the predictions of the version before last (KEEP_LS_VERSIONS=2), as a project's steady state")
     ap.add_argument("--keep", type=Path, help="a folder for the weights and the embedding cache, kept between runs")
-    ap.add_argument("--predictions-per-version", type=int, default=Settings.model_fields["ls_predictions_per_version"].default,
+    ap.add_argument("--predictions-per-version", type=int,
+                    default=Settings.model_fields["ls_predictions_per_version"].default,
                     help="LS_PREDICTIONS_PER_VERSION (0 = every task, as before it existed)")
     args = ap.parse_args(argv)
     if args.jobs < 2:
