@@ -5,7 +5,8 @@
 Label Studio 1.23 deletes a model version's predictions (`DELETE /api/projects/<id>/model-versions/`,
 what a job's pruning calls) in one database transaction with a counter update per prediction, so
 SQLite's single writer lock is held for the whole deletion, and an annotation submitted meanwhile
-waits for it, or fails once SQLite's busy timeout (Django's default, 5 s) runs out. For each size N:
+waits for it (measured 2026-12-04: 22 s at 2,000 predictions, then saved; at 5,000 the client's 60 s
+timeout ran out first). For each size N:
 N tasks, a version of N predictions, then the deletion in one thread while annotations are
 submitted from another (the first 0.5 s in, then one after another until the deletion ends);
 prints the deletion's seconds and each annotation's seconds or error. The same for a bulk import of
