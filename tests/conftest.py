@@ -13,10 +13,9 @@ import pytest
 import torch
 
 # No test downloads pretrained weights, nor sees a developer's own torchvision cache: TORCH_HOME is a fresh
-# folder (the `default_weights` fixture puts a checkpoint made here under the default weights' file name).
-# A backend in a test trains from scratch unless the test asks otherwise (its default is pretrained).
+# folder (the `default_weights` fixture puts a checkpoint made here under ResNet-18's file name). Tests run
+# what ships: frozen EfficientNet-Lite0 features of the packaged weights, unless a test asks for another model.
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="isal-tests-torch-")
-os.environ.setdefault("ISAL_WEIGHTS", "none")
 
 try:
     from needs import in_ci, missing, need

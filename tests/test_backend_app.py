@@ -360,8 +360,8 @@ class GatedJob:
 
 
 def test_annotation_storm_coalesces_into_one_running_and_one_pending_job(tmp_path):
-    job = GatedJob()
-    app = make_app(tmp_path, run_job=job, engine={"retrain_every": 3})
+    job = GatedJob()  # (no cold start: connecting would start a job of its own)
+    app = make_app(tmp_path, run_job=job, engine={"retrain_every": 3, "cold_start": "off"})
     c = app.test_client()
     c.post("/setup", json={"project": PROJECT, "schema": CONFIG})
     r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
@@ -391,7 +391,7 @@ def test_annotation_storm_coalesces_into_one_running_and_one_pending_job(tmp_pat
 def test_annotation_events_trigger_a_job_every_retrain_every(tmp_path):
     job = GatedJob()
     job.gate.set()
-    app = make_app(tmp_path, run_job=job, engine={"retrain_every": 3})
+    app = make_app(tmp_path, run_job=job, engine={"retrain_every": 3, "cold_start": "off"})
     c = app.test_client()
     c.post("/setup", json={"project": PROJECT, "schema": CONFIG})
     hook = {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "annotation": {"id": 1}, "task": {"id": 1}}
@@ -528,7 +528,7 @@ def test_settings_come_from_the_environment_and_bad_values_are_refused(monkeypat
     s = Settings()
     assert (s.port, s.label_studio_api_key, s.engine.epochs, s.engine.retrain_every) == (9191, "abc", 3, 0)
     assert (s.engine.arch, s.engine.image_size, s.engine.strategy, s.engine.solver, s.engine.damping,
-            s.engine.params, s.engine.seed) == ("small_cnn", 32, "isal_batch", "cg", 100.0, "weights", 0)
+            s.engine.params, s.engine.seed) == ("efficientnet_lite0", 32, "isal_batch", "cg", 100.0, "weights", 0)
     for name, value in [("ISAL_STRATEGY", "bald"), ("ISAL_SOLVER", "svd"), ("ISAL_ARCH", "nope"),
                         ("ISAL_EPOCHS", "0")]:
         with monkeypatch.context() as m:
@@ -539,7 +539,7 @@ def test_settings_come_from_the_environment_and_bad_values_are_refused(monkeypat
 
 def test_start_training_answers_with_the_job_and_where_to_watch_it(tmp_path):
     job = GatedJob()
-    app = make_app(tmp_path, run_job=job)
+    app = make_app(tmp_path, run_job=job, engine={"cold_start": "off"})  # (connecting starts no job)
     c = app.test_client()
     c.post("/setup", json={"project": PROJECT, "schema": CONFIG})
     first = c.post("/train", json={"project": PROJECT}).json

