@@ -55,13 +55,14 @@ class Learner:
         self.device = resolve_device(distributed.device_of_rank(self.settings.device))
         rank, self.world_size = distributed.rank_and_size()
         self.main_process = rank == 0  # (always, outside torchrun)
+        self.warnings: list[str] = []  # what went wrong and was recovered from (a diverged training), for reports
 
     def fit(self, labeled: Dataset) -> nn.Module:
         """A fresh model (seeded initial weights) trained on `labeled` with the adapter's loss (under
         torchrun: DDP, then rank 0's weights and buffers on every rank, BatchNorm statistics included)."""
         seed_everything(self.seed)
         model = train(self.adapter.build_model(), self.adapter, labeled, self.settings, self.seed, self.device,
-                      self.settings.workers, self.progress and self.main_process)
+                      self.settings.workers, self.progress and self.main_process, warn=self.warnings.append)
         return distributed.broadcast_model(model, self.device)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> float:

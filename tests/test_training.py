@@ -192,3 +192,21 @@ def test_images_too_small_for_the_architecture_are_refused_before_training():
         ClassificationAdapter("small_cnn", 3, image_size=4).build_model()
     model = ClassificationAdapter("small_cnn", 3, image_size=8).build_model()  # the smallest it takes
     assert model.training  # the probe leaves the fresh model in training mode
+
+
+def test_a_diverging_training_recovers_at_a_lower_lr_and_says_so():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 16, generator=g)
+    data = TensorDataset3(x, (x[:, 0] > 0).long())  # separable on one coordinate
+    settings = TrainConfig(epochs=20, lr=1e5, batch_size=16, min_steps=0)  # weight decay x lr = 50: blows up
+    with pytest.raises(FloatingPointError):  # the unrecovered run really diverges
+        from isal_core.train.loop import _train_once
+        _train_once(torch.nn.Linear(16, 2), ADAPTER, data, settings, 0, "cpu", 0, False)
+    heard = []
+    torch.manual_seed(0)
+    model = train(torch.nn.Linear(16, 2), ADAPTER, data, settings, warn=heard.append)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert len(heard) == 1 and "diverged at lr 100000" in heard[0] and "at lr 10000 with gradients clipped" in heard[0]
+    calm = []
+    train(torch.nn.Linear(16, 2), ADAPTER, data, TrainConfig(epochs=5, lr=0.1, batch_size=16), warn=calm.append)
+    assert calm == []  # a training that converges hears nothing

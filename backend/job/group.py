@@ -125,7 +125,8 @@ def main(job_dir: str) -> None:
         cache = adapter.cache.summary() if hasattr(adapter, "cache") else None
         result.model.cpu()
         tmp = Path(job_dir) / "result.pt.tmp"
-        torch.save({"result": result, "report": {"metric": metric, "embedding_cache": cache}}, tmp)
+        torch.save({"result": result, "report": {"metric": metric, "embedding_cache": cache,
+                                                 "training_warnings": learner.warnings}}, tmp)
         tmp.replace(Path(job_dir) / "result.pt")
     distributed.finish()
 

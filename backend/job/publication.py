@@ -274,7 +274,7 @@ def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcom
         "strategy": "typiclust" if outcome.kind == "cold_start" else engine.strategy, "batch": engine.budget, "solver": engine.solver,
         "damping": engine.damping, "params": settings.params, "top_k": engine.top_k, "epochs": engine.epochs,
         "seed": engine.seed, "solver_info": result.scorer.info if result.scorer else None,
-        "score_encoding": "place", "warnings": tasks.warnings,
+        "score_encoding": "place", "warnings": outcome.warnings(tasks.warnings),
         "counts": {**tasks.counts, "reviewed": len(outcome.reviewed.task_ids) if outcome.reviewed else 0},
         "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
         "top_task": task_ids[top[0]], "top_score": float(scores[top[0]]), "top_influence": _finite(influences, top[0]),

@@ -135,6 +135,13 @@ class RoundOutcome:
     embedding_cache: dict | None = None
     reviewed: ReviewedTasks | None = None  # the labeled tasks, most suspicious annotation first
     review_s: float = 0.0
+    training_warnings: tuple[str, ...] = ()  # what the learner recovered from (a diverged training)
+
+    def warnings(self, job_warnings: dict) -> dict:
+        """The job's warnings (Warnings.as_dict's shape) with what the learner recovered from."""
+        training = {"training_recovered": {"count": len(self.training_warnings),
+                                           "examples": list(self.training_warnings)}}
+        return {**job_warnings, **training} if self.training_warnings else job_warnings
 
 
 def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, tasks: ProjectTasks,
@@ -160,8 +167,9 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
                                round_number=job, predict=True)  # the model's predictions whatever the strategy
         value = learner.evaluate(result.model, reference)
         cache = adapter.cache.summary() if hasattr(adapter, "cache") else None
+        notes = learner.warnings
     else:
-        value, cache = group["metric"], group["embedding_cache"]
+        value, cache, notes = group["metric"], group["embedding_cache"], group.get("training_warnings", [])
     source = task_type.engine_settings(engine).cluster_source
     clusters = _clusters(project, engine, adapter, tasks, labeled, pool, result, source)
     order = result.ranking.order.tolist()
@@ -175,7 +183,7 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
         device = next(result.model.parameters()).device
         reviewed = review_labeled(result, adapter, tasks, device, engine.review_signal)
     return RoundOutcome(result, adapter, metric, clusters, order, processes=engine.job_procs, embedding_cache=cache,
-                        reviewed=reviewed, review_s=round(time.time() - start, 2))
+                        reviewed=reviewed, review_s=round(time.time() - start, 2), training_warnings=tuple(notes))
 
 
 def _cold_start(engine: EngineSettings, adapter, tasks: ProjectTasks, set_phase) -> RoundOutcome:

@@ -13,6 +13,8 @@ measured in the README, "Scaling out").
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
@@ -63,16 +65,52 @@ def _check_labels(dataset: Dataset) -> None:
             raise DataError(f"cannot train on unlabeled items: {len(bad)} item(s), e.g. index {bad[0]}")
 
 
+#: A diverged training restarts from its initial weights with the learning rate times each factor in turn,
+#: gradients clipped to CLIP_NORM, before it gives up.
+RECOVERY_LR_FACTORS = (0.1, 0.01, 0.001)
+CLIP_NORM = 10.0
+
+
 def train(model: nn.Module, adapter: TaskAdapter, dataset: Dataset, settings: TrainSettings, seed: int = 0,
-          device="cpu", workers: int = 0, progress: bool = False) -> nn.Module:
+          device="cpu", workers: int = 0, progress: bool = False,
+          warn: Callable[[str], None] = lambda message: None) -> nn.Module:
     """Train `model` in place on (inputs, target, index) items with the adapter's loss; returns it in eval mode.
 
-    Raises DataError for an empty dataset or unlabeled items, and NonFiniteError as soon
-    as the loss stops being finite (diverged lr, bad data).
+    Raises DataError for an empty dataset or unlabeled items. A loss that stops being finite
+    (a learning rate too high for this data, a detector's early steps) does not fail the
+    round: training starts again from the same initial weights with a lower learning rate and
+    clipped gradients (RECOVERY_LR_FACTORS), and `warn` hears what happened. Only when every
+    retry diverges too (NaN in the data, say) is it a NonFiniteError naming the setting to change.
     """
     if len(dataset) == 0:
         raise DataError("cannot train on an empty dataset")
     _check_labels(dataset)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        return _train_once(model, adapter, dataset, settings, seed, device, workers, progress)
+    except NonFiniteError as diverged:
+        first = str(diverged)
+    for factor in RECOVERY_LR_FACTORS:
+        model.load_state_dict(initial)
+        lr = settings.lr * factor
+        try:
+            model = _train_once(model, adapter, dataset, settings.model_copy(update={"lr": lr}), seed, device, workers,
+                                progress, clip=CLIP_NORM)
+        except NonFiniteError:
+            continue
+        warn(f"training diverged at lr {settings.lr:g} ({first}); it recovered by training again from the same "
+             f"initial weights at lr {lr:g} with gradients clipped to norm {CLIP_NORM:g}: consider a lower lr "
+             f"(ISAL_LR, --lr)")
+        return model
+    raise NonFiniteError(f"training diverged ({first}) and diverged again from the same initial weights at lr "
+                         f"{', '.join(f'{settings.lr * f:g}' for f in RECOVERY_LR_FACTORS)} with gradients clipped "
+                         f"to norm {CLIP_NORM:g}: check the data for NaN/inf values, or set a much lower lr "
+                         f"(ISAL_LR, --lr; now {settings.lr:g})")
+
+
+def _train_once(model: nn.Module, adapter: TaskAdapter, dataset: Dataset, settings: TrainSettings, seed: int,
+                device, workers: int, progress: bool, clip: float | None = None) -> nn.Module:
+    """One training run; NonFiniteError as soon as the loss stops being finite."""
     seed_everything(seed)
     device = resolve_device(device)
     # BatchNorm cannot train on a batch of one; drop such a trailing batch (one random item per epoch).
@@ -101,6 +139,8 @@ def train(model: nn.Module, adapter: TaskAdapter, dataset: Dataset, settings: Tr
                 raise NonFiniteError(f"training loss is NaN/inf at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         scheduler.step()
