@@ -1,4 +1,5 @@
-"""A cold start that is not random: typical and diverse samples first, before any model (TypiClust).
+"""TypiClust (Hacohen et al., 2022): typical and diverse samples first, as a cold start before any model
+and as a strategy for every round.
 
 With no labels there is no model to ask for influence or uncertainty, but a frozen
 pretrained backbone already embeds every image. TypiClust (Hacohen et al., 2022) labels the
@@ -9,12 +10,20 @@ typicality is the inverse of its mean distance to its `neighbors` nearest neighb
 cluster (within the cluster, not the whole pool, so memory stays O(cluster^2)); the order
 takes the most typical sample of each cluster (largest first), then the second most typical
 of each, and so on, so any prefix of it is spread over the clusters.
+
+In a later round (`TypiClust`, the paper's algorithm) the clusters are as many as the labeled
+samples plus the budget, fitted on labeled and pool together; clusters that hold a labeled
+sample are covered and come after every uncovered one, so the batch goes to the largest regions
+of the feature space that no label speaks for yet.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .base import Ranking, SelectionContext, Strategy, features
 from .serving import assign, kmeans
 
 
@@ -28,21 +37,48 @@ def typicality(x: Tensor, neighbors: int = 20) -> Tensor:
     return 1.0 / d.topk(k, largest=False).values.mean(1).clamp_min(1e-12)
 
 
-def typiclust_order(x: Tensor, clusters: int, seed: int = 0, neighbors: int = 20) -> list[int]:
-    """Every row of `x` (embeddings, [N, D]) in TypiClust's order (the module docstring)."""
+def typiclust_order(x: Tensor, clusters: int, seed: int = 0, neighbors: int = 20,
+                    labeled: Tensor | None = None) -> list[int]:
+    """Every row of `x` (embeddings, [N, D]) in TypiClust's order (the module docstring); with `labeled`
+    (their embeddings), clusters are fitted on both and those holding a labeled row come last."""
     if len(x) == 0:
         return []
-    centroids = kmeans(x, max(1, min(clusters, len(x))), seed)
-    ids = assign(x, centroids)
+    known = labeled if labeled is not None else x.new_zeros(0, x.shape[1])
+    both = torch.cat([known.to(x.dtype), x])
+    centroids = kmeans(both, max(1, min(clusters, len(both))), seed)
+    ids = assign(both, centroids)
+    covered = set(ids[:len(known)].tolist())
     queues = []
     for c in range(len(centroids)):
         members = (ids == c).nonzero().flatten()
-        if len(members):
-            typical = typicality(x[members], neighbors)
-            order = torch.argsort(-typical, stable=True)
-            queues.append(members[order].tolist())
-    queues.sort(key=lambda q: (-len(q), q[0]))  # largest cluster first; ties by position
+        mine = members[members >= len(known)]
+        if len(mine):
+            typical = typicality(both[members], neighbors)[members >= len(known)]
+            best_first = mine[torch.argsort(-typical, stable=True)] - len(known)
+            queues.append((c in covered, -len(members), best_first.tolist()))
+    queues.sort(key=lambda q: (q[0], q[1], q[2][0]))  # uncovered first, largest first; ties by position
     out: list[int] = []
-    for depth in range(max(len(q) for q in queues)):
-        out.extend(q[depth] for q in queues if depth < len(q))
+    for depth in range(max(len(q[2]) for q in queues)):
+        out.extend(q[2][depth] for q in queues if depth < len(q[2]))
     return out
+
+
+@dataclass
+class TypiClust(Strategy):
+    """TypiClust in every round: k-means with as many clusters as labeled samples plus the budget on the
+    features (frozen embeddings, or the model's penultimate layer), the most typical pool sample of each
+    uncovered cluster, largest first (the module docstring). Seeded; the clustering changes every round."""
+
+    seed: int = 0
+    neighbors: int = 20
+    name = "typiclust"
+
+    def _rank(self, ctx: SelectionContext) -> Ranking:
+        pool = features(ctx, ctx.pool).double()
+        labeled = features(ctx, ctx.labeled).double() if ctx.labeled is not None and len(ctx.labeled) else None
+        budget = ctx.budget or min(len(pool), 10)
+        k = budget + (0 if labeled is None else len(labeled))
+        order = typiclust_order(pool, k, self.seed * 1_000_003 + ctx.round_number, self.neighbors, labeled)
+        places = torch.empty(len(order), dtype=torch.float64)
+        places[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order), dtype=torch.float64)
+        return Ranking(torch.tensor(order, dtype=torch.long), places)
