@@ -142,13 +142,10 @@ class Learner:
         scorer = self.prepare(influential, model, labeled, reference)
         on_phase("scoring the pool")
         scores = self.score(scorer, model, pool)
-        ranking = None
-        if scores is not None and chosen is influential:
-            ranking = influence_ranking(scores, self.adapter, self.seed)
-        elif scores is not None:  # the batch spread out among the top influence, from the same scores
+        ranking = None if scores is None else influence_ranking(scores, self.adapter, self.seed)
+        if ranking is not None and chosen is not influential:  # the batch spread out among the top influence
             on_phase("ranking")
-            ranking = chosen.rank_by(self.context(model, pool, labeled, reference, budget, round_number),
-                                     scores.influence)
+            ranking = chosen.rank_by(self.context(model, pool, labeled, reference, budget, round_number), ranking)
         return RoundResult(model, ranking, scorer, scores)
 
     def review(self, labeled: Dataset, reference: Dataset | None = None, model: nn.Module | None = None,

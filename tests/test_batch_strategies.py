@@ -41,3 +41,32 @@ def test_batch_isal_picks_a_spread_out_batch_among_the_top_influence_candidates(
     batch = BatchISAL(isal, factor=2).rank(ctx).order[:6].tolist()
     assert set(batch) <= candidates and len(set(batch)) == 6
     assert batch != torch.argsort(influence, stable=True)[:6].tolist()  # spread, not just the top 6
+
+
+def _points_context(budget=2):
+    """Pool points in the plane as the features (the last layer's input), one labeled point at (-1, 0)."""
+    pool = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [0.0, 5.0], [10.0, 10.0], [0.2, 0.0]])
+    model = nn.Sequential(nn.Identity(), nn.Linear(2, 3)).double()
+    return SelectionContext(model, ClassificationAdapter(), TensorDataset3(pool.double(), torch.full((6,), -1)),
+                            TensorDataset3(torch.tensor([[-1.0, 0.0]]).double(), torch.tensor([0])), batch_size=4,
+                            budget=budget)
+
+
+def test_batch_isal_spread_is_the_hand_worked_k_center_answer():
+    from isal_core.selection import Ranking
+
+    ctx = _points_context()
+    influence = Ranking.ascending(torch.tensor([-6.0, -5.0, -3.0, -2.0, -1.0, -4.0], dtype=torch.float64))
+    # candidates (factor 2 x budget 2): points 0, 1, 5, 2 at distances 1, 1.1, 1.2, 6 from the labeled point:
+    # k-center takes 2 (farthest), then 5 (still 1.2 away: 2 is farther from each); the rest in influence order
+    assert BatchISAL(ISAL(), factor=2).rank_by(ctx, influence).order.tolist() == [2, 5, 0, 1, 3, 4]
+
+
+def test_batch_isal_never_picks_an_unscored_sample_before_the_scored_ones():
+    from isal_core.selection import Ranking
+
+    ctx = _points_context()
+    scores = torch.tensor([-5.0, -4.0, float("inf"), -2.0, -1.0, -3.0], dtype=torch.float64)  # 2: no pseudo-box
+    influence = Ranking(torch.tensor([0, 1, 5, 3, 4, 2]), scores)
+    # candidates 0, 1, 5, 3 (2 is unscored, though the farthest): k-center takes 3 (5.1 away), then 5
+    assert BatchISAL(ISAL(), factor=2).rank_by(ctx, influence).order.tolist() == [3, 5, 0, 1, 4, 2]

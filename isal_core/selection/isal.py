@@ -97,22 +97,27 @@ class BatchISAL(Strategy):
     name = "isal_batch"
 
     def _rank(self, ctx):
-        return self.rank_by(ctx, self.isal.scores(ctx))
+        return self.rank_by(ctx, self.isal._rank(ctx))
 
-    def rank_by(self, ctx: SelectionContext, influence) -> Ranking:
-        """The batch among the top candidates of these influences (computed once, e.g. with a saved scorer)."""
-        influence = influence.double().cpu()
-        budget = len(influence) if ctx.budget is None else min(ctx.budget, len(influence))
-        candidates = torch.argsort(influence, stable=True)[: self.factor * budget]
+    def rank_by(self, ctx: SelectionContext, influence: Ranking) -> Ranking:
+        """The batch among the top candidates of an influence ranking (computed once, e.g. with a saved scorer).
+        Unscored samples (a detection image with no pseudo-box: infinite in the ranking's scores) are never
+        candidates; the rest of the pool keeps the ranking's order, so they come after every scored one."""
+        order, n = influence.order, len(influence.order)
+        budget = n if ctx.budget is None else min(ctx.budget, n)
+        scored = order[torch.isfinite(influence.scores.double()[order])]
+        candidates = (scored if len(scored) else order)[: self.factor * budget]
         pool = features(ctx, Subset(ctx.pool, candidates.tolist())).double()
         min_dist = torch.full((len(pool),), float("inf"), dtype=torch.float64)
         if ctx.labeled is not None and len(ctx.labeled) > 0:
             labeled = features(ctx, ctx.labeled).double()
             min_dist = torch.cdist(pool, labeled).min(1).values
         picked: list[int] = []
-        for _ in range(budget):
+        for _ in range(min(budget, len(candidates))):
             k = int(torch.argmax(min_dist))  # no labeled set yet: the first (best) candidate
             picked.append(int(candidates[k]))
             min_dist = torch.minimum(min_dist, torch.cdist(pool, pool[k:k + 1]).squeeze(1))
             min_dist[k] = -1.0
-        return then_the_rest(picked, influence)
+        place = torch.empty(n, dtype=torch.float64)
+        place[order] = torch.arange(n, dtype=torch.float64)
+        return then_the_rest(picked, place)

@@ -20,7 +20,7 @@ USES_R = ("isal", "gradsim", "isal_batch")
 #: Settings that may change between invocations on one run directory; the rest must not.
 RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out", "progress", "embedding_cache"}
 #: What a setting added to the schema later was, in effect, for run directories made before it existed.
-BEFORE_IT_EXISTED = {"min_steps": 0, "initial_strategy": "random", "validation_size": 0}
+BEFORE_IT_EXISTED = {"min_steps": 0, "initial_strategy": "random", "validation_size": 0, "budgets": None}
 
 
 class SimulationConfig(EngineSettings):
@@ -47,6 +47,9 @@ class SimulationConfig(EngineSettings):
                               "cold start: typical and diverse on the frozen embeddings, `step` clusters)")
     step: PositiveInt = Field(500, description="labels added per round")
     rounds: PositiveInt = Field(6, description="trained models per run, the initial one included")
+    budgets: list[PositiveInt] | None = Field(None, description="labels at each round instead of initial + step "
+                                                                "(e.g. 10,20,40,80,160,320: initial = the first, "
+                                                                "rounds = how many, unless rounds is lower)")
     seeds: list[int] = Field([0, 1, 2], description="comma list of seeds (repeats)")
     pool_subset: PositiveInt | None = Field(None, description="train images the run may label (seeded subset)")
     test_subset: PositiveInt | None = Field(None, description="evaluation images (seeded subset of test minus R)")
@@ -95,6 +98,32 @@ class SimulationConfig(EngineSettings):
             raise ValueError(f"{', '.join(s for s in self.strategies if s in USES_R)} need a reference set: "
                              f"reference_size must be at least 1")
         return self
+
+    @model_validator(mode="after")
+    def _budgets(self):
+        """budgets -> initial, step (the first round's) and rounds, so the rest of the protocol reads them."""
+        if self.budgets is None:
+            return self
+        b = self.budgets
+        if any(later <= earlier for earlier, later in zip(b, b[1:])):
+            raise ValueError(f"budgets must increase from round to round; got {b}")
+        if "rounds" in self.model_fields_set and self.rounds > len(b):
+            raise ValueError(f"rounds {self.rounds} is more than the {len(b)} budgets")
+        rounds = self.rounds if "rounds" in self.model_fields_set else len(b)
+        self.__dict__.update(initial=b[0], step=b[1] - b[0] if len(b) > 1 else self.step, rounds=rounds)
+        return self
+
+    def step_at(self, round_number: int) -> int:
+        """The labels the model of round `round_number` (1, 2, ...; 0 counts as 1) adds: `step`, or the
+        budgets' difference."""
+        if self.budgets is None:
+            return self.step
+        r = min(max(round_number, 1), len(self.budgets) - 1)
+        return self.budgets[r] - self.budgets[r - 1]
+
+    def labels_at(self, round_number: int) -> int:
+        """The labeled count at round `round_number` (1 = the initial set)."""
+        return self.budgets[round_number - 1] if self.budgets else self.initial + self.step * (round_number - 1)
 
     def identity(self) -> dict:
         """The settings the numbers depend on (checked when a run directory is reused)."""

@@ -117,10 +117,11 @@ class Simulation:
         if c.rounds > 1 and c.step > size - c.initial:
             raise DataError(f"step {c.step} is larger than the unlabeled pool "
                             f"({size - c.initial} images left after {c.initial} initial labels)")
-        need = c.initial + c.step * (c.rounds - 1)
+        need = c.labels_at(c.rounds)
         if need > size:
-            raise DataError(f"{c.rounds} rounds need {need} labels ({c.initial} + {c.rounds - 1} x {c.step}) "
-                            f"but the pool holds {size} train images; lower rounds or step")
+            plan = f"budgets up to {need}" if c.budgets else f"{c.initial} + {c.rounds - 1} x {c.step}"
+            raise DataError(f"{c.rounds} rounds need {need} labels ({plan}) but the pool holds {size} train images; "
+                            f"lower rounds or step")
 
     def train(self, labeled: list[int], seed: int) -> nn.Module:
         """A model trained from scratch on the labeled set (any order: it is sorted), seeded with `seed`."""
@@ -141,7 +142,8 @@ class Simulation:
         chosen = learner.strategy("isal" if strategy in ("isal_l1", "isal_labeled") else strategy,
                                   reference="labeled" if strategy == "isal_labeled" else "given")
         result = learner.round(chosen, self.dataset(sorted(labeled)), self.dataset(pool),
-                               self._reference(strategy, seed), budget=min(self.config.step, len(pool)), model=model,
+                               self._reference(strategy, seed), budget=min(self.config.step_at(round_number),
+                                                                           len(pool)), model=model,
                                round_number=round_number)
         predictions = None if result.scores is None else dict(zip(pool, result.scores.predictions))
         ranking = result.ranking
@@ -158,8 +160,9 @@ class Simulation:
         if self.config.budget == "boxes":  # the picks' predicted boxes pay for the round
             if predictions is None:
                 predictions = dict(zip(order, self.learner(seed).predict(model, self.dataset(order))))
-            return prefix_by_cost(order, [self.adapter.cost(predictions[i]) for i in order], self.config.step)
-        budget = check_budget(self.config.step, len(order))
+            return prefix_by_cost(order, [self.adapter.cost(predictions[i]) for i in order],
+                                  self.config.step_at(round_number))
+        budget = check_budget(self.config.step_at(round_number), len(order))
         if not self.settings.serves_clusters:
             return order[:budget]
         if self.settings.cluster_source == "embeddings":
