@@ -13,8 +13,8 @@ import pytest
 import torch
 
 # No test downloads pretrained weights, nor sees a developer's own torchvision cache: TORCH_HOME is a fresh
-# folder (the `default_weights` fixture puts a checkpoint made here under ResNet-18's file name). Tests run
-# what ships: frozen EfficientNet-Lite0 features of the packaged weights, unless a test asks for another model.
+# folder. Tests run what ships: frozen EfficientNet-Lite0 features of the packaged weights, unless a test asks
+# for another model.
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="isal-tests-torch-")
 
 try:
@@ -94,19 +94,3 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
-
-
-@pytest.fixture(scope="session")
-def default_weights():
-    """A ResNet-18 state dict (random, seeded) where torchvision keeps the default weights: what a download
-    would leave in the cache. Returns the file."""
-    import torchvision
-
-    from isal_core.nets.backbones import torchvision_file
-
-    path = torchvision_file("resnet18", "DEFAULT")
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        torch.save(torchvision.models.resnet18().state_dict(), path)
-    return path

@@ -300,7 +300,16 @@ def test_the_first_labeled_set_is_saved_once(tmp_path):
 # score encoding
 
 
-def test_score_encoding_is_strictly_monotone_and_in_the_unit_interval():
+def test_the_served_score_is_strictly_monotone_in_the_served_order_and_inside_the_unit_interval():
+    rng = np.random.default_rng(0)
+    order = rng.permutation(50_005)  # a served order of a large pool, ties impossible
+    scores = place_scores(order, len(order))
+    assert np.all((scores > 0.0) & (scores < 1.0))  # Label Studio drops scores outside [0, 1]
+    assert np.all(np.diff(scores[order]) > 0)  # strictly: Label Studio serves exactly this order
+    assert np.array_equal(np.argsort(scores, kind="stable"), order)
+
+
+def test_older_versions_sigmoid_scores_still_read_monotone():
     rng = np.random.default_rng(0)
     influences = np.concatenate([rng.normal(0, 3e-4, 5000), [-1e3, -1.0, 0.0, 1.0, 1e3]])
     sigma = influence_scale(influences)

@@ -103,13 +103,8 @@ def test_the_project_page_draws_the_learning_curve_and_the_forecast(label_studio
     page in Chromium then shows the curve, the forecast curve, its band and the sentence that states them."""
     import json
 
-    import torch
-    import torchvision
     from selenium.webdriver.common.by import By
 
-    weights = tmp_path / "resnet18.pt"
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
     ls = label_studio.client()
     sub, images = cifar_images(label_studio.files_root, 16, 6, seed=9)
     pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, images, "project page")
@@ -119,8 +114,7 @@ def test_the_project_page_draws_the_learning_curve_and_the_forecast(label_studio
             ls.annotations.create(id=t, result=choice_result(im.label))
     models = tmp_path / "models"
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
-           "MODEL_DIR": str(models), "ISAL_ARCH": "resnet18", "ISAL_WEIGHTS": str(weights),
-           "ISAL_COLD_START": "off", "ISAL_RETRAIN_EVERY": "0"}
+           "MODEL_DIR": str(models), "ISAL_COLD_START": "off", "ISAL_RETRAIN_EVERY": "0"}
     with BackendProcess(env, log_path=tmp_path / "backend.log") as backend:
         status = lambda p: requests.get(f"{backend.url}/status", params={"project": p}, timeout=10).json()  # noqa
         requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},

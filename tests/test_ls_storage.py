@@ -36,8 +36,7 @@ def test_label_studio_keeps_the_predictions_of_the_newest_two_versions(label_stu
     api.write_predictions(pid, [{"task": other, "result": [], "score": 0.3, "model_version": "another-backend-1"}])
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                    keep_ls_versions=2,
-                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1,
-                           "cold_start": "off"})
+                   engine={"retrain_every": 0, "damping": 0.1, "cold_start": "off"})
     c = app.test_client()
     config = label_studio.client().projects.get(id=pid).label_config
     assert c.post("/setup", json={"project": f"{pid}.0", "schema": config}).status_code == 200

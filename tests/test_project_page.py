@@ -64,7 +64,7 @@ def test_progress_of_a_long_phase_is_in_status(tmp_path):
 def test_metrics_rise_by_exactly_the_work_of_a_job_and_the_page_draws_the_curve(label_studio, tmp_path):
     pid, _, _, weights = frozen_project(label_studio, tmp_path, 16, 6, 8, "project page")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
-                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "cold_start": "off"})
+                   engine={"retrain_every": 0, "cold_start": "off"})
     c = app.test_client()
     c.post("/setup", json={"project": f"{pid}.0", "schema": label_studio.client().projects.get(id=pid).label_config})
     before = samples(c)

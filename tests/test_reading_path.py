@@ -94,8 +94,7 @@ def test_the_reading_path_counts_lookups_and_returns_as_a_reader_moves():
 def test_one_job_reads_in_few_files_with_few_returns(label_studio, tmp_path):
     pid, _, _, weights = frozen_project(label_studio, tmp_path, 16, 6, 3, "reading path")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
-                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1,
-                           "cold_start": "off"})
+                   engine={"retrain_every": 0, "damping": 0.1, "cold_start": "off"})
     client, backend = app.test_client(), app.extensions["isal"]
     config = label_studio.client().projects.get(id=pid).label_config
     assert client.post("/setup", json={"project": f"{pid}.0", "schema": config}).status_code == 200

@@ -22,7 +22,7 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def backend(label_studio, tmp_path, weights):
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
-                   engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0})
+                   engine={"retrain_every": 0})
     return app, app.extensions["isal"], app.test_client()
 
 

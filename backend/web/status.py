@@ -43,9 +43,20 @@ def project_status(backend: ISALModel, project_id: int) -> dict:
                                     "top_score", "top_influence", "top_tasks", "reference_metric", "prelabel")},
         "config_warnings": project.info.get("config_warnings", []),
         "warnings": meta.get("warnings", {}), "task_type": project.info.get("task_type"),
-        "versions": len(project.versions()), "page": f"/projects/{project_id}",
+        "versions": len(project.versions()), "page": f"/projects/{project_id}", "model": _model(backend, meta),
         "review": f"/review?project={project_id}" if (meta.get("counts") or {}).get("reviewed") else None,
     }
+
+
+def _model(backend: ISALModel, meta: dict) -> dict:
+    """The model the current version learned with (its backbone and the exact weights' identity: a packaged
+    file's sha256), or before any version what the settings will give a classification project."""
+    if meta.get("arch"):
+        return {k: meta.get(k) for k in ("adapter", "arch", "weights", "weights_identity", "backbone")}
+    engine = backend.settings.engine
+    return {"adapter": "frozen" if engine.frozen else "classification", "arch": engine.arch,
+            "weights": engine.weights, "weights_identity": None, "backbone": None, "note": "no version yet: the "
+            "settings' model (a detection project's backbone is its own)"}
 
 
 def status(backend: ISALModel) -> dict:

@@ -165,6 +165,21 @@ class EfficientNetLite(nn.Module):
         return out
 
 
+class FrozenBody(nn.Module):
+    """A pretrained EfficientNet-Lite as a detector's frozen body: BatchNorm folded (so train mode changes
+    nothing), no gradient, the feature maps at strides 8, 16 and 32 by name "0", "1", "2" (`channels`)."""
+
+    def __init__(self, net: EfficientNetLite):
+        super().__init__()
+        self.net = net.folded().requires_grad_(False)
+        self.channels = self.net.feature_channels[1:]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            maps = self.net.features(x)[1:]
+        return {str(i): m for i, m in enumerate(maps)}
+
+
 def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:
     return EfficientNetLite(VARIANTS["efficientnet_lite0"], num_classes)
 

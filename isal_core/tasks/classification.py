@@ -55,8 +55,10 @@ class ClassificationAdapter(TaskAdapter):
         return cls(meta["arch"], int(meta["num_classes"]), int(meta.get("image_size", 32)), meta.get("weights"))
 
     def to_meta(self) -> dict:
+        """What rebuilds the model, and `weights_identity`: which exact weights (a name, or the file's hash)."""
         return {"adapter": "classification", "arch": self.arch, "num_classes": self.num_classes,
-                "image_size": self.image_size, "weights": self.weights}
+                "image_size": self.image_size, "weights": self.weights,
+                "weights_identity": self.pretrained.identity if self.weights is not None else None}
 
     @property
     def pretrained(self):

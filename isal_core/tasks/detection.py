@@ -27,16 +27,19 @@ from torchvision.models.detection.fcos import FCOSHead
 import torchvision
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.misc import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from .classification import Metric, TaskAdapter
 from ..errors import ConfigError, DataError
+from ..nets.efficientnet_lite import FrozenBody
 
 #: The head's three final convolutions: class logits, box regression, centerness.
 HEAD_PARAMS = ["head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias",
                "head.regression_head.bbox_reg.weight", "head.regression_head.bbox_reg.bias",
                "head.regression_head.bbox_ctrness.weight", "head.regression_head.bbox_ctrness.bias"]
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: EfficientNet-Lite bodies are pretrained (the packaged ImageNet weights) and frozen: only FPN and head learn.
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite2", *RESNETS)
 
 
 @dataclass
@@ -80,8 +83,21 @@ def collate(items):
     return list(images), list(targets), torch.as_tensor(indices)
 
 
+class LiteFPN(nn.Module):
+    """A frozen EfficientNet-Lite body and a feature pyramid (P3-P5 from strides 8-32, P6 and P7 on top)."""
+
+    def __init__(self, body: nn.Module, channels: int):
+        super().__init__()
+        self.body, self.out_channels = body, channels
+        self.fpn = FeaturePyramidNetwork(body.channels, channels, extra_blocks=LastLevelP6P7(channels, channels))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.fpn(self.body(x))
+
+
 class DetectionAdapter(TaskAdapter):
-    """FCOS on a ResNet-FPN backbone; targets are {"boxes": [N, 4] pixels, "labels": [N]} per image."""
+    """FCOS on a feature pyramid over a ResNet (trained, or initialised from weights) or a frozen pretrained
+    EfficientNet-Lite; targets are {"boxes": [N, 4] pixels, "labels": [N]} per image."""
 
     collate_fn = staticmethod(collate)
     review_unit = "box"
@@ -91,6 +107,8 @@ class DetectionAdapter(TaskAdapter):
                  head_convs: int = 4, fpn_channels: int = 256):
         if backbone not in BACKBONES:
             raise ConfigError(f"unknown detection backbone {backbone!r}; one of {', '.join(BACKBONES)}")
+        if backbone not in RESNETS and weights is None:
+            raise ConfigError(f"the {backbone} detection backbone is frozen: it needs pretrained weights")
         if not 0.0 < score_threshold < 1.0:
             raise ConfigError(f"score_threshold must be in (0, 1), got {score_threshold}")
         self.num_classes, self.backbone = num_classes, backbone
@@ -111,10 +129,22 @@ class DetectionAdapter(TaskAdapter):
         return {"adapter": "detection", "num_classes": self.num_classes, "backbone": self.backbone,
                 "arch": self.backbone, "image_size": self.min_size, "min_size": self.min_size,
                 "max_size": self.max_size, "score_threshold": self.score_threshold, "weights": self.weights,
+                "weights_identity": self._backbone_weights.identity if self._backbone_weights else None,
                 "head_convs": self.head_convs, "fpn_channels": self.fpn_channels}
 
     def build_model(self) -> nn.Module:
         c = self.fpn_channels
+        if self.backbone not in RESNETS:  # frozen and pretrained, with the originals' normalisation
+            from ..nets.models import build_model
+
+            net = build_model(self.backbone, 1000)
+            self.prepare()
+            net.load_state_dict(self._backbone_weights.state_dict)
+            pre = self._backbone_weights.preprocessing
+            return FCOS(LiteFPN(FrozenBody(net), c), self.num_classes, min_size=self.min_size, max_size=self.max_size,
+                        image_mean=list(pre.mean), image_std=list(pre.std), score_thresh=min(0.05, self.score_threshold),
+                        head=FCOSHead(c, 1, self.num_classes, num_convs=self.head_convs),
+                        detections_per_img=self.detections_per_img)
         # pretrained: BatchNorm frozen at its statistics (torchvision's detection rule); from scratch a
         # frozen BatchNorm is the identity and a ResNet without normalisation barely trains, so it learns
         norm = FrozenBatchNorm2d if self.weights is not None else nn.BatchNorm2d
@@ -133,12 +163,12 @@ class DetectionAdapter(TaskAdapter):
         from ..nets.backbones import load_weights
 
         if self.weights is not None and self._backbone_weights is None:
-            self._backbone_weights = load_weights(self.backbone, self.weights, self.min_size, progress).state_dict
+            self._backbone_weights = load_weights(self.backbone, self.weights, self.min_size, progress)
 
     def _load_backbone(self, body: nn.Module) -> None:
         """Classifier weights (a torchvision name or a file, backbones.load_weights) into the ResNet body."""
         self.prepare()
-        missing, _ = body.load_state_dict(self._backbone_weights, strict=False)  # the classifier's fc is not used
+        missing, _ = body.load_state_dict(self._backbone_weights.state_dict, strict=False)  # (fc is not used)
         if missing:
             raise ConfigError(f"weights {self.weights!r} do not fit a {self.backbone} backbone: missing "
                               f"{missing[:4]}{' ...' if len(missing) > 4 else ''}")
@@ -226,9 +256,10 @@ class DetectionAdapter(TaskAdapter):
 
 
 def detection_adapter(settings, num_classes: int) -> DetectionAdapter:
-    """The adapter for these model settings: arch is the backbone (resnet18 unless set), weights
-    pretrained classifier weights for it."""
-    backbone = settings.arch if "arch" in settings.model_fields_set else "resnet18"
+    """The adapter for these model settings: arch is the backbone (unless set: efficientnet_lite0, frozen,
+    with pretrained weights; resnet18 from scratch), weights pretrained classifier weights for it."""
+    default = "resnet18" if settings.weights is None else "efficientnet_lite0"
+    backbone = settings.arch if "arch" in settings.model_fields_set else default
     return DetectionAdapter(num_classes, backbone, settings.min_size, settings.max_size, settings.score_threshold,
                             weights=settings.weights, head_convs=settings.head_convs,
                             fpn_channels=settings.fpn_channels)
