@@ -179,8 +179,31 @@ class InfluenceSettings(Settings):
         return {"damping": self.damping, **options}
 
 
+#: A frozen head's influence defaults, for every option not given: exact influence is cheap on a small head, so
+#: every labeled sample defines H, influence is taken over the whole head (bias included), CG solves to a tight
+#: tolerance, and the damping is the one measured best on the validation split (docs/results.md). The class
+#: defaults above (the reference code's damping 100 over the weights, 1,024 samples in H) stay those of a
+#: network trained whole (from scratch or fine-tuned) and of detection.
+FROZEN_INFLUENCE = {"params": "all", "hessian_samples": 0, "damping": 0.1, "cg_tol": 1e-10, "cg_iters": 500}
+
+
 class EngineSettings(ModelSettings, TrainSettings, InfluenceSettings):
     """Everything one ISAL round needs: the model, its training, and influence."""
+
+    @model_validator(mode="after")
+    def _frozen_defaults(self):
+        """FROZEN_INFLUENCE for a frozen head, option by option, where not given and where the solver takes it;
+        set in place, so they stay out of model_fields_set (detection's settings undo them: mode_defaults)."""
+        if self.frozen:
+            self.__dict__.update({k: v for k, v in FROZEN_INFLUENCE.items()
+                                  if k not in self.model_fields_set and _applies(k, self.solver)})
+        return self
+
+    def whole_network_defaults(self) -> dict:
+        """The class defaults of the options FROZEN_INFLUENCE changed, for a copy that trains a whole network
+        (detection on a frozen backbone still learns FPN and head: not a frozen head)."""
+        return {k: type(self).model_fields[k].default for k in FROZEN_INFLUENCE
+                if k not in self.model_fields_set and _applies(k, self.solver)}
 
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     workers: int = Field(0, ge=0, description="data-loading worker processes")
@@ -202,6 +225,13 @@ class EngineSettings(ModelSettings, TrainSettings, InfluenceSettings):
         if not self.serves_clusters:
             return None
         return "embeddings" if self.frozen else "predictions"
+
+
+def _applies(option: str, solver: str) -> bool:
+    """Whether an influence option means anything to `solver` (identity takes no damping and no H)."""
+    if solver == "identity" and option in ("damping", "hessian_samples"):
+        return False
+    return SOLVER_OPTIONS.get(option, solver) == solver
 
 
 def validate(cls: type[Settings], values: dict, source: str) -> Any:

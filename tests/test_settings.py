@@ -69,3 +69,37 @@ def test_a_dump_of_the_settings_validates_again(solver):
     assert EngineSettings(**settings.model_dump()) == settings  # other solvers' options at their defaults
     with pytest.raises(ValueError, match="do.es. not apply"):
         EngineSettings(**{**settings.model_dump(), "lissa_scale" if solver != "lissa" else "cg_iters": 7})
+
+
+def test_a_frozen_head_gets_exact_influence_and_a_whole_network_the_reference_codes():
+    from isal_core.settings import FROZEN_INFLUENCE
+    from isal_core.tasks.detection import detection_settings
+
+    frozen = EngineSettings()
+    assert frozen.frozen and (frozen.params, frozen.hessian_samples, frozen.cg_tol, frozen.cg_iters) == \
+        ("all", 0, 1e-10, 500) and frozen.damping == FROZEN_INFLUENCE["damping"]
+    scratch = EngineSettings(weights="none")
+    assert (scratch.params, scratch.hessian_samples, scratch.damping, scratch.cg_tol) == ("weights", 1024, 100.0, 1e-5)
+    assert EngineSettings(damping=5.0, params="last").damping == 5.0  # what is given wins, option by option
+    assert EngineSettings(damping=5.0, params="last").params == "last"
+    lissa = EngineSettings(solver="lissa")  # a CG option never lands on another solver
+    assert lissa.cg_tol == 1e-5 and lissa.damping == FROZEN_INFLUENCE["damping"]
+    assert EngineSettings(**frozen.model_dump()) == frozen  # a dump validates again, to the same settings
+    detection = detection_settings(frozen)  # FPN and head learn: the whole-network defaults, over the head
+    assert (detection.params, detection.hessian_samples, detection.damping) == ("head", 1024, 100.0)
+
+
+def test_a_config_called_the_defaults_sets_nothing_an_engine_default_decides():
+    from pathlib import Path
+
+    from backend.settings import EngineSettings as Backend
+    from isal_core.settings import read_protocol
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*defaults*.json"))
+    assert configs, "no configs/*defaults*.json: the reported run of the defaults has no protocol file"
+    for path in configs:
+        values = read_protocol(path)
+        assert not set(values) & set(EngineSettings.model_fields), f"{path.name} overrides an engine default"
+        # what the backend does by default, in the protocol's words: its strategy, its cold start
+        assert values["strategies"] == [Backend.model_fields["strategy"].default], path.name
+        assert values.get("initial_strategy") == "typiclust" and Backend.model_fields["cold_start"].default == "auto"

@@ -268,7 +268,7 @@ def detection_adapter(settings, num_classes: int) -> DetectionAdapter:
 def detection_settings(settings):
     """Engine settings for a detection round: influence over the head unless params were set; weights
     initialise the backbone (no frozen-feature mode), and no cluster serving unless asked for."""
-    update = {"mode": "finetune"}
+    update = {"mode": "finetune", **settings.whole_network_defaults()}
     if "params" not in settings.model_fields_set:
         update["params"] = "head"
     if "cluster_serving" not in settings.model_fields_set:
