@@ -155,5 +155,6 @@ class Learner:
         if model is None:
             model = self.fit(train_set if train_set is not None else labeled)
         scorer = self.prepare("isal", model, labeled, reference if reference is not None else labeled)
+        damping = self.settings.damping if self.settings.solver != "identity" else 0.0
         return model, review(model, self.adapter, labeled, scorer.s_test, scorer.params, self.device,
-                             self.settings.batch_size)
+                             self.settings.batch_size, damping=damping)

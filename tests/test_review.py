@@ -93,3 +93,33 @@ def test_self_influence_is_its_definition():
         gz = reference_gradient(model, ADAPTER, [(xl[i:i + 1], yl[i:i + 1], [i])], params)
         assert abs(float(gz @ torch.linalg.solve(damped, gz)) - float(result.self_influence[i])) < 1e-8
         assert abs(float(-s_test @ gz) - float(result.influence[i])) < 1e-10
+
+
+def test_linear_self_influence_is_exact_where_the_hessian_is_kronecker_factored_and_close_elsewhere():
+    """EK-FAC (the default head's self-influence) against the dense solve: exact when every sample has the same
+    probabilities (a head at zero: H = S (x) A), and ranked alike on trained heads (Spearman over 5 seeds;
+    measured 0.995, 0.997, 0.994, 0.997, 0.998; values within 42 % of the exact)."""
+    from scipy.stats import spearmanr
+
+    def both(model, xl, yl, l2):
+        s_test, op = solved(model, xl, yl, xl, yl, l2)
+        exact = review(model, ADAPTER, TensorDataset3(xl, yl), s_test, "all", hessian=op, damping=l2).self_influence
+        fast = review(model, ADAPTER, TensorDataset3(xl, yl), s_test, "all", damping=l2).self_influence
+        return exact, fast
+
+    g = torch.Generator().manual_seed(3)
+    xl, yl = data(g, 60)
+    zero = nn.Linear(5, 3).double()
+    nn.init.zeros_(zero.weight)
+    nn.init.zeros_(zero.bias)
+    exact, fast = both(zero, xl, yl, 0.05)
+    assert torch.allclose(fast, exact, rtol=1e-9, atol=1e-12)
+    rhos = []
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        xl, yl = data(g, 80)
+        torch.manual_seed(0)
+        model = _fit(nn.Linear(5, 3).double(), xl, yl, 0.05)
+        exact, fast = both(model, xl, yl, 0.05)
+        rhos.append(spearmanr(exact.numpy(), fast.numpy()).statistic)
+    assert min(rhos) >= 0.95, rhos

@@ -9,7 +9,9 @@ with the given label in place of the pseudo-label, so it costs one forward and o
 per batch. Beside it:
 - `loss`: the model's disagreement with the annotation, -log p(y | z);
 - `self_influence`: grad l(z, y)^T (H + damping I)^-1 grad l(z, y), how much z alone moves the
-  model; computed where the damped Hessian fits in memory (a head on frozen features).
+  model; for a linear head on frozen features (the default model) with H in the eigenbasis of its
+  Kronecker factors, eigenvalues corrected from the samples (EK-FAC, as kronfluence computes it:
+  `linear_self_influence`), else with a dense solve where the damped Hessian fits in memory.
 `review_order` ranks by a combination of their ranks (the mean rank of the signals chosen),
 most suspicious first.
 
@@ -96,8 +98,9 @@ def _ranks(x: Tensor) -> Tensor:
 
 def review(model: nn.Module, adapter: TaskAdapter, labeled: Dataset, s_test: Tensor, params, device="cpu",
            batch_size: int = 64, hessian=None, damping: float = 0.0) -> Review:
-    """The review signals of every labeled sample. `params` as the scorer's (names or a set name);
-    `hessian` (an isal_core HessianOperator over the same parameters) enables self-influence."""
+    """The review signals of every labeled sample. `params` as the scorer's (names or a set name). Self-influence
+    with `hessian` (an isal_core HessianOperator over the same parameters: a dense solve), else for a linear head
+    over all its parameters with `damping` > 0 (EK-FAC)."""
     if len(labeled) == 0:
         raise SelectionError("the labeled set is empty: there is nothing to review")
     chosen = select_parameters(model, params)
@@ -111,7 +114,11 @@ def review(model: nn.Module, adapter: TaskAdapter, labeled: Dataset, s_test: Ten
                        num_samples=len(labeled), on_outputs=keep)
     losses = torch.cat([adapter.loss(out, targets).detach().double().cpu()
                         for out, targets, _ in evaluation.outputs(model, adapter, loader, device)])
-    selfish = _self_influence(model, adapter, labeled, chosen, hessian, damping, device) if hessian else None
+    selfish = None
+    if hessian is not None:
+        selfish = _self_influence(model, adapter, labeled, chosen, hessian, damping, device)
+    elif isinstance(model, nn.Linear) and len(chosen) == len(list(model.parameters())) and damping > 0:
+        selfish = _linear_self_influence(model, adapter, labeled, damping, device, model.bias is not None)
     return Review(values.double().cpu(), losses, selfish, [predictions[i] for i in range(len(labeled))])
 
 
@@ -134,6 +141,38 @@ def _self_influence(model, adapter, labeled: Dataset, params: Sequence, hessian,
             solved = torch.cholesky_solve(g.unsqueeze(1), factor).squeeze(1)
             out[i] = float(g @ solved)
     return out
+
+
+def _linear_self_influence(model: nn.Linear, adapter, labeled: Dataset, damping: float, device, bias: bool) -> Tensor:
+    """Self-influence under the cross-entropy of a linear head (its weight and bias): the batch's inputs are the
+    head's inputs; see `linear_self_influence`."""
+    inputs, labels = [], []
+    for batch in DataLoader(labeled, batch_size=512, collate_fn=adapter.collate_fn):
+        x, y = adapter.to_device(batch, device)
+        inputs.append(x.detach().double().cpu())
+        labels.append(y.cpu())
+    x = torch.cat(inputs)
+    with torch.no_grad():
+        probs = model.double()(x.to(next(model.parameters()).device)).softmax(1).cpu()
+    a = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) if bias else x
+    return linear_self_influence(a, probs, torch.cat(labels), damping)
+
+
+def linear_self_influence(a: Tensor, probs: Tensor, labels: Tensor, damping: float) -> Tensor:
+    """g_n^T (H + damping I)^-1 g_n for a softmax-linear model, g_n = (p_n - y_n) (x) a_n, H the mean of
+    (diag p_n - p_n p_n^T) (x) a_n a_n^T, solved in the eigenbasis V (x) U of its Kronecker factors
+    S = mean(diag p - p p^T) and A = mean(a a^T) with the exact diagonal of H in that basis (EK-FAC): exact
+    when H is Kronecker-factored (every p_n alike), an approximation otherwise (tests/test_review.py)."""
+    a, probs = a.double(), probs.double()
+    n = len(a)
+    delta = probs - torch.nn.functional.one_hot(labels.long(), probs.shape[1]).double()
+    curvature = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+    _, u = torch.linalg.eigh(a.T @ a / n)
+    _, v = torch.linalg.eigh(curvature.mean(0))
+    pa = (a @ u) ** 2  # [N, D]: (u_i . a_n)^2
+    pv = torch.einsum("ck,nce,ek->nk", v, curvature, v)  # [N, C]: v_j^T M_n v_j
+    eigen = pv.T @ pa / n  # [C, D]: H's diagonal in the Kronecker eigenbasis
+    return (((delta @ v) ** 2) * (pa @ (1.0 / (eigen + damping)).T)).sum(1)
 
 
 def review_order(result: Review, signal: str = "combined") -> list[int]:
