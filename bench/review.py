@@ -1,17 +1,19 @@
 """Annotation review, measured: how many deliberately flipped labels each signal finds among its top k.
 
-    python -m bench.review [--protocol scratch|pretrained] [--labeled 2000] [--flip 0.1] [--kind uniform|confusable]
+    python -m bench.review [--protocol default|scratch|pretrained] [--labeled 2000] [--flip 0.1] [--kind uniform|confusable]
 
 A labeled set of CIFAR-10 training images (the shared zip, else torchvision's download) gets
 `flip` of its labels changed, uniformly to another class or to a confusable one: the class a
 model trained on the clean labels most often predicts for R's images of the true class (on
 CIFAR-10 from scratch e.g. cat->dog; a fixed list of pairs would leave the pretrained protocol's
 five classes, which hold no pair, uniform). A model is trained on the noisy
-set as the backend would (`scratch`: a small CNN from scratch; `pretrained`: a linear head on
-the frozen features of --weights, e.g. the CIFAR-5 backbone of the pretrained protocol, with
-its five other classes). Then each signal ranks the labeled set, and precision and recall of
+set as the backend would (`default`: the engine's defaults, a linear head on frozen EfficientNet-Lite0
+features of the packaged ImageNet weights, all ten classes; `scratch`: a small CNN from scratch;
+`pretrained`: the stand-in of before, a linear head on the frozen features of --weights, e.g. the
+CIFAR-5 backbone of the pretrained protocol, with its five other classes). Then each signal ranks the labeled set, and precision and recall of
 the flipped labels among its top k (k = the number of flips) are reported for: ISAL's review
-(influence on R with the given label, the loss, their combination), the model's disagreement
+(influence on R with the given label, the loss, their combination, self-influence where the model is a
+linear head), the model's disagreement
 (the predicted class's probability minus the given one's), cleanlab's find_label_issues on
 5-fold out-of-fold probabilities (as its docs ask), and random. Finally the top k of the
 combined review and of cleanlab are relabeled with the true labels and the model retrained:
@@ -93,7 +95,7 @@ def out_of_fold(settings, adapter, records, seed: int, folds: int = 5) -> np.nda
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", choices=("scratch", "pretrained"), default="scratch")
+    ap.add_argument("--protocol", choices=("default", "scratch", "pretrained"), default="default")
     ap.add_argument("--weights", default="runs/backbones/cifar5-small_cnn.pt", help="pretrained: the backbone")
     ap.add_argument("--labeled", type=int, default=2000)
     ap.add_argument("--reference", type=int, default=500)
@@ -114,8 +116,10 @@ def main(argv=None) -> dict:
         test = [replace(r, label=keep[r.label]) for r in test if r.label in keep]
         classes = PRETRAINED_CLASSES
         settings = EngineSettings(arch="small_cnn", weights=args.weights, damping=0.1, hessian_samples=0)
-    else:
+    elif args.protocol == "scratch":
         settings = EngineSettings(arch="small_cnn", weights=None)
+    else:
+        settings = EngineSettings()
     rng = np.random.default_rng(args.seed)
     labeled = [train[i] for i in rng.choice(len(train), args.labeled, replace=False)]
     picked = rng.permutation(len(test))
@@ -141,6 +145,8 @@ def main(argv=None) -> dict:
     cleanlab_full = np.concatenate([cleanlab_order, np.setdiff1d(np.arange(len(given)), cleanlab_order)])
     orders = {f"isal_{s}": np.argsort(-found.scores(s).numpy(), kind="stable") for s in ("influence", "loss",
                                                                                            "combined")}
+    if found.self_influence is not None:
+        orders["isal_self_influence"] = np.argsort(-found.self_influence.numpy(), kind="stable")
     orders["disagreement"] = np.argsort(-disagreement, kind="stable")
     orders["cleanlab"] = cleanlab_full
     orders["random"] = np.random.default_rng(args.seed + 1).permutation(len(given))

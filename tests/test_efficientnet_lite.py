@@ -120,3 +120,23 @@ def test_the_default_is_frozen_lite0_with_no_download(tmp_path, monkeypatch):
     assert EngineSettings(weights="none").arch == "small_cnn"  # from scratch stays a setting
     assert EngineSettings(arch="resnet18").weights == "DEFAULT"  # torchvision's, downloaded once
     assert not (tmp_path / "empty").exists()
+
+
+def test_a_frozen_detection_body_keeps_each_images_maps_exactly():
+    from isal_core.nets.efficientnet_lite import FrozenBody, MapCache
+
+    model, _ = imagenet_model("efficientnet_lite0")
+    cache = MapCache()
+    cached, plain = FrozenBody(model, cache), FrozenBody(model)
+    x = torch.randn(3, 3, 64, 96)
+    first = cached(x)
+    again = cached(x[[2, 0]])  # another batch of the same images: from the cache
+    assert (cache.hits, cache.misses) == (2, 3)
+    want = plain(x)
+    assert [m.shape[1] for m in want.values()] == [40, 112, 320]
+    for level in want:
+        assert torch.allclose(first[level], want[level], atol=1e-5)
+        assert torch.equal(again[level], first[level][[2, 0]])
+    small = MapCache(max_bytes=1)  # past its bound the least recently used image goes
+    FrozenBody(model, small)(x)
+    assert len(small._maps) == 1 and small.bytes > 0

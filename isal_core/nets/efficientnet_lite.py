@@ -15,7 +15,9 @@ a detector's FPN takes; the forward pass ends in one `nn.Linear` (`_fc`) on the 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -165,19 +167,58 @@ class EfficientNetLite(nn.Module):
         return out
 
 
+class MapCache:
+    """Feature maps by image, least recently used dropped past `max_bytes`: shared by every model an adapter
+    builds, so a detector retrained each round computes its frozen body once per image (hits, misses: counts)."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._maps: OrderedDict[bytes, list[Tensor]] = OrderedDict()
+
+    def get(self, key: bytes) -> list[Tensor] | None:
+        found = self._maps.get(key)
+        if found is not None:
+            self._maps.move_to_end(key)
+        return found
+
+    def put(self, key: bytes, maps: list[Tensor]) -> None:
+        self._maps[key] = maps
+        self.bytes += sum(m.numel() * m.element_size() for m in maps)
+        while self.bytes > self.max_bytes and len(self._maps) > 1:
+            _, dropped = self._maps.popitem(last=False)
+            self.bytes -= sum(m.numel() * m.element_size() for m in dropped)
+
+
 class FrozenBody(nn.Module):
     """A pretrained EfficientNet-Lite as a detector's frozen body: BatchNorm folded (so train mode changes
-    nothing), no gradient, the feature maps at strides 8, 16 and 32 by name "0", "1", "2" (`channels`)."""
+    nothing), no gradient, the feature maps at strides 8, 16 and 32 by name "0", "1", "2" (`channels`).
 
-    def __init__(self, net: EfficientNetLite):
+    Each image of a batch is computed alone (no batch statistics), so its maps depend on its own pixels only
+    (and the batch's padding, part of them): with a `cache` they are kept by a hash of those pixels, exactly."""
+
+    def __init__(self, net: EfficientNetLite, cache: MapCache | None = None):
         super().__init__()
         self.net = net.folded().requires_grad_(False)
         self.channels = self.net.feature_channels[1:]
+        self.cache = cache
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad():
-            maps = self.net.features(x)[1:]
-        return {str(i): m for i, m in enumerate(maps)}
+        if self.cache is None:
+            with torch.no_grad():
+                return {str(i): m for i, m in enumerate(self.net.features(x)[1:])}
+        keys = [hashlib.sha1(image.detach().cpu().numpy().tobytes()).digest() + repr(tuple(image.shape)).encode()
+                for image in x]
+        found = [self.cache.get(k) for k in keys]
+        todo = [i for i, f in enumerate(found) if f is None]
+        self.cache.hits += len(keys) - len(todo)
+        self.cache.misses += len(todo)
+        if todo:
+            with torch.no_grad():
+                maps = self.net.features(x[todo])[1:]
+            for j, i in enumerate(todo):
+                found[i] = [m[j].clone() for m in maps]
+                self.cache.put(keys[i], found[i])
+        return {str(level): torch.stack([f[level] for f in found]) for level in range(len(self.channels))}
 
 
 def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:

@@ -31,7 +31,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from .classification import Metric, TaskAdapter
 from ..errors import ConfigError, DataError
-from ..nets.efficientnet_lite import FrozenBody
+from ..nets.efficientnet_lite import FrozenBody, MapCache
 
 #: The head's three final convolutions: class logits, box regression, centerness.
 HEAD_PARAMS = ["head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias",
@@ -117,6 +117,7 @@ class DetectionAdapter(TaskAdapter):
         self.weights = weights
         self.head_convs, self.fpn_channels = head_convs, fpn_channels
         self._backbone_weights = None
+        self.maps = MapCache()  # a frozen body's feature maps, kept across the models of every round
 
     @classmethod
     def from_meta(cls, meta: dict) -> DetectionAdapter:
@@ -141,10 +142,10 @@ class DetectionAdapter(TaskAdapter):
             self.prepare()
             net.load_state_dict(self._backbone_weights.state_dict)
             pre = self._backbone_weights.preprocessing
-            return FCOS(LiteFPN(FrozenBody(net), c), self.num_classes, min_size=self.min_size, max_size=self.max_size,
-                        image_mean=list(pre.mean), image_std=list(pre.std), score_thresh=min(0.05, self.score_threshold),
-                        head=FCOSHead(c, 1, self.num_classes, num_convs=self.head_convs),
-                        detections_per_img=self.detections_per_img)
+            return FCOS(LiteFPN(FrozenBody(net, self.maps), c), self.num_classes, min_size=self.min_size,
+                        max_size=self.max_size, image_mean=list(pre.mean), image_std=list(pre.std),
+                        score_thresh=min(0.05, self.score_threshold), detections_per_img=self.detections_per_img,
+                        head=FCOSHead(c, 1, self.num_classes, num_convs=self.head_convs))
         # pretrained: BatchNorm frozen at its statistics (torchvision's detection rule); from scratch a
         # frozen BatchNorm is the identity and a ResNet without normalisation barely trains, so it learns
         norm = FrozenBatchNorm2d if self.weights is not None else nn.BatchNorm2d
