@@ -349,14 +349,15 @@ def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["cifar10-cpu", "cifar10-cpu-2026-11", "cifar10-paper", "cifar10-pretrained-cpu",
-                                  "bccd-cpu"])
+                                  "bccd-cpu", "bccd-lite0", "cifar10-lite0-defaults", "cifar10-lite0-baselines",
+                                  "cifar10-lite0-validation"])
 def test_protocol_files_load(name):
     from pathlib import Path
 
     path = Path(cifar10.REPO) / "configs" / f"{name}.json"
     cfg = load_config(str(path), epochs=3)
     assert cfg.epochs == 3 and cfg.out == f"runs/{name}"
-    assert cfg.initial + cfg.step * (cfg.rounds - 1) <= (cfg.pool_subset or 50000)
+    assert cfg.labels_at(cfg.rounds) <= (cfg.pool_subset or 50000)
 
 
 def test_cifar10_download_fallback_writes_class_folders(tmp_path, monkeypatch):
@@ -395,3 +396,19 @@ def test_validation_size_holds_train_images_out_as_the_test_split(dataset, tmp_p
     assert {r.id: r.label for r in held.test} == {r.id: r.label for r in plain.train if r.id in test_ids}
     with pytest.raises(DataError, match="validation_size 48"):
         SimulationData.load(config(dataset, tmp_path / "d", validation_size=48))
+
+
+def test_budgets_give_each_round_its_labeled_count(dataset, tmp_path):
+    out = tmp_path / "budgets"
+    cfg = config(dataset, out, strategies=["random"], budgets=[4, 6, 10], rounds=3, initial=1, step=1)
+    assert (cfg.initial, cfg.rounds, cfg.labels_at(3)) == (4, 3, 10)
+    assert [cfg.step_at(r) for r in (1, 2)] == [2, 4]
+    simulate(cfg)
+    assert [int(r["labels"]) for r in read_rows(out)] == [4, 6, 10]
+    assert config(dataset, out, budgets=[4, 6, 10], rounds=2).rounds == 2  # fewer rounds: resumable
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must increase"):
+        config(dataset, out, budgets=[4, 4])
+    with pytest.raises(ValidationError, match="more than the 2 budgets"):
+        config(dataset, out, budgets=[4, 6], rounds=3)
