@@ -146,7 +146,8 @@ def main(argv=None) -> dict:
     orders = {f"isal_{s}": np.argsort(-found.scores(s).numpy(), kind="stable") for s in ("influence", "loss",
                                                                                            "combined")}
     if found.self_influence is not None:
-        orders["isal_self_influence"] = np.argsort(-found.self_influence.numpy(), kind="stable")
+        for signal in ("self_influence", "loo_loss"):
+            orders[f"isal_{signal}"] = np.argsort(-found.scores(signal).numpy(), kind="stable")
     orders["disagreement"] = np.argsort(-disagreement, kind="stable")
     orders["cleanlab"] = cleanlab_full
     orders["random"] = np.random.default_rng(args.seed + 1).permutation(len(given))

@@ -136,11 +136,14 @@ class TrainSettings(Settings):
 
 class InfluenceSettings(Settings):
     solver: Literal["cg", "lissa", "identity"] = Field("cg", description="s_test solver: cg, lissa or identity (H = I)")
-    damping: float = Field(REFERENCE_DAMPING, ge=0, description="lambda in (H + lambda I); the reference code's is 100")
-    params: str = Field("weights", description="parameters influence is taken over: weights, last, all, head "
-                                                "(a detector's final convolutions: detection's default), or names")
+    damping: float = Field(REFERENCE_DAMPING, ge=0, description="lambda in (H + lambda I); 100 (the reference code's) "
+                                                                "for a whole network, FROZEN_INFLUENCE's for a head")
+    params: str = Field("weights", description="parameters influence is taken over: weights, last, all (a frozen "
+                                                "head's default), head (a detector's final convolutions: detection's "
+                                                "default), or names")
     top_k: int = Field(1, ge=1, description="pseudo-label classes in the expected gradient (1 = argmax)")
-    hessian_samples: int = Field(1024, ge=0, description="labeled samples that define H (seeded subset; 0 = all)")
+    hessian_samples: int = Field(1024, ge=0, description="labeled samples that define H (seeded subset; 0 = all, a "
+                                                         "frozen head's default)")
     cg_iters: int = Field(50, ge=1, description="CG: iteration cap")
     cg_tol: float = Field(1e-5, gt=0, description="CG: relative residual to stop at")
     lissa_scale: float = Field(1e4, gt=0, description="LiSSA: scale (must push H's top eigenvalue below 1)")

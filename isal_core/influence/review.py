@@ -40,8 +40,9 @@ from ..train import evaluation
 from .params import flatten, select_parameters
 from .pool import influence, influence_of_targets
 
-#: Signals a review can rank by; "combined" is the mean rank of influence and loss.
-SIGNALS = ("influence", "loss", "self_influence", "combined")
+#: Signals a review can rank by; "combined" is the mean rank of influence and loss; "loo_loss" the loss z would
+#: have under the model trained without it, loss + self-influence / n (the first-order leave-one-out estimate).
+SIGNALS = ("influence", "loss", "self_influence", "combined", "loo_loss")
 #: Above this many parameters self-influence is not computed (a dense damped Hessian: dim^2 floats).
 MAX_DENSE = 12_000
 
@@ -86,6 +87,8 @@ class Review:
             return self.self_influence
         if signal == "combined":
             return (_ranks(self.influence) + _ranks(self.loss)) / 2
+        if signal == "loo_loss":  # removing z moves the weights by H^-1 g_z / n: its own loss rises by g^T H^-1 g / n
+            return self.loss + self.scores("self_influence") / len(self.loss)
         raise SelectionError(f"unknown review signal {signal!r}; choose from {', '.join(SIGNALS)}")
 
 
