@@ -149,6 +149,11 @@ def main(argv=None) -> dict:
         for signal in ("self_influence", "loo_loss"):
             orders[f"isal_{signal}"] = np.argsort(-found.scores(signal).numpy(), kind="stable")
     orders["disagreement"] = np.argsort(-disagreement, kind="stable")
+    # what cross-fitting would give the review: the out-of-fold loss (cleanlab's input), alone and beside influence
+    oof_loss = -np.log(np.clip(oof[np.arange(len(given)), given], 1e-12, None))
+    orders["oof_loss"] = np.argsort(-oof_loss, kind="stable")
+    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable")  # noqa: E731
+    orders["oof_loss_and_influence"] = np.argsort(-(rank(oof_loss) + rank(found.influence.numpy())), kind="stable")
     orders["cleanlab"] = cleanlab_full
     orders["random"] = np.random.default_rng(args.seed + 1).permutation(len(given))
     found_by = {name: precision_recall(order, flipped) for name, order in orders.items()}

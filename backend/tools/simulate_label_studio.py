@@ -35,17 +35,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-import torch
 from tqdm.auto import tqdm
 
 from isal_core.utils.atomic import write_text
 from isal_core.train.checkpoints import load_checkpoint
 from isal_core.errors import ConfigError
-from isal_core.selection import STRATEGIES
 from isal_core.simulation.config import SimulationConfig
 from isal_core.simulation.dataset import SimulationData
 from isal_core.simulation.report import write_report
@@ -56,45 +52,13 @@ from ..errors import SimulationError, describe_api_error
 from ..model import UNTRAINED
 from .servers import BackendProcess, LabelStudioServer
 from ..labelstudio.client import ApiError, LabelStudioAPI
-from ..settings import engine_env
-from .simulation_project import INDEX_KEY, create_project, task_indices
+from .simulation_project import (INDEX_KEY, LS_STRATEGIES, Server, backend_env, backend_status, cold_start,
+                                 create_project, task_indices)
 from ..tasktypes import choice_result
 
 log = logging.getLogger(__name__)
 
-#: Simulation strategy -> the backend's ISAL_STRATEGY: every strategy the backend serves; isal_l1 is ISAL
-#: with no flagged reference task, where the backend falls back to the first labeled set L1 (isal_labeled,
-#: R = the current labeled set, has no backend twin).
-LS_STRATEGIES = {**{s: s for s in STRATEGIES}, "isal_l1": "isal"}
 JOB_TIMEOUT = 6 * 3600.0
-
-
-@dataclass
-class Server:
-    """Where Label Studio is and how the driver reaches it."""
-
-    url: str
-    api_key: str
-    files_root: Path
-
-
-def backend_env(config: SimulationConfig, strategy: str, seed: int, server: Server, model_dir: Path) -> dict:
-    """The backend's ISAL_* settings for this protocol: it trains and ranks as Simulation does (every
-    engine setting of the protocol, from the one schema), plus the backend's own."""
-    return {
-        "LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.api_key, "MODEL_DIR": str(model_dir),
-        **engine_env(config), "ISAL_STRATEGY": LS_STRATEGIES[strategy], "ISAL_SEED": str(seed),
-        "ISAL_RETRAIN_EVERY": "0", "ISAL_MIN_LABELED": "1", "ISAL_PRELABEL": "never",
-        # the batch a batch-aware strategy spreads out is the protocol's step; no job at connection time
-        "ISAL_BATCH": str(config.step), "ISAL_COLD_START": "on" if cold_start(config) else "off",
-        # the same intra-op thread count as this process, so float reductions run alike
-        "OMP_NUM_THREADS": str(torch.get_num_threads()), "THREADS": "4", "LOG_LEVEL": "INFO",
-    }
-
-
-def cold_start(config: SimulationConfig) -> bool:
-    """Initial labels by the backend's cold start, served by Label Studio (offline: Simulation.initial)."""
-    return config.initial_strategy == "typiclust"
 
 
 def check_strategies(config: SimulationConfig) -> None:
@@ -134,17 +98,35 @@ class LabelStudioSimulation:
             # task -> image map never changes, and annotations this driver did not make itself can
             # only belong to the first round it has to finish (an interrupted one).
             self.index, self.annotated = task_indices(api, pid)
-            env = backend_env(self.sim.config, self.strategy, self.seed, self.server, self.model_dir)
-            log_path = self.out / "backend" / f"{self.name}.log"
-            with BackendProcess(env, log_path=log_path) as backend:
-                ml = self._connect(api, pid, backend.url)
-                if cold_start(self.sim.config) and not self.state.finished(1):
+            config, backend = self.sim.config, None
+            try:
+                if cold_start(config) and not self.state.finished(1):
+                    backend, ml = self._backend(api, pid, backend, config.step)
                     self._cold_start(api, pid, ml, backend)
                 for r in range(1, rounds + 1):
                     bar.set_postfix_str(f"{self.name} round {r} (Label Studio project {pid})")
                     if not self.state.finished(r):
+                        # round r's model ranks the batch of round r + 1: the backend spreads that many
+                        backend, ml = self._backend(api, pid, backend, config.step_at(r))
                         self._round(api, pid, ml, backend, r, results)
                     bar.update()
+            finally:
+                if backend is not None:
+                    backend.stop()
+
+    def _backend(self, api, pid: int, running: BackendProcess | None, batch: int) -> tuple[BackendProcess, int]:
+        """A backend process whose ISAL_BATCH is `batch` (the protocol's step for the job it will run; with
+        budgets it changes from round to round, and the backend reads it once, at start), and the project's
+        ML backend pointed at it."""
+        if running is not None and running.env["ISAL_BATCH"] == str(batch):
+            return running, self.ml
+        if running is not None:
+            running.stop()
+        env = {**backend_env(self.sim.config, self.strategy, self.seed, self.server, self.model_dir),
+               "ISAL_BATCH": str(batch)}
+        backend = BackendProcess(env, log_path=self.out / "backend" / f"{self.name}.log").start()
+        self.ml = self._connect(api, pid, backend.url)
+        return backend, self.ml
 
     def _project(self, api: LabelStudioAPI) -> int:
         if self.link_path.exists():
@@ -212,7 +194,7 @@ class LabelStudioSimulation:
         before = set(self.state.labeled(r - 1))
         added = [i for _, i in sorted(self.annotated) if i not in before]
         train, classes = self.sim.data.train, self.sim.data.classes
-        budget = min(self.sim.config.step, len(index) - len(before))
+        budget = min(self.sim.config.step_at(r - 1), len(index) - len(before))
         while len(added) < budget:
             task = api.next_task(pid)
             if task is None:
@@ -251,16 +233,6 @@ class LabelStudioSimulation:
             raise SimulationError(f"the backend trained on {status['counts'].get('labeled')} labeled tasks, the "
                                   f"simulation has labeled {n_labeled}; see {backend.log_path}")
         return status["model_version"], time.perf_counter() - t0
-
-
-def backend_status(backend: BackendProcess, pid: int) -> dict:
-    try:
-        response = requests.get(f"{backend.url}/status", params={"project": pid}, timeout=30)
-    except requests.RequestException as exc:
-        raise SimulationError(f"the backend at {backend.url} does not answer: {exc}") from None
-    if response.status_code != 200:
-        raise SimulationError(f"the backend's /status answered HTTP {response.status_code}: {response.text[:300]}")
-    return response.json()
 
 
 def simulate_label_studio(config: SimulationConfig, label_studio: str = "local", api_key: str | None = None,

@@ -1,19 +1,31 @@
-"""The Label Studio project of a headless simulation run: its images and tasks (backend.tools.simulate_label_studio)."""
+"""The Label Studio project of a headless simulation run, its images and tasks, and the backend process that
+serves it (backend.tools.simulate_label_studio)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+import requests
+import torch
 
 from isal_core.utils.atomic import atomic_write
 from isal_core.data.images import ImageRecord, read_bytes
 from isal_core.simulation.dataset import SimulationData
-from isal_core.simulation.config import USES_R
+from isal_core.selection import STRATEGIES
+from isal_core.simulation.config import USES_R, SimulationConfig
 from isal_core.simulation.run import Simulation
 
 from ..errors import SimulationError
+from ..settings import engine_env
+from .servers import BackendProcess
 from ..labelstudio.client import LabelStudioAPI
 from ..job.tasks import REFERENCE_FLAG
 from ..tasktypes import choice_result, classification_config
 
+#: Simulation strategy -> the backend's ISAL_STRATEGY: every strategy the backend serves; isal_l1 is ISAL
+#: with no flagged reference task, where the backend falls back to the first labeled set L1 (isal_labeled,
+#: R = the current labeled set, has no backend twin).
+LS_STRATEGIES = {**{s: s for s in STRATEGIES}, "isal_l1": "isal"}
 INDEX_KEY = "isal_sim"  # task data: {"split": "train"|"test", "index": i} in the dataset's split
 
 
@@ -82,3 +94,42 @@ def task_indices(api: LabelStudioAPI, pid: int) -> tuple[dict[int, int], list[tu
         if live:
             annotated.append((min(live), where["index"]))
     return index, annotated
+
+
+@dataclass
+class Server:
+    """Where Label Studio is and how the driver reaches it."""
+
+    url: str
+    api_key: str
+    files_root: Path
+
+
+def backend_env(config: SimulationConfig, strategy: str, seed: int, server: Server, model_dir: Path) -> dict:
+    """The backend's ISAL_* settings for this protocol: it trains and ranks as Simulation does (every
+    engine setting of the protocol, from the one schema), plus the backend's own."""
+    return {
+        "LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.api_key, "MODEL_DIR": str(model_dir),
+        **engine_env(config), "ISAL_STRATEGY": LS_STRATEGIES[strategy], "ISAL_SEED": str(seed),
+        "ISAL_RETRAIN_EVERY": "0", "ISAL_MIN_LABELED": "1", "ISAL_PRELABEL": "never",
+        # the batch a batch-aware strategy spreads out is the protocol's step (LabelStudioSimulation._backend sets
+        # each round's); no job at connection time
+        "ISAL_BATCH": str(config.step), "ISAL_COLD_START": "on" if cold_start(config) else "off",
+        # the same intra-op thread count as this process, so float reductions run alike
+        "OMP_NUM_THREADS": str(torch.get_num_threads()), "THREADS": "4", "LOG_LEVEL": "INFO",
+    }
+
+
+def cold_start(config: SimulationConfig) -> bool:
+    """Initial labels by the backend's cold start, served by Label Studio (offline: Simulation.initial)."""
+    return config.initial_strategy == "typiclust"
+
+
+def backend_status(backend: BackendProcess, pid: int) -> dict:
+    try:
+        response = requests.get(f"{backend.url}/status", params={"project": pid}, timeout=30)
+    except requests.RequestException as exc:
+        raise SimulationError(f"the backend at {backend.url} does not answer: {exc}") from None
+    if response.status_code != 200:
+        raise SimulationError(f"the backend's /status answered HTTP {response.status_code}: {response.text[:300]}")
+    return response.json()
