@@ -31,10 +31,11 @@ class EngineSettings(Engine, BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True)
 
-    strategy: str = Field("isal_batch", description="the ranking: isal_batch (influence, the batch spread out by "
-                                                    "k-center on the features: the best measured with frozen "
-                                                    "features), isal, gradsim (H = I), badge, coreset, entropy, "
-                                                    "margin, least_confidence or random")
+    strategy: str = Field("auto", description="the ranking: auto (the measured best: typiclust on frozen features, "
+                                              "isal_batch for a whole network and for detection), isal_batch "
+                                              "(influence, the batch spread out by k-center), isal_typical, isal, "
+                                              "gradsim (H = I), typiclust, probcover, badge, coreset, entropy, "
+                                              "margin, least_confidence or random")
     seed: int = Field(0, description="seed of training, the Hessian subset and the solver")
     retrain_every: int = Field(40, ge=0, description="annotation events per automatic retrain; 0 = only START_TRAINING")
     min_labeled: int = Field(2, ge=1, description="fewest usable labeled tasks a job trains on")
@@ -97,8 +98,8 @@ class EngineSettings(Engine, BaseSettings):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            raise ValueError(f"ISAL_STRATEGY must be one of {', '.join(STRATEGIES)}, not {v!r}")
+        if v not in STRATEGIES + ("auto",):
+            raise ValueError(f"ISAL_STRATEGY must be auto or one of {', '.join(STRATEGIES)}, not {v!r}")
         return v
 
     @model_validator(mode="before")

@@ -537,7 +537,7 @@ def test_settings_come_from_the_environment_and_bad_values_are_refused(monkeypat
     s = Settings()
     assert (s.port, s.label_studio_api_key, s.engine.epochs, s.engine.retrain_every) == (9191, "abc", 3, 0)
     assert (s.engine.arch, s.engine.image_size, s.engine.strategy, s.engine.solver, s.engine.damping,
-            s.engine.params, s.engine.seed) == ("efficientnet_lite0", 32, "isal_batch", "cg", 0.1, "all", 0)
+            s.engine.params, s.engine.seed) == ("efficientnet_lite0", 32, "auto", "cg", 0.1, "all", 0)
     for name, value in [("ISAL_STRATEGY", "bald"), ("ISAL_SOLVER", "svd"), ("ISAL_ARCH", "nope"),
                         ("ISAL_EPOCHS", "0")]:
         with monkeypatch.context() as m:

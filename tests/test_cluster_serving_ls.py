@@ -1,5 +1,5 @@
-"""One order everywhere, against a real Label Studio: for the default strategy (isal_batch, served by cluster
-with frozen features), 20 consecutive /next calls, an annotation after each, serve the first task of the
+"""One order everywhere, against a real Label Studio: for isal_batch served by cluster (frozen features),
+20 consecutive /next calls, an annotation after each, serve the first task of the
 Data Manager tab sorted by score, and that is the backend's own order (the version's scores.npz); with
 predictions written for only the first tasks of that order (LS_PREDICTIONS_PER_VERSION), the others sort last."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_next_the_data_manager_and_the_backend_serve_one_order(label_studio, tmp
     pid, by_task, _, weights = frozen_project(label_studio, tmp_path, 40, 6, 6, "one order")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                    ls_predictions_per_version=25,  # of the 34 unlabeled tasks
-                   engine={"retrain_every": 0, "clusters": 4})
+                   engine={"retrain_every": 0, "clusters": 4, "strategy": "isal_batch"})  # served by cluster
     c = app.test_client()
     # connecting the project is what asks for the first job (a cold start, or here, with labels, a training)
     c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})

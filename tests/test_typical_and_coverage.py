@@ -84,3 +84,30 @@ def test_probcover_ranks_the_densest_uncovered_region_first():
     assert [region(i) for i in order[:2]] == [1, 2]
     auto = ProbCover().rank(context(pool, budget=3)).order.tolist()  # delta from purity (k-means; k = 10 when the adapter names no classes)
     assert sorted(auto) == list(range(45))
+
+
+def test_isal_typical_takes_the_most_helpful_of_the_typical_members_of_each_uncovered_cluster():
+    from isal_core.selection import ISAL, Ranking, TypicalISAL
+
+    x, _ = blobs()  # groups of 40, 30, 20, 10 (pool positions 0-38, 39-68, 69-88, 89-98 after one label)
+    labeled, pool = x[1:2], torch.cat([x[:1], x[2:]])
+    starts = [0, 39, 69, 89]
+    ctx = context(pool, labeled, budget=3)
+    influence = torch.arange(99, dtype=torch.float64)  # position order: lower positions more helpful
+    farthest = [max(range(s, e), key=lambda i: float((pool[i] - pool[s]).norm())) for s, e in
+                zip(starts, starts[1:] + [99])]  # each group's least typical member
+    influence[farthest] = -1000.0 - torch.arange(4, dtype=torch.float64)  # ... made the most helpful of all
+    ranking = Ranking.ascending(influence)
+    typical_first = TypicalISAL(ISAL(), typical_share=0.2, neighbors=5).rank_by(ctx, ranking).order.tolist()
+    assert [group_of(i, starts) for i in typical_first[:3]] == [1, 2, 3]  # the uncovered groups, largest first
+    assert not set(typical_first[:3]) & set(farthest)  # outliers, however helpful, are not typical
+    for i in typical_first[:3]:  # each the most helpful (lowest position) of its group's typical fifth
+        g = group_of(i, starts)
+        members = torch.arange(starts[g], (starts + [99])[g + 1])
+        share = max(1, -(-len(members) // 5))
+        top = members[torch.argsort(-typicality(pool[members], 5), stable=True)[:share]]
+        assert i == int(top.min())
+    anywhere = TypicalISAL(ISAL(), typical_share=1.0, neighbors=5).rank_by(ctx, ranking).order.tolist()
+    assert anywhere[:3] == farthest[1:]  # with the whole cluster eligible, influence alone picks in it
+    rest = typical_first[3:]
+    assert rest == sorted(rest, key=lambda i: float(influence[i]))  # the rest by influence

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from isal_core.utils import distributed
+from isal_core.selection import resolve_strategy
 from isal_core.learner import Learner, RoundResult
 
 from ..errors import JobError
@@ -115,7 +116,8 @@ def main(job_dir: str) -> None:
         if rank == 0:
             print(PHASE + name, flush=True)
 
-    result = learner.round(engine.strategy, labeled, pool, reference, budget=min(engine.budget, len(pool)),
+    result = learner.round(resolve_strategy(engine.strategy, settings), labeled, pool, reference,
+                           budget=min(engine.budget, len(pool)),
                            train_set=adapter.dataset(records["labeled"], train=True), on_phase=phase,
                            round_number=spec.get("round", 0), predict=True)
     if rank == 0:

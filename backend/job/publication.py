@@ -271,7 +271,7 @@ def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcom
     return {
         "version": new_version_name(project.id, job), "kind": outcome.kind, "project": project.id, "job": job,
         "created_at": time.time(), "task_type": task_type.to_meta(), **outcome.adapter.to_meta(),
-        "strategy": "typiclust" if outcome.kind == "cold_start" else engine.strategy, "batch": engine.budget, "solver": engine.solver,
+        "strategy": outcome.strategy, "batch": engine.budget, "solver": engine.solver,
         "damping": engine.damping, "params": settings.params, "top_k": engine.top_k, "epochs": engine.epochs,
         "seed": engine.seed, "solver_info": result.scorer.info if result.scorer else None,
         "score_encoding": "place", "warnings": outcome.warnings(tasks.warnings),
@@ -282,7 +282,7 @@ def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcom
                       for p in top],
         "reference_metric": outcome.metric, "prelabel": prelabel,
         "clusters": None if outcome.clusters is None or outcome.clusters[0] is None else len(outcome.clusters[0]),
-        "cluster_source": settings.cluster_source, "cluster_field": bool(engine.cluster_field),
+        "cluster_source": outcome.clusters and settings.cluster_source, "cluster_field": bool(engine.cluster_field),
     }
 
 

@@ -33,7 +33,7 @@ from isal_core.influence.review import box_review, review, review_order
 
 from isal_core.influence.scorer import PoolScores
 from isal_core.learner import Learner, RoundResult
-from isal_core.selection import Ranking
+from isal_core.selection import Ranking, resolve_strategy, serves_clusters
 from isal_core.selection.coldstart import typiclust_order
 from isal_core.selection.serving import assign, kmeans, served_order
 from isal_core.utils.atomic import atomic_write
@@ -136,6 +136,7 @@ class RoundOutcome:
     reviewed: ReviewedTasks | None = None  # the labeled tasks, most suspicious annotation first
     review_s: float = 0.0
     training_warnings: tuple[str, ...] = ()  # what the learner recovered from (a diverged training)
+    strategy: str = "typiclust"  # what ranked the pool (ISAL_STRATEGY, auto resolved); a cold start's is TypiClust
 
     def warnings(self, job_warnings: dict) -> dict:
         """The job's warnings (Warnings.as_dict's shape) with what the learner recovered from."""
@@ -160,9 +161,11 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
         set_phase("embedding images")
     labeled, pool = adapter.dataset(records["labeled"]), adapter.dataset(records["pool"])
     reference = adapter.dataset(records["reference"])
+    settings = task_type.engine_settings(engine)
+    strategy = resolve_strategy(engine.strategy, settings)
     if group is None:
-        learner = Learner(adapter, task_type.engine_settings(engine), engine.seed)
-        result = learner.round(engine.strategy, labeled, pool, reference, budget=min(engine.budget, len(pool)),
+        learner = Learner(adapter, settings, engine.seed)
+        result = learner.round(strategy, labeled, pool, reference, budget=min(engine.budget, len(pool)),
                                train_set=adapter.dataset(records["labeled"], train=True), on_phase=set_phase,
                                round_number=job, predict=True)  # the model's predictions whatever the strategy
         value = learner.evaluate(result.model, reference)
@@ -170,7 +173,7 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
         notes = learner.warnings
     else:
         value, cache, notes = group["metric"], group["embedding_cache"], group.get("training_warnings", [])
-    source = task_type.engine_settings(engine).cluster_source
+    source = settings.cluster_source if serves_clusters(strategy, settings) else None
     clusters = _clusters(project, engine, adapter, tasks, labeled, pool, result, source)
     order = result.ranking.order.tolist()
     if clusters is not None:  # the best of the least-labeled cluster, one after another
@@ -183,7 +186,8 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
         device = next(result.model.parameters()).device
         reviewed = review_labeled(result, adapter, tasks, device, engine.review_signal)
     return RoundOutcome(result, adapter, metric, clusters, order, processes=engine.job_procs, embedding_cache=cache,
-                        reviewed=reviewed, review_s=round(time.time() - start, 2), training_warnings=tuple(notes))
+                        reviewed=reviewed, review_s=round(time.time() - start, 2), training_warnings=tuple(notes),
+                        strategy=strategy)
 
 
 def _cold_start(engine: EngineSettings, adapter, tasks: ProjectTasks, set_phase) -> RoundOutcome:

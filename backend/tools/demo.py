@@ -152,7 +152,7 @@ def learner_env() -> tuple[dict, str]:
               f"{PACKAGED[default.arch].version} (no download)" if is_packaged(default.arch, default.weights)
               else f"{default.weights} weights")
     return {}, (f"model: the backend's default, {default.arch} with {source}, frozen features, a linear head, "
-                "isal_batch spread over clusters, a cold start when connected")
+                "the measured default strategy (auto: TypiClust on frozen features), a cold start when connected")
 
 
 def cold_start_order(api: LabelStudioAPI, backend_url: str, pid: int, timeout: float = 600) -> str:

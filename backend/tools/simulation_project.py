@@ -25,7 +25,7 @@ from ..tasktypes import choice_result, classification_config
 #: Simulation strategy -> the backend's ISAL_STRATEGY: every strategy the backend serves; isal_l1 is ISAL
 #: with no flagged reference task, where the backend falls back to the first labeled set L1 (isal_labeled,
 #: R = the current labeled set, has no backend twin).
-LS_STRATEGIES = {**{s: s for s in STRATEGIES}, "isal_l1": "isal"}
+LS_STRATEGIES = {**{s: s for s in STRATEGIES}, "isal_l1": "isal", "auto": "auto"}
 INDEX_KEY = "isal_sim"  # task data: {"split": "train"|"test", "index": i} in the dataset's split
 
 

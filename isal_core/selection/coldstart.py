@@ -18,12 +18,14 @@ of the feature space that no label speaks for yet.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .base import Ranking, SelectionContext, Strategy, features
+from .base import Ranking, SelectionContext, Strategy, features, then_the_rest
+from .isal import BatchISAL
 from .serving import assign, kmeans
 
 
@@ -82,3 +84,41 @@ class TypiClust(Strategy):
         places = torch.empty(len(order), dtype=torch.float64)
         places[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order), dtype=torch.float64)
         return Ranking(torch.tensor(order, dtype=torch.long), places)
+
+
+@dataclass
+class TypicalISAL(BatchISAL):
+    """ISAL's batch spread by TypiClust's clusters instead of k-center: k-means with as many clusters as labeled
+    samples plus the budget, and in each uncovered cluster, largest first, the most helpful by influence among
+    its `typical_share` most typical members; the rest of the pool by influence. With few labels, typicality
+    keeps the picks on dense, representative images, where the pseudo-labels of a weak model are likeliest
+    right; influence chooses among them."""
+
+    typical_share: float = 0.2
+    neighbors: int = 20
+    name = "isal_typical"
+
+    def rank_by(self, ctx: SelectionContext, influence: Ranking) -> Ranking:
+        n = len(influence.order)
+        place = torch.empty(n, dtype=torch.float64)
+        place[influence.order] = torch.arange(n, dtype=torch.float64)
+        place[~torch.isfinite(influence.scores.double())] = float("inf")  # unscored: never a pick
+        pool = features(ctx, ctx.pool).double()
+        known = features(ctx, ctx.labeled).double() if ctx.labeled is not None and len(ctx.labeled) else pool[:0]
+        budget = min(ctx.budget or 10, n)
+        both = torch.cat([known, pool])
+        ids = assign(both, kmeans(both, budget + len(known), self.isal.seed * 1_000_003 + ctx.round_number))
+        covered = set(ids[:len(known)].tolist())
+        sizes = torch.bincount(ids, minlength=int(ids.max()) + 1)
+        picked: list[int] = []
+        for c in sorted(set(ids[len(known):].tolist()) - covered, key=lambda c: (-int(sizes[c]), c)):
+            members = (ids == c).nonzero().flatten()
+            mine = members[members >= len(known)]
+            typical = typicality(both[members], self.neighbors)[members >= len(known)]
+            top = mine[torch.argsort(-typical, stable=True)][:max(1, math.ceil(self.typical_share * len(mine)))]
+            best = int(top[torch.argmin(place[top - len(known)])]) - len(known)
+            if math.isfinite(place[best]):
+                picked.append(best)
+            if len(picked) == budget:
+                break
+        return then_the_rest(picked, place)

@@ -15,8 +15,8 @@ from ..settings import EngineSettings, read_protocol, validate
 from ..selection import STRATEGIES
 
 #: isal_l1: R = the initial labeled set (the paper's ISAL_v2); isal_labeled: R = the current one (ISAL_v3).
-SIM_STRATEGIES = STRATEGIES + ("isal_l1", "isal_labeled")
-USES_R = ("isal", "gradsim", "isal_batch")
+SIM_STRATEGIES = STRATEGIES + ("isal_l1", "isal_labeled", "auto")
+USES_R = ("isal", "gradsim", "isal_batch", "isal_typical", "auto")
 #: Settings that may change between invocations on one run directory; the rest must not.
 RESUMABLE = {"data", "strategies", "seeds", "rounds", "device", "workers", "out", "progress", "embedding_cache"}
 #: What a setting added to the schema later was, in effect, for run directories made before it existed.

@@ -44,6 +44,7 @@ from .rundir import Checkpoints, ResultsFile, RunState, check_config
 from ..selection.coldstart import typiclust_order
 from ..selection.serving import assign, kmeans, served_order
 from .costs import per_box_ranking, prefix_by_cost, true_boxes
+from ..selection import resolve_strategy, serves_clusters
 from ..selection.base import check_budget
 
 __all__ = ["SIM_STRATEGIES", "Simulation", "SimulationConfig", "SimulationData", "load_config", "simulate"]
@@ -139,6 +140,7 @@ class Simulation:
         """(the ranked pool, {train index: the model's prediction} when the strategy made them)."""
         pool = self.pool(seed, labeled)
         learner = self.learner(seed)
+        strategy = resolve_strategy(strategy, self.settings)
         chosen = learner.strategy("isal" if strategy in ("isal_l1", "isal_labeled") else strategy,
                                   reference="labeled" if strategy == "isal_labeled" else "given")
         result = learner.round(chosen, self.dataset(sorted(labeled)), self.dataset(pool),
@@ -163,7 +165,7 @@ class Simulation:
             return prefix_by_cost(order, [self.adapter.cost(predictions[i]) for i in order],
                                   self.config.step_at(round_number))
         budget = check_budget(self.config.step_at(round_number), len(order))
-        if not self.settings.serves_clusters:
+        if not serves_clusters(resolve_strategy(strategy, self.settings), self.settings):
             return order[:budget]
         if self.settings.cluster_source == "embeddings":
             clusters = self.clusters(seed)
