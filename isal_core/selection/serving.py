@@ -29,17 +29,24 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> torch.Ten
     x = x.double()
     k = min(k, len(x))
     g = torch.Generator().manual_seed(seed)
+    squares = (x * x).sum(1)
+
+    def to(c: torch.Tensor) -> torch.Tensor:  # squared distances to c: a matrix-vector product, no N x D temporary
+        return (squares - 2 * (x @ c) + c @ c).clamp_min(0)
+
     centroids = [x[torch.randint(len(x), (1,), generator=g)].squeeze(0)]
-    dist = ((x - centroids[0]) ** 2).sum(1)
+    dist = to(centroids[0])
     for _ in range(1, k):
         if dist.sum() <= 0:
             break
         centroids.append(x[torch.multinomial(dist / dist.sum(), 1, generator=g)].squeeze(0))
-        dist = torch.minimum(dist, ((x - centroids[-1]) ** 2).sum(1))
+        dist = torch.minimum(dist, to(centroids[-1]))
     c = torch.stack(centroids)
     for _ in range(iters):
         ids = assign(x, c)
-        moved = torch.stack([x[ids == j].mean(0) if (ids == j).any() else c[j] for j in range(len(c))])
+        counts = torch.bincount(ids, minlength=len(c)).unsqueeze(1)
+        sums = torch.zeros_like(c).index_add_(0, ids, x)  # every cluster's mean at once, not one mask per cluster
+        moved = torch.where(counts > 0, sums / counts.clamp_min(1), c)
         if torch.equal(moved, c):
             break
         c = moved
