@@ -109,8 +109,10 @@ def test_training_round_trip_serves_the_top_influence_task(label_studio, token_k
     lap("backend started")
     try:
         ml = ls.ml.create(url=backend.url, project=pid, is_interactive=False, title="ISAL")
-        status = get_status(backend)(pid)
-        assert status["model_version"] == "untrained" and status["task_type"]["classes"] == sorted(classes)
+        assert get_status(backend)(pid)["task_type"]["classes"] == sorted(classes)
+        status = wait_for_job(get_status(backend), pid, jobs_started=1)  # connecting: the default's cold start
+        assert status["last_error"] is None and status["kind"] == "cold_start", status
+        cold = status["model_version"]
 
         for t in pool[:N_LABELED]:
             ls.annotations.create(id=t, result=choice_result(by_task[t].label))
@@ -119,7 +121,7 @@ def test_training_round_trip_serves_the_top_influence_task(label_studio, token_k
         lap("annotated")
 
         ls.ml.train(id=ml.id)  # the "Start training" button
-        status = wait_for_job(get_status(backend), pid, jobs_started=1)
+        status = wait_for_job(get_status(backend), pid, jobs_started=2)
         lap("trained (1)")
         assert status["last_error"] is None, status
         v1 = status["model_version"]
@@ -135,14 +137,15 @@ def test_training_round_trip_serves_the_top_influence_task(label_studio, token_k
         for t in [top1] + [t for t in pool[N_LABELED:] if t != top1][:5]:
             ls.annotations.create(id=t, result=choice_result(by_task[t].label))
         ls.ml.train(id=ml.id)
-        status = wait_for_job(get_status(backend), pid, jobs_started=2)
+        status = wait_for_job(get_status(backend), pid, jobs_started=3)
         assert status["last_error"] is None, status
         v2 = status["model_version"]
         assert v2 != v1 and status["counts"]["labeled"] == N_LABELED + 6
         top2 = check_round(ls, api, pid, status, classes, prelabel)
         lap("trained and checked (2)")
         assert top2 != top1
-        assert requests.get(f"{backend.url}/versions", params={"project": pid}, timeout=10).json()["versions"] == [v2, v1]
+        assert requests.get(f"{backend.url}/versions", params={"project": pid}, timeout=10).json()["versions"] == \
+            [v2, v1, cold]
 
         # Restart: the newest model comes back, and /predict answers with it.
         backend.stop()

@@ -81,8 +81,8 @@ def _box_table(found, items, place) -> dict:
 
 
 def review_labeled(result, adapter, tasks, device, signal: str) -> ReviewedTasks | None:
-    """The review of a job's labeled tasks (the reference set left out), or None when there is nothing to
-    review or no scorer to review with."""
+    """The review of a job's labeled tasks (the reference set left out) with the round's s_test (`run_round`
+    solves one when the strategy had none), or None when there is nothing to review."""
     if result.scorer is None:
         return None
     if signal == "auto":  # measured: a box's influence is dominated by its class's prior (docs/results.md)
@@ -183,6 +183,8 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
     reviewed, start = None, time.time()
     if engine.review:
         set_phase("reviewing the annotations")
+        if result.scorer is None and len(reference):  # a strategy without influence (TypiClust): s_test for it
+            result.scorer = Learner(adapter, settings, engine.seed).prepare("isal", result.model, labeled, reference)
         device = next(result.model.parameters()).device
         reviewed = review_labeled(result, adapter, tasks, device, engine.review_signal)
     return RoundOutcome(result, adapter, metric, clusters, order, processes=engine.job_procs, embedding_cache=cache,
