@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .utils import distributed
 from .train import evaluation
@@ -156,5 +156,24 @@ class Learner:
             model = self.fit(train_set if train_set is not None else labeled)
         scorer = self.prepare("isal", model, labeled, reference if reference is not None else labeled)
         damping = self.settings.damping if self.settings.solver != "identity" else 0.0
-        return model, review(model, self.adapter, labeled, scorer.s_test, scorer.params, self.device,
-                             self.settings.batch_size, damping=damping)
+        found = review(model, self.adapter, labeled, scorer.s_test, scorer.params, self.device,
+                       self.settings.batch_size, damping=damping)
+        if self.settings.frozen:  # a head refits in seconds: the loss each annotation gets from heads never fit on it
+            found.oof_loss = self.cross_fitted_loss(train_set if train_set is not None else labeled)
+        return model, found
+
+    def cross_fitted_loss(self, labeled: Dataset, folds: int = 5) -> torch.Tensor:
+        """Each sample's loss under a model fit on the other folds (seeded split), in dataset order: a wrong label
+        a model memorised still costs a model that never saw it (cleanlab's out-of-fold input, as a loss)."""
+        n = len(labeled)
+        out = torch.full((n,), float("nan"), dtype=torch.float64)
+        parts = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).chunk(max(2, min(folds, n)))
+        for part in parts:
+            rest = torch.ones(n, dtype=torch.bool)
+            rest[part] = False
+            model = self.fit(Subset(labeled, rest.nonzero().flatten().tolist()))
+            held = Subset(labeled, part.tolist())
+            losses = [self.adapter.loss(o, t).double().cpu() for o, t, _ in
+                      evaluation.outputs(model, self.adapter, self.loader(held), self.device)]
+            out[part] = torch.cat(losses)
+        return out

@@ -123,3 +123,31 @@ def test_linear_self_influence_is_exact_where_the_hessian_is_kronecker_factored_
         exact, fast = both(model, xl, yl, 0.05)
         rhos.append(spearmanr(exact.numpy(), fast.numpy()).statistic)
     assert min(rhos) >= 0.95, rhos
+
+
+def test_the_cross_fitted_loss_is_each_samples_loss_under_heads_fit_without_it():
+    from isal_core.learner import Learner
+    from isal_core.settings import EngineSettings
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.randn(20, 2, generator=g, dtype=torch.float64) + 3,
+                   torch.randn(20, 2, generator=g, dtype=torch.float64) - 3])
+    y = torch.cat([torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.long)])
+    y[4] = 1  # a point of class 0 annotated as 1: a model fit without it calls it 0
+    learner = Learner(ADAPTER, EngineSettings(weights="none", epochs=30, min_steps=0, batch_size=8), seed=0)
+
+    class Head(nn.Linear):
+        def __init__(self):
+            super().__init__(2, 2, dtype=torch.float64)
+
+    learner.adapter = type("A", (ClassificationAdapter,), {"build_model": lambda self: Head()})()
+    data = TensorDataset3(x, y)
+    oof = learner.cross_fitted_loss(data, folds=4)
+    assert int(oof.argmax()) == 4 and torch.isfinite(oof).all()
+    parts = torch.randperm(40, generator=torch.Generator().manual_seed(0)).chunk(4)  # the same seeded split
+    (part,) = [p for p in parts if 4 in p.tolist()]
+    rest = [i for i in range(40) if i not in part.tolist()]
+    model = learner.fit(torch.utils.data.Subset(data, rest))  # seeded: the fold's own model again
+    with torch.no_grad():
+        want = nn.functional.cross_entropy(model(x[part]), y[part], reduction="none")
+    assert torch.allclose(oof[part], want)

@@ -80,13 +80,17 @@ def _box_table(found, items, place) -> dict:
             "influence": found.influence.numpy(), "loss": found.disagreement.numpy(), "scores": place}
 
 
-def review_labeled(result, adapter, tasks, device, signal: str) -> ReviewedTasks | None:
+def review_labeled(result, adapter, tasks, device, signal: str,
+                   learner: Learner | None = None) -> ReviewedTasks | None:
     """The review of a job's labeled tasks (the reference set left out) with the round's s_test (`run_round`
-    solves one when the strategy had none), or None when there is nothing to review."""
+    solves one when the strategy had none), or None when there is nothing to review. Measured (docs/results.md):
+    a box's influence follows its class's prior, so boxes go by the model's disagreement; a head on frozen features
+    memorises its labels, so its annotations go by the loss of heads fit without them (`learner` refits them)."""
     if result.scorer is None:
         return None
-    if signal == "auto":  # measured: a box's influence is dominated by its class's prior (docs/results.md)
-        signal = "loss" if adapter.review_unit == "box" else "combined"
+    frozen = learner is not None and learner.settings.frozen
+    if signal == "auto":
+        signal = "loss" if adapter.review_unit == "box" else "oof_loss" if frozen else "combined"
     in_r = {i.task_id for i in tasks.reference}
     keep = [k for k, item in enumerate(tasks.labeled) if item.task_id not in in_r]
     if not keep:
@@ -94,6 +98,8 @@ def review_labeled(result, adapter, tasks, device, signal: str) -> ReviewedTasks
     # a dataset of its own (not a Subset): the scorer indexes by each item's position in its dataset
     subset = adapter.dataset([tasks.records["labeled"][k] for k in keep])
     found = review(result.model, adapter, subset, result.scorer.s_test, result.scorer.params, device)
+    if signal == "oof_loss" and frozen:
+        found.oof_loss = learner.cross_fitted_loss(subset)
     order = review_order(found, signal)
     items = [tasks.labeled[k] for k in keep]
     boxes = None
@@ -183,10 +189,11 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
     reviewed, start = None, time.time()
     if engine.review:
         set_phase("reviewing the annotations")
+        reviewer = Learner(adapter, settings, engine.seed)
         if result.scorer is None and len(reference):  # a strategy without influence (TypiClust): s_test for it
-            result.scorer = Learner(adapter, settings, engine.seed).prepare("isal", result.model, labeled, reference)
+            result.scorer = reviewer.prepare("isal", result.model, labeled, reference)
         device = next(result.model.parameters()).device
-        reviewed = review_labeled(result, adapter, tasks, device, engine.review_signal)
+        reviewed = review_labeled(result, adapter, tasks, device, engine.review_signal, reviewer)
     return RoundOutcome(result, adapter, metric, clusters, order, processes=engine.job_procs, embedding_cache=cache,
                         reviewed=reviewed, review_s=round(time.time() - start, 2), training_warnings=tuple(notes),
                         strategy=strategy)

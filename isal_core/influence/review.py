@@ -9,11 +9,9 @@ with the given label in place of the pseudo-label, so it costs one forward and o
 per batch. Beside it:
 - `loss`: the model's disagreement with the annotation, -log p(y | z);
 - `self_influence`: grad l(z, y)^T (H + damping I)^-1 grad l(z, y), how much z alone moves the
-  model; for a linear head on frozen features (the default model) with H in the eigenbasis of its
-  Kronecker factors, eigenvalues corrected from the samples (EK-FAC, as kronfluence computes it:
-  `linear_self_influence`), else with a dense solve where the damped Hessian fits in memory.
-`review_order` ranks by a combination of their ranks (the mean rank of the signals chosen),
-most suspicious first.
+  model; for a linear head (the default model) by EK-FAC (`linear_self_influence`), else a dense solve;
+- `oof_loss`: the loss from heads fit on the other folds (`Learner.cross_fitted_loss`, frozen heads).
+`review_order` ranks by one signal or the mean rank of influence and loss, most suspicious first.
 
 Detection is reviewed per box (`box_review`): a box's influence is I(z, B) - I(z, B edited),
 what the reference loss would gain from correcting that box in the image's annotation, all of
@@ -40,9 +38,8 @@ from ..train import evaluation
 from .params import flatten, select_parameters
 from .pool import influence, influence_of_targets
 
-#: Signals a review can rank by; "combined" is the mean rank of influence and loss; "loo_loss" the loss z would
-#: have under the model trained without it, loss + self-influence / n (the first-order leave-one-out estimate).
-SIGNALS = ("influence", "loss", "self_influence", "combined", "loo_loss")
+#: Signals a review ranks by; "combined": the mean rank of influence and loss; "loo_loss": loss + self-influence / n
+SIGNALS = ("influence", "loss", "self_influence", "combined", "loo_loss", "oof_loss")
 #: Above this many parameters self-influence is not computed (a dense damped Hessian: dim^2 floats).
 MAX_DENSE = 12_000
 
@@ -74,6 +71,7 @@ class Review:
     loss: Tensor
     self_influence: Tensor | None
     predictions: list
+    oof_loss: Tensor | None = None  # the loss under models fit without the sample (Learner.cross_fitted_loss)
 
     def scores(self, signal: str = "combined") -> Tensor:
         """Higher = more suspicious, for `signal` (SIGNALS)."""
@@ -89,6 +87,11 @@ class Review:
             return (_ranks(self.influence) + _ranks(self.loss)) / 2
         if signal == "loo_loss":  # removing z moves the weights by H^-1 g_z / n: its own loss rises by g^T H^-1 g / n
             return self.loss + self.scores("self_influence") / len(self.loss)
+        if signal == "oof_loss":
+            if self.oof_loss is None:
+                raise SelectionError("the cross-fitted loss was not computed (Learner.review computes it for a head "
+                                     "on frozen features)")
+            return self.oof_loss
         raise SelectionError(f"unknown review signal {signal!r}; choose from {', '.join(SIGNALS)}")
 
 
