@@ -4,11 +4,11 @@ project's version set, against a real local Label Studio.
     python -m bench.job [--tasks 5000] [--backbone default|small_cnn] [--jobs 3] [--keep DIR]
                         [--predictions-per-version N]
 
-`default` (the default): the backend with nothing set, as a user gets it: a pretrained
-ResNet-18's frozen features (its file placed in a fresh torchvision cache, as a download
-would: random weights, since the cost does not depend on what they learned), isal_batch
-served by cluster, the review of the labeled tasks. `small_cnn`: the small CNN backbone of
-the pretrained protocol at 32 px (random weights from a file). A project of CIFAR-10
+`default` (the default): the backend with nothing set, as a user gets it: frozen EfficientNet-Lite0
+features of the packaged ImageNet weights (nothing downloaded), ISAL_STRATEGY=auto (TypiClust on
+frozen features), the review of the labeled tasks (s_test, and heads refit on folds for the
+cross-fitted loss). `small_cnn`: the small CNN backbone of the earlier stand-in protocol at 32 px
+(random weights from a file), isal_batch served by cluster. A project of CIFAR-10
 images, 5 % flagged as reference and 100 labeled. Job 1 computes every embedding; jobs 2
 and 3 find them in the cache, and job 3 also deletes job 1's predictions (KEEP_LS_VERSIONS=2),
 as every later job of a project does. Prints each job's seconds (and when its version began to
@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 from backend.web.app import create_app
 from backend.tools.demo import choice_result, extract_cifar, label_config
 from backend.tools.servers import LabelStudioServer
 from backend.settings import EngineSettings, Settings
-from isal_core.nets.backbones import torchvision_file
 from isal_core.nets.models import build_model
 
 from .common import write_result
@@ -84,19 +81,13 @@ def main(argv=None) -> dict:
         keep.mkdir(parents=True, exist_ok=True)
         warm = (keep / "embeddings").is_dir()
         if args.backbone == "default":
-            weights = torchvision_file("resnet18", "DEFAULT")
-            weights.parent.mkdir(parents=True)
-            kept = keep / "resnet18.pth"
-            if not kept.is_file():
-                torch.save(torchvision.models.resnet18().state_dict(), kept)
-            shutil.copyfile(kept, weights)
             engine = EngineSettings(cold_start="off", embedding_cache=str(keep / "embeddings"))
         else:
             weights = keep / "small_cnn.pt"
             if not weights.is_file():
                 torch.save(build_model("small_cnn", 10).state_dict(), weights)
             engine = EngineSettings(arch="small_cnn", weights=str(weights), cold_start="off", damping=0.1,
-                                    embedding_cache=str(keep / "embeddings"))
+                                    strategy="isal_batch", embedding_cache=str(keep / "embeddings"))
         pid = project(server, args.tasks)
         app = create_app(Settings(model_dir=str(Path(tmp) / "models"), label_studio_url=server.url,
                                   label_studio_api_key=server.legacy_token, engine=engine,
