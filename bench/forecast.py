@@ -60,6 +60,7 @@ def measure(run: Path, fraction: float) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="*", default=list(RUNS))
+    ap.add_argument("--name", default="forecast", help="docs/results/bench/<name>.json")
     args = ap.parse_args(argv)
     results = {}
     for run in args.runs:
@@ -68,7 +69,7 @@ def main(argv=None) -> dict:
             print(f"{run:<48} fitted on <= {fraction:.0%} of the labels: {found}")
     summary = {"bench": "forecast", "device": "cpu", "results": results}
     print(json.dumps(summary))
-    write_result("forecast", "forecast", summary, argv)
+    write_result(args.name, "forecast", summary, argv)
     return summary
 
 

@@ -448,7 +448,7 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
     ls.annotations.create(id=extra[1], result=choice_result("dog"))
 
     settings = {"label_studio_url": label_studio.url, "label_studio_api_key": label_studio.legacy_token,
-                "engine": {"epochs": 2, "retrain_every": 0}}
+                "engine": {"epochs": 2, "retrain_every": 0, "cold_start": "off"}}  # one job: START_TRAINING's
     app = make_app(tmp_path, **settings)
     c = app.test_client()
     assert c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config}).status_code == 200
@@ -489,7 +489,8 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
     assert bad_key not in said and label_studio.legacy_token not in said
 
     # Images too small for the architecture (a misconfiguration): the job says so before training, v1 stays.
-    small = make_app(tmp_path, **{**settings, "engine": {"epochs": 2, "retrain_every": 0, "arch": "alexnet"}})
+    small = make_app(tmp_path, **{**settings, "engine": {"epochs": 2, "retrain_every": 0, "arch": "alexnet",
+                                                         "weights": "none"}})  # from scratch at 32 px
     sc = small.test_client()
     assert sc.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 202
     status = wait_for_job(lambda p: sc.get(f"/status?project={p}").json, pid, timeout=120)
@@ -583,7 +584,7 @@ def test_frozen_features_are_embedded_once_across_jobs(label_studio, tmp_path):
     pid, by_task, train, weights = frozen_project(label_studio, tmp_path, 24, 8, 5, "frozen features")
     app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
                    engine={"arch": "resnet18", "weights": str(weights), "retrain_every": 0, "damping": 0.1,
-                           "cold_start": "off"})
+                           "cold_start": "off", "strategy": "isal_batch"})  # (its phases: scoring the pool)
     c = app.test_client()
     c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})
 

@@ -121,7 +121,8 @@ def test_a_backend_job_round_as_a_torchrun_group_equals_one_process(tmp_path):
              "reference": records(noisy_images(tmp_path / "reference", 2, True, 1))}
     task_type = ImageClassification("choice", "image", "image", list(CLASSES))
     engine = EngineSettings(arch="small_cnn", weights=str(tmp_path / "backbone.pt"),
-                            embedding_cache=str(tmp_path / "cache"), epochs=3, min_steps=0, batch_size=4, device="cpu", job_procs=2)
+                            embedding_cache=str(tmp_path / "cache"), epochs=3, min_steps=0, batch_size=4, device="cpu", job_procs=2,
+                            strategy="isal_batch")  # influence scored on shards: what the group splits
     adapter = task_type.adapter(engine)
     learner = Learner(adapter, task_type.engine_settings(engine), engine.seed)
     labeled, pool, reference = (adapter.dataset(parts[k]) for k in ("labeled", "pool", "reference"))
