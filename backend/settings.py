@@ -54,12 +54,12 @@ class EngineSettings(Engine, BaseSettings):
     review: bool = Field(True, description="each job also ranks the labeled tasks by how likely their annotation "
                                            "is wrong: predictions on them, the Data Manager tab 'ISAL: annotations "
                                            "to review', GET /review")
-    review_signal: Literal["auto", "combined", "influence", "loss", "oof_loss"] = Field(
+    review_signal: Literal["auto", "combined", "influence", "loss", "oof_loss", "oof_combined"] = Field(
         "auto", description="what the review ranks by: influence on R with the annotated label, the model's "
                             "loss on it (detection: its disagreement with the box), the mean of their ranks "
-                            "(combined), or the loss from heads fit on the other folds (oof_loss); auto = oof_loss "
-                            "on frozen features, combined for another classifier, loss for detection (see "
-                            "docs/results.md, annotation review)")
+                            "(combined), the loss from heads fit on the other folds (oof_loss), or its mean rank "
+                            "with influence (oof_combined); auto = oof_combined on frozen features, combined for "
+                            "another classifier, loss for detection (see docs/results.md, annotation review)")
     target_metric: float = Field(0.9, gt=0, lt=1, description="the metric on R the project page forecasts the "
                                                              "labels for (accuracy, or mAP@0.5 for detection)")
     cluster_field: bool = Field(False, description="also write each prediction's cluster id (Label Studio's "

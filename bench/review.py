@@ -146,7 +146,8 @@ def main(argv=None) -> dict:
     orders = {f"isal_{s}": np.argsort(-found.scores(s).numpy(), kind="stable") for s in ("influence", "loss",
                                                                                            "combined")}
     if found.self_influence is not None:
-        for signal in ("self_influence", "loo_loss") + (("oof_loss",) if found.oof_loss is not None else ()):
+        cross_fitted = ("oof_loss", "oof_combined") if found.oof_loss is not None else ()
+        for signal in ("self_influence", "loo_loss") + cross_fitted:
             orders[f"isal_{signal}"] = np.argsort(-found.scores(signal).numpy(), kind="stable")
     orders["disagreement"] = np.argsort(-disagreement, kind="stable")
     # what cross-fitting would give the review: the out-of-fold loss (cleanlab's input), alone and beside influence

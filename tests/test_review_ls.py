@@ -44,7 +44,7 @@ def test_the_review_tab_is_the_review_and_next_still_serves_the_pool(label_studi
         status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, jobs_started=job, timeout=300)
         assert status["last_error"] is None and status["kind"] == "round", status
         review = c.get(f"/review?project={pid}").json
-        assert review["model_version"] == status["model_version"] and review["signal"] == "oof_loss"  # frozen: auto
+        assert review["model_version"] == status["model_version"] and review["signal"] == "oof_combined"  # frozen
         order = [t["task"] for t in review["tasks"]]
         labeled = {t.id for t in ls.tasks.list(project=pid, fields="all", page_size=500) if t.annotations}
         reference = {t for t, im in by_task.items() if im.split == "test"}

@@ -85,12 +85,13 @@ def review_labeled(result, adapter, tasks, device, signal: str,
     """The review of a job's labeled tasks (the reference set left out) with the round's s_test (`run_round`
     solves one when the strategy had none), or None when there is nothing to review. Measured (docs/results.md):
     a box's influence follows its class's prior, so boxes go by the model's disagreement; a head on frozen features
-    memorises its labels, so its annotations go by the loss of heads fit without them (`learner` refits them)."""
+    memorises its labels, so its annotations go by influence beside the loss of heads fit without them (`learner`
+    refits them)."""
     if result.scorer is None:
         return None
     frozen = learner is not None and learner.settings.frozen
     if signal == "auto":
-        signal = "loss" if adapter.review_unit == "box" else "oof_loss" if frozen else "combined"
+        signal = "loss" if adapter.review_unit == "box" else "oof_combined" if frozen else "combined"
     in_r = {i.task_id for i in tasks.reference}
     keep = [k for k, item in enumerate(tasks.labeled) if item.task_id not in in_r]
     if not keep:
@@ -98,7 +99,7 @@ def review_labeled(result, adapter, tasks, device, signal: str,
     # a dataset of its own (not a Subset): the scorer indexes by each item's position in its dataset
     subset = adapter.dataset([tasks.records["labeled"][k] for k in keep])
     found = review(result.model, adapter, subset, result.scorer.s_test, result.scorer.params, device)
-    if signal == "oof_loss" and frozen:
+    if signal in ("oof_loss", "oof_combined") and frozen:
         found.oof_loss = learner.cross_fitted_loss(subset)
     order = review_order(found, signal)
     items = [tasks.labeled[k] for k in keep]

@@ -38,8 +38,8 @@ from ..train import evaluation
 from .params import flatten, select_parameters
 from .pool import influence, influence_of_targets
 
-#: Signals a review ranks by; "combined": the mean rank of influence and loss; "loo_loss": loss + self-influence / n
-SIGNALS = ("influence", "loss", "self_influence", "combined", "loo_loss", "oof_loss")
+#: Signals a review ranks by; "combined" / "oof_combined": the mean rank of influence and loss / oof_loss
+SIGNALS = ("influence", "loss", "self_influence", "combined", "loo_loss", "oof_loss", "oof_combined")
 #: Above this many parameters self-influence is not computed (a dense damped Hessian: dim^2 floats).
 MAX_DENSE = 12_000
 
@@ -64,8 +64,7 @@ class _GivenTargets:
 
 @dataclass
 class Review:
-    """Per labeled sample, in dataset order: I(z, y) on R, the training loss, self-influence (or None),
-    and the model's own prediction."""
+    """Per labeled sample, in dataset order: I(z, y) on R, the loss, self-influence, the model's prediction."""
 
     influence: Tensor
     loss: Tensor
@@ -83,8 +82,9 @@ class Review:
             if self.self_influence is None:
                 raise SelectionError("self-influence was not computed for this model (too many parameters)")
             return self.self_influence
-        if signal == "combined":
-            return (_ranks(self.influence) + _ranks(self.loss)) / 2
+        if signal in ("combined", "oof_combined"):
+            other = self.scores("oof_loss" if signal == "oof_combined" else "loss")
+            return (_ranks(self.influence) + _ranks(other)) / 2
         if signal == "loo_loss":  # removing z moves the weights by H^-1 g_z / n: its own loss rises by g^T H^-1 g / n
             return self.loss + self.scores("self_influence") / len(self.loss)
         if signal == "oof_loss":
