@@ -69,7 +69,8 @@ def typiclust_order(x: Tensor, clusters: int, seed: int = 0, neighbors: int = 20
 class TypiClust(Strategy):
     """TypiClust in every round: k-means with as many clusters as labeled samples plus the budget on the
     features (frozen embeddings, or the model's penultimate layer), the most typical pool sample of each
-    uncovered cluster, largest first (the module docstring). Seeded; the clustering changes every round."""
+    uncovered cluster, largest first (the module docstring). Seeded by the seed alone, not the round: a job
+    number differs between the backend (a cold start is a job) and the simulation, the order must not."""
 
     seed: int = 0
     neighbors: int = 20
@@ -80,7 +81,7 @@ class TypiClust(Strategy):
         labeled = features(ctx, ctx.labeled).double() if ctx.labeled is not None and len(ctx.labeled) else None
         budget = ctx.budget or min(len(pool), 10)
         k = budget + (0 if labeled is None else len(labeled))
-        order = typiclust_order(pool, k, self.seed * 1_000_003 + ctx.round_number, self.neighbors, labeled)
+        order = typiclust_order(pool, k, self.seed, self.neighbors, labeled)  # (k changes every round)
         places = torch.empty(len(order), dtype=torch.float64)
         places[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order), dtype=torch.float64)
         return Ranking(torch.tensor(order, dtype=torch.long), places)
@@ -107,7 +108,7 @@ class TypicalISAL(BatchISAL):
         known = features(ctx, ctx.labeled).double() if ctx.labeled is not None and len(ctx.labeled) else pool[:0]
         budget = min(ctx.budget or 10, n)
         both = torch.cat([known, pool])
-        ids = assign(both, kmeans(both, budget + len(known), self.isal.seed * 1_000_003 + ctx.round_number))
+        ids = assign(both, kmeans(both, budget + len(known), self.isal.seed))
         covered = set(ids[:len(known)].tolist())
         sizes = torch.bincount(ids, minlength=int(ids.max()) + 1)
         picked: list[int] = []
