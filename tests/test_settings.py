@@ -89,6 +89,21 @@ def test_a_frozen_head_gets_exact_influence_and_a_whole_network_the_reference_co
     assert (detection.params, detection.hessian_samples, detection.damping) == ("head", 1024, 100.0)
 
 
+def test_a_detector_on_the_frozen_body_gets_the_light_head_and_training_unless_set():
+    from isal_core.tasks.detection import detection_adapter, detection_settings
+    from isal_core.tasks.detection_defaults import FROZEN_DETECTION
+
+    body = detection_settings(EngineSettings())  # the frozen Lite0 body: FPN and head on cached maps
+    assert {k: getattr(body, k) for k in FROZEN_DETECTION} == FROZEN_DETECTION
+    adapter = detection_adapter(EngineSettings(), 3)
+    assert (adapter.backbone, adapter.head_convs, adapter.fpn_channels) == ("efficientnet_lite0", 1, 64)
+    given = EngineSettings(head_convs=2, lr=0.02)  # what is given wins, option by option
+    assert (detection_settings(given).lr, detection_settings(given).min_steps) == (0.02, FROZEN_DETECTION["min_steps"])
+    assert detection_adapter(given, 3).head_convs == 2
+    scratch = detection_settings(EngineSettings(weights="none"))  # a ResNet from scratch keeps the class defaults
+    assert (scratch.head_convs, scratch.min_steps, scratch.batch_size) == (4, 500, 64)
+
+
 def test_a_config_called_the_defaults_sets_nothing_an_engine_default_decides():
     from pathlib import Path
 

@@ -32,12 +32,12 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from .classification import Metric, TaskAdapter
 from ..errors import ConfigError, DataError
 from ..nets.efficientnet_lite import FrozenBody, MapCache
+from .detection_defaults import RESNETS, detection_backbone, with_body_defaults
 
 #: The head's three final convolutions: class logits, box regression, centerness.
 HEAD_PARAMS = ["head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias",
                "head.regression_head.bbox_reg.weight", "head.regression_head.bbox_reg.bias",
                "head.regression_head.bbox_ctrness.weight", "head.regression_head.bbox_ctrness.bias"]
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 #: EfficientNet-Lite bodies are pretrained (the packaged ImageNet weights) and frozen: only FPN and head learn.
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite2", *RESNETS)
 
@@ -257,18 +257,19 @@ class DetectionAdapter(TaskAdapter):
 
 
 def detection_adapter(settings, num_classes: int) -> DetectionAdapter:
-    """The adapter for these model settings: arch is the backbone (unless set: efficientnet_lite0, frozen,
-    with pretrained weights; resnet18 from scratch), weights pretrained classifier weights for it."""
-    default = "resnet18" if settings.weights is None else "efficientnet_lite0"
-    backbone = settings.arch if "arch" in settings.model_fields_set else default
-    return DetectionAdapter(num_classes, backbone, settings.min_size, settings.max_size, settings.score_threshold,
-                            weights=settings.weights, head_convs=settings.head_convs,
+    """The adapter for these model settings: arch is the backbone (detection_backbone), weights pretrained
+    classifier weights for it, the head FROZEN_DETECTION's on a frozen body unless set."""
+    settings = with_body_defaults(settings)
+    return DetectionAdapter(num_classes, detection_backbone(settings), settings.min_size, settings.max_size,
+                            settings.score_threshold, weights=settings.weights, head_convs=settings.head_convs,
                             fpn_channels=settings.fpn_channels)
 
 
 def detection_settings(settings):
     """Engine settings for a detection round: influence over the head unless params were set; weights
-    initialise the backbone (no frozen-feature mode), and no cluster serving unless asked for."""
+    initialise the backbone (no frozen-feature mode); FROZEN_DETECTION's training on a frozen body; no
+    cluster serving unless asked for."""
+    settings = with_body_defaults(settings)
     update = {"mode": "finetune", **settings.whole_network_defaults()}
     if "params" not in settings.model_fields_set:
         update["params"] = "head"
