@@ -29,7 +29,8 @@ from .influence.review import SIGNALS, review_order
 from .learner import Learner
 from .data.cifar10 import cifar10_root
 from .utils import distributed
-from .settings import EngineSettings, TrainSettings, add_arguments, given, validate
+from .flags import add_arguments, given
+from .settings import EngineSettings, TrainSettings, validate
 from .simulation.config import SimulationConfig, load_config
 from .simulation.dataset import only
 from .simulation.run import simulate

@@ -32,7 +32,9 @@ from .influence.review import Review, review
 from .influence.scorer import InfluenceScorer, PoolScores, score_sharded
 from .settings import EngineSettings
 from .selection import ISAL, BatchISAL, Ranking, SelectionContext, Strategy, influence_ranking, make_strategy
+from .train import semi
 from .train.loop import train
+from .tasks.frozen import Embeddings
 
 
 @dataclass
@@ -57,12 +59,24 @@ class Learner:
         self.main_process = rank == 0  # (always, outside torchrun)
         self.warnings: list[str] = []  # what went wrong and was recovered from (a diverged training), for reports
 
-    def fit(self, labeled: Dataset) -> nn.Module:
+    def fit(self, labeled: Dataset, pool: Dataset | None = None) -> nn.Module:
         """A fresh model (seeded initial weights) trained on `labeled` with the adapter's loss (under
-        torchrun: DDP, then rank 0's weights and buffers on every rank, BatchNorm statistics included)."""
+        torchrun: DDP, then rank 0's weights and buffers on every rank, BatchNorm statistics included).
+        With `learner: semi` and frozen embeddings, refit on the labels and the `pool` items they are
+        trusted to reach (isal_core.train.semi)."""
+        model = self._train(labeled, self.settings)
+        if self.settings.learner == "semi" and isinstance(labeled, Embeddings) and isinstance(pool, Embeddings) \
+                and len(pool) and len(labeled):
+            head_says = self.adapter.probabilities(model(pool.x.to(self.device))).argmax(1).cpu()
+            trained_on = semi.training_set(labeled, pool, head_says, self.adapter.num_classes,
+                                           self.settings.semi_neighbours, sure=self.settings.semi_sure)
+            model = self._train(trained_on, self.settings.model_copy(update={"epochs": 1}))
+        return model
+
+    def _train(self, dataset: Dataset, settings: EngineSettings) -> nn.Module:
         seed_everything(self.seed)
-        model = train(self.adapter.build_model(), self.adapter, labeled, self.settings, self.seed, self.device,
-                      self.settings.workers, self.progress and self.main_process, warn=self.warnings.append)
+        model = train(self.adapter.build_model(), self.adapter, dataset, settings, self.seed, self.device,
+                      settings.workers, self.progress and self.main_process, warn=self.warnings.append)
         return distributed.broadcast_model(model, self.device)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> float:
@@ -125,7 +139,7 @@ class Learner:
         """
         if model is None:
             on_phase("training")
-            model = self.fit(train_set if train_set is not None else labeled)
+            model = self.fit(train_set if train_set is not None else labeled, pool)
         chosen = self.strategy(strategy)
         influential = chosen.isal if isinstance(chosen, BatchISAL) else chosen
         if not isinstance(influential, ISAL):

@@ -2,7 +2,7 @@
 
 `EngineSettings` is composed by every front end: the backend's environment settings
 (`ISAL_<FIELD>`), the simulation's protocol files (JSON keys = field names) and the CLI
-(`--<field>` flags, derived here by `add_arguments`). The defaults: a linear head on frozen
+(`--<field>` flags, derived by `isal_core.flags.add_arguments`). The defaults: a linear head on frozen
 EfficientNet-Lite0 features with exact influence (FROZEN_INFLUENCE); without weights, a small
 CNN from scratch with the reference code's damping (100) over 1,024 labeled samples' Hessian.
 
@@ -11,10 +11,7 @@ to the chosen solver (a LiSSA option with CG): settings are never silently dropp
 """
 from __future__ import annotations
 
-import argparse
 import json
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,6 +121,12 @@ class TrainSettings(Settings):
                                                   "small labeled set (0 = exactly `epochs`)")
     milestones: list[float] = Field([0.8], description="fractions of the epochs where the lr is multiplied by gamma")
     gamma: float = Field(0.1, gt=0, description="lr factor at each milestone")
+    learner: Literal["supervised", "semi"] = Field(
+        "supervised", description="frozen features: semi also learns from the unlabeled pool (labels spread over a "
+                                  "kNN graph of the embeddings, trusted where sure or the supervised head agrees)")
+    semi_neighbours: int = Field(20, ge=1, description="semi: neighbours of each task in the kNN graph")
+    semi_sure: float = Field(0.5, ge=0, le=1, description="semi: the certainty from which a spread label is "
+                                                          "trusted without the supervised head's agreement")
 
     @field_validator("milestones")
     @classmethod
@@ -256,45 +259,3 @@ def read_protocol(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"config {path} must hold a JSON object")
     return {k: v for k, v in values.items() if not k.startswith("_")}
-
-
-# ---------------------------------------------------------------------------
-# command-line flags derived from the schema
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type[Settings], exclude: tuple[str, ...] = ()) -> None:
-    """One `--field-name` flag per field (default None = "not given"; help shows the schema's default)."""
-    for name, field in cls.model_fields.items():
-        if name in exclude:
-            continue
-        default = field.get_default(call_default_factory=True)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        kind = _flag_type(field.annotation)
-        kwargs: dict[str, Any] = {"default": None, "help": f"{field.description or name} (default: {shown})"}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = kind
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, **kwargs)
-
-
-def given(args: argparse.Namespace, cls: type[Settings]) -> dict:
-    """The flags of `cls` that were given on the command line."""
-    return {k: v for k, v in vars(args).items() if k in cls.model_fields and v is not None}
-
-
-def _flag_type(annotation):
-    """The argparse type for a field's annotation: int, float, bool, str, or a comma list of them."""
-    options = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(options) == 1:
-        annotation = options[0]
-    if typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if typing.get_origin(annotation) is list:
-        item = typing.get_args(annotation)[0]
-        return lambda text: [item(t) for t in _split(text)]
-    return annotation if annotation in (int, float, bool) else str
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]

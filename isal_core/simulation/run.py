@@ -125,8 +125,10 @@ class Simulation:
                             f"lower rounds or step")
 
     def train(self, labeled: list[int], seed: int) -> nn.Module:
-        """A model trained from scratch on the labeled set (any order: it is sorted), seeded with `seed`."""
-        return self.learner(seed).fit(self.dataset(sorted(labeled), train=True))
+        """A model trained from scratch on the labeled set (any order: it is sorted), seeded with `seed`; the
+        semi learner also reads the unlabeled pool."""
+        pool = self.dataset(self.pool(seed, labeled)) if self.settings.learner == "semi" else None
+        return self.learner(seed).fit(self.dataset(sorted(labeled), train=True), pool)
 
     def evaluate(self, model: nn.Module) -> float:
         return self.learner(0).evaluate(model, self.dataset(self.data.evaluation, "test"))
