@@ -273,7 +273,7 @@ def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcom
         "created_at": time.time(), "task_type": task_type.to_meta(), **outcome.adapter.to_meta(),
         "strategy": outcome.strategy, "batch": engine.budget, "solver": engine.solver,
         "damping": engine.damping, "params": settings.params, "top_k": engine.top_k, "epochs": engine.epochs,
-        "seed": engine.seed, "solver_info": result.scorer.info if result.scorer else None,
+        "seed": engine.seed, "solver_info": result.scorer.info if result.scorer else None, "learner": settings.learner,
         "score_encoding": "place", "warnings": outcome.warnings(tasks.warnings),
         "counts": {**tasks.counts, "reviewed": len(outcome.reviewed.task_ids) if outcome.reviewed else 0},
         "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,

@@ -52,11 +52,11 @@ def _model(backend: ISALModel, meta: dict) -> dict:
     """The model the current version learned with (its backbone and the exact weights' identity: a packaged
     file's sha256), or before any version what the settings will give a classification project."""
     if meta.get("arch"):
-        return {k: meta.get(k) for k in ("adapter", "arch", "weights", "weights_identity", "backbone")}
+        return {k: meta.get(k) for k in ("adapter", "arch", "weights", "weights_identity", "backbone", "learner")}
     engine = backend.settings.engine
     return {"adapter": "frozen" if engine.frozen else "classification", "arch": engine.arch,
-            "weights": engine.weights, "weights_identity": None, "backbone": None, "note": "no version yet: the "
-            "settings' model (a detection project's backbone is its own)"}
+            "weights": engine.weights, "weights_identity": None, "backbone": None, "learner": engine.learner,
+            "note": "no version yet: the settings' model (a detection project's backbone is its own)"}
 
 
 def status(backend: ISALModel) -> dict:
