@@ -2,7 +2,7 @@
 project's version set, against a real local Label Studio.
 
     python -m bench.job [--tasks 5000] [--backbone default|small_cnn] [--jobs 3] [--keep DIR]
-                        [--predictions-per-version N]
+                        [--predictions-per-version N] [--learner supervised|semi]
 
 `default` (the default): the backend with nothing set, as a user gets it: frozen EfficientNet-Lite0
 features of the packaged ImageNet weights (nothing downloaded), ISAL_STRATEGY=auto (TypiClust on
@@ -67,6 +67,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=3, help="jobs in a row (>= 2); from the third on, each deletes "
                     "the predictions of the version before last (KEEP_LS_VERSIONS=2), as a project's steady state")
     ap.add_argument("--keep", type=Path, help="a folder for the weights and the embedding cache, kept between runs")
+    ap.add_argument("--learner", choices=["supervised", "semi"], default="supervised",
+                    help="ISAL_LEARNER: semi also builds the kNN graph of the pool and refits the head")
     ap.add_argument("--predictions-per-version", type=int,
                     default=Settings.model_fields["ls_predictions_per_version"].default,
                     help="LS_PREDICTIONS_PER_VERSION (0 = every task, as before it existed)")
@@ -81,7 +83,7 @@ def main(argv=None) -> dict:
         keep.mkdir(parents=True, exist_ok=True)
         warm = (keep / "embeddings").is_dir()
         if args.backbone == "default":
-            engine = EngineSettings(cold_start="off", embedding_cache=str(keep / "embeddings"))
+            engine = EngineSettings(cold_start="off", embedding_cache=str(keep / "embeddings"), learner=args.learner)
         else:
             weights = keep / "small_cnn.pt"
             if not weights.is_file():
@@ -112,13 +114,14 @@ def main(argv=None) -> dict:
     target = 15 * max(1, args.tasks // 5000)
     later, serving = [j["seconds"] for j in jobs[1:]], [j["serving_after_s"] for j in jobs[1:]]
     summary = {"bench": "job", "device": "cpu", "tasks": args.tasks, "backbone": args.backbone,
-               "predictions_per_version": args.predictions_per_version,
+               "predictions_per_version": args.predictions_per_version, "learner": engine.learner,
                "strategy": engine.strategy, "embedding_cache_warm_at_start": warm, "first_job_s": jobs[0]["seconds"],
                "later_jobs_s": later, "later_jobs_serving_after_s": serving, "jobs": jobs, "target_s": target,
                "ok": max(later) <= target, "ok_serving": max(serving) <= target}
     print(json.dumps(summary))
     every = "" if args.predictions_per_version else "-every-prediction"
-    write_result(f"job-{args.backbone}-{args.tasks}{every}", "job", summary, argv)
+    semi = "-semi" if args.learner == "semi" else ""
+    write_result(f"job-{args.backbone}-{args.tasks}{every}{semi}", "job", summary, argv)
     return summary
 
 
