@@ -26,15 +26,16 @@ import time
 import torch
 
 from isal_core.learner import Learner
-from isal_core.settings import EngineSettings
+from isal_core.settings import EngineSettings, read_protocol
 from isal_core.simulation.config import load_config
 from isal_core.simulation.dataset import SimulationData
 from isal_core.tasks.detection import detection_adapter, detection_settings
 
 from .common import write_result
 
-LIGHT = {"min_size": 192, "max_size": 256, "head_convs": 1, "fpn_channels": 64, "epochs": 1, "min_steps": 200,
-         "lr": 0.01, "batch_size": 8}
+PROTOCOL = "configs/bccd-cpu.json"
+LIGHT = {k: v for k, v in read_protocol(PROTOCOL).items()
+         if k in ("min_size", "max_size", "head_convs", "fpn_channels", "epochs", "min_steps", "lr", "batch_size")}
 WIDE = {"head_convs": 4, "fpn_channels": 256, "min_steps": 500, "batch_size": 64, "lr": 0.05, "epochs": 30,
         "min_size": 256, "max_size": 320}
 SETUPS = {"default": {}, "wide": WIDE, "light": LIGHT, "scratch": {"arch": "resnet18", "weights": None, **LIGHT},
@@ -51,7 +52,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", choices=("validation", "test"), default="validation")
     args = ap.parse_args(argv)
-    config = load_config("configs/bccd-cpu.json", progress=False)
+    config = load_config(PROTOCOL, progress=False)
     data = SimulationData.load(config)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seed)).tolist()
     held = VALIDATION if args.split == "validation" else 0
