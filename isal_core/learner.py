@@ -71,6 +71,7 @@ class Learner:
             trained_on = semi.training_set(labeled, pool, head_says, self.adapter.num_classes,
                                            self.settings.semi_neighbours, sure=self.settings.semi_sure)
             model = self._train(trained_on, self.settings.model_copy(update={"epochs": 1}))
+            model.semi_training_set = trained_on  # the objective the head minimised: influence's Hessian
         return model
 
     def _train(self, dataset: Dataset, settings: EngineSettings) -> nn.Module:
@@ -108,12 +109,15 @@ class Learner:
 
     def prepare(self, strategy: str | Strategy, model: nn.Module, labeled: Dataset,
                 reference: Dataset | None) -> InfluenceScorer:
-        """s_test for an influence strategy (isal, gradsim; isal_batch's own isal), as a scorer to save and reuse."""
+        """s_test for an influence strategy (isal, gradsim; isal_batch's own isal), as a scorer to save and reuse.
+        The Hessian is the one of the objective the model minimised: for a semi head, its labels and trusted
+        pseudo-labels (docs/engine.md)."""
         chosen = self.strategy(strategy)
         chosen = chosen.isal if isinstance(chosen, BatchISAL) else chosen
         if not isinstance(chosen, ISAL):
             raise TypeError(f"{chosen.name} is not an influence strategy; use rank()")
-        scorer = chosen.prepare(self.context(model, labeled, labeled, reference)) if self.main_process else None
+        trained_on = getattr(model, "semi_training_set", labeled)  # a semi head: labels and pseudo-labels
+        scorer = chosen.prepare(self.context(model, labeled, trained_on, reference)) if self.main_process else None
         if self.world_size > 1 and scorer is not None:
             scorer = replace(scorer, s_test=scorer.s_test.cpu())
         return distributed.broadcast_object(scorer)
