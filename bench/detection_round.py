@@ -29,7 +29,8 @@ from isal_core.learner import Learner
 from isal_core.settings import EngineSettings, read_protocol
 from isal_core.simulation.config import load_config
 from isal_core.simulation.dataset import SimulationData
-from isal_core.tasks.detection import detection_adapter, detection_settings
+from isal_core.tasks.detection import detection_adapter
+from isal_core.tasks.detection_defaults import detection_settings
 
 from .common import write_result
 

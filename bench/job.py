@@ -2,7 +2,7 @@
 project's version set, against a real local Label Studio.
 
     python -m bench.job [--tasks 5000] [--backbone default|small_cnn] [--jobs 3] [--keep DIR]
-                        [--predictions-per-version N] [--learner supervised|semi]
+                        [--predictions-per-version N] [--learner auto|supervised|semi]
 
 `default` (the default): the backend with nothing set, as a user gets it: frozen EfficientNet-Lite0
 features of the packaged ImageNet weights (nothing downloaded), ISAL_STRATEGY=auto (TypiClust on
@@ -67,8 +67,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=3, help="jobs in a row (>= 2); from the third on, each deletes "
                     "the predictions of the version before last (KEEP_LS_VERSIONS=2), as a project's steady state")
     ap.add_argument("--keep", type=Path, help="a folder for the weights and the embedding cache, kept between runs")
-    ap.add_argument("--learner", choices=["supervised", "semi"], default="supervised",
-                    help="ISAL_LEARNER: semi also builds the kNN graph of the pool and refits the head")
+    ap.add_argument("--learner", choices=["auto", "supervised", "semi"], default="auto",
+                    help="ISAL_LEARNER (auto: semi on frozen features): semi builds the kNN graph of the pool and "
+                         "refits the head")
     ap.add_argument("--predictions-per-version", type=int,
                     default=Settings.model_fields["ls_predictions_per_version"].default,
                     help="LS_PREDICTIONS_PER_VERSION (0 = every task, as before it existed)")
@@ -120,8 +121,8 @@ def main(argv=None) -> dict:
                "ok": max(later) <= target, "ok_serving": max(serving) <= target}
     print(json.dumps(summary))
     every = "" if args.predictions_per_version else "-every-prediction"
-    semi = "-semi" if args.learner == "semi" else ""
-    write_result(f"job-{args.backbone}-{args.tasks}{every}{semi}", "job", summary, argv)
+    learner = "" if args.learner == "auto" else f"-{args.learner}"
+    write_result(f"job-{args.backbone}-{args.tasks}{every}{learner}", "job", summary, argv)
     return summary
 
 

@@ -121,9 +121,10 @@ class TrainSettings(Settings):
                                                   "small labeled set (0 = exactly `epochs`)")
     milestones: list[float] = Field([0.8], description="fractions of the epochs where the lr is multiplied by gamma")
     gamma: float = Field(0.1, gt=0, description="lr factor at each milestone")
-    learner: Literal["supervised", "semi"] = Field(
-        "supervised", description="frozen features: semi also learns from the unlabeled pool (labels spread over a "
-                                  "kNN graph of the embeddings, trusted where sure or the supervised head agrees)")
+    learner: Literal["auto", "supervised", "semi"] = Field(
+        "auto", description="semi: a head on frozen features also learns from the unlabeled pool (labels spread over "
+                            "a kNN graph of the embeddings, trusted where sure or the supervised head agrees); "
+                            "supervised: the labels alone; auto: semi on frozen features, else supervised")
     semi_neighbours: int = Field(20, ge=1, description="semi: neighbours of each task in the kNN graph")
     semi_sure: float = Field(0.5, ge=0, le=1, description="semi: the certainty from which a spread label is "
                                                           "trusted without the supervised head's agreement")
@@ -195,10 +196,17 @@ class EngineSettings(ModelSettings, TrainSettings, InfluenceSettings):
 
     @model_validator(mode="after")
     def _frozen_defaults(self):
-        """FROZEN_INFLUENCE for a frozen head where not given and the solver takes it (out of model_fields_set)."""
+        """FROZEN_INFLUENCE for a frozen head where not given and the solver takes it (out of model_fields_set);
+        the learner "auto" -> semi on frozen features (ahead of the supervised head at every budget on the
+        validation split, docs/results.md), supervised for a whole network, which cannot take semi."""
         if self.frozen:
             self.__dict__.update({k: v for k, v in FROZEN_INFLUENCE.items()
                                   if k not in self.model_fields_set and _applies(k, self.solver)})
+        if self.learner == "semi" and not self.frozen:
+            raise ValueError("learner semi learns a head on frozen features from the unlabeled pool; this model "
+                             "trains every layer (mode finetune or no pretrained weights): use learner supervised")
+        if self.learner == "auto":
+            self.__dict__["learner"] = "semi" if self.frozen else "supervised"
         return self
 
     def whole_network_defaults(self) -> dict:

@@ -176,7 +176,9 @@ def test_frozen_isal_is_exact_on_the_head(tmp_path, torch_home):
     assert isinstance(head, torch.nn.Linear) and head.in_features == 512
 
     params = select_parameters(head, "all")
-    op = HessianOperator(head, adapter, params, collect_batches(adapter, DataLoader(labeled, batch_size=16), "cpu"))
+    trained_on = head.semi_training_set  # the default learner on frozen features: labels and trusted pool tasks
+    assert len(trained_on) > len(labeled)
+    op = HessianOperator(head, adapter, params, collect_batches(adapter, DataLoader(trained_on, batch_size=16), "cpu"))
     v = reference_gradient(head, adapter, DataLoader(reference, batch_size=16), params)
     dense = op.dense().double()
     exact = torch.linalg.solve(dense + settings.damping * torch.eye(op.dim, dtype=torch.float64), v.double())

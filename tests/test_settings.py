@@ -73,7 +73,7 @@ def test_a_dump_of_the_settings_validates_again(solver):
 
 def test_a_frozen_head_gets_exact_influence_and_a_whole_network_the_reference_codes():
     from isal_core.settings import FROZEN_INFLUENCE
-    from isal_core.tasks.detection import detection_settings
+    from isal_core.tasks.detection_defaults import detection_settings
 
     frozen = EngineSettings()
     assert frozen.frozen and (frozen.params, frozen.hessian_samples, frozen.cg_tol, frozen.cg_iters) == \
@@ -90,8 +90,8 @@ def test_a_frozen_head_gets_exact_influence_and_a_whole_network_the_reference_co
 
 
 def test_a_detector_on_the_frozen_body_gets_the_light_head_and_training_unless_set():
-    from isal_core.tasks.detection import detection_adapter, detection_settings
-    from isal_core.tasks.detection_defaults import FROZEN_DETECTION
+    from isal_core.tasks.detection import detection_adapter
+    from isal_core.tasks.detection_defaults import FROZEN_DETECTION, detection_settings
 
     body = detection_settings(EngineSettings())  # the frozen Lite0 body: FPN and head on cached maps
     assert {k: getattr(body, k) for k in FROZEN_DETECTION} == FROZEN_DETECTION
@@ -102,6 +102,21 @@ def test_a_detector_on_the_frozen_body_gets_the_light_head_and_training_unless_s
     assert detection_adapter(given, 3).head_convs == 2
     scratch = detection_settings(EngineSettings(weights="none"))  # a ResNet from scratch keeps the class defaults
     assert (scratch.head_convs, scratch.min_steps, scratch.batch_size) == (4, 500, 64)
+
+
+def test_the_learner_is_semi_on_frozen_features_and_supervised_where_semi_cannot_apply():
+    from isal_core.errors import ConfigError
+    from isal_core.tasks.detection_defaults import detection_settings
+
+    assert EngineSettings().learner == "semi" and "learner" not in EngineSettings().model_fields_set
+    assert EngineSettings(weights="none").learner == "supervised"  # a whole network from scratch
+    assert EngineSettings(mode="finetune").learner == "supervised"
+    assert EngineSettings(learner="supervised").learner == "supervised"
+    with pytest.raises(ValueError, match="learner semi learns a head on frozen features"):
+        EngineSettings(weights="none", learner="semi")
+    assert detection_settings(EngineSettings()).learner == "supervised"  # a detector: boxes, not a head
+    with pytest.raises(ConfigError, match="a detector trains with the supervised learner"):
+        detection_settings(EngineSettings(learner="semi"))
 
 
 def test_a_config_called_the_defaults_sets_nothing_an_engine_default_decides():

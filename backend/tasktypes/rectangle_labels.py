@@ -9,7 +9,8 @@ serves the top-ranked image first.
 """
 from __future__ import annotations
 
-from isal_core.tasks.detection import DetectionAdapter, detection_adapter, detection_settings
+from isal_core.tasks.detection import DetectionAdapter, detection_adapter
+from isal_core.tasks.detection_defaults import detection_settings
 
 from .rectangles import boxes_of, rectangle_results
 from ..errors import UnsupportedConfig

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..tasks.detection import detection_adapter, detection_settings
+from ..tasks.detection import detection_adapter
+from ..tasks.detection_defaults import detection_settings
 from ..tasks.frozen import classification_adapter
 from ..errors import DataError
 from ..learner import Learner

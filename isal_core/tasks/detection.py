@@ -265,19 +265,6 @@ def detection_adapter(settings, num_classes: int) -> DetectionAdapter:
                             fpn_channels=settings.fpn_channels)
 
 
-def detection_settings(settings):
-    """Engine settings for a detection round: influence over the head unless params were set; weights
-    initialise the backbone (no frozen-feature mode); FROZEN_DETECTION's training on a frozen body; no
-    cluster serving unless asked for."""
-    settings = with_body_defaults(settings)
-    update = {"mode": "finetune", **settings.whole_network_defaults()}
-    if "params" not in settings.model_fields_set:
-        update["params"] = "head"
-    if "cluster_serving" not in settings.model_fields_set:
-        update["cluster_serving"] = "off"
-    return settings.model_copy(update=update)
-
-
 class MeanAP(Metric):
     """mAP@0.5 (the paper's VOC metric), with mAP@[.5:.95] kept in `last` (torchmetrics, COCO style)."""
 

@@ -1,6 +1,8 @@
 """What a detection job runs when the user sets nothing: the backbone, and on a frozen body its head and training."""
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 #: Training and head for a frozen, pretrained body (only FPN and head learn, on cached feature maps), where not
@@ -24,3 +26,20 @@ def with_body_defaults(settings):
         return settings
     return settings.model_copy(update={k: v for k, v in FROZEN_DETECTION.items()
                                        if k not in settings.model_fields_set})
+
+
+def detection_settings(settings):
+    """Engine settings for a detection round: influence over the head unless params were set; weights
+    initialise the backbone (no frozen-feature mode); FROZEN_DETECTION's training on a frozen body; no
+    cluster serving unless asked for; the supervised learner (the semi learner's graph is over image embeddings,
+    a detector's targets are boxes)."""
+    if settings.learner == "semi" and "learner" in settings.model_fields_set:
+        raise ConfigError("learner semi learns a classification head from the unlabeled pool; a detector trains "
+                          "with the supervised learner: unset ISAL_LEARNER or set it to supervised")
+    settings = with_body_defaults(settings)
+    update = {"mode": "finetune", "learner": "supervised", **settings.whole_network_defaults()}
+    if "params" not in settings.model_fields_set:
+        update["params"] = "head"
+    if "cluster_serving" not in settings.model_fields_set:
+        update["cluster_serving"] = "off"
+    return settings.model_copy(update=update)
