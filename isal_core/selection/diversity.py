@@ -29,29 +29,31 @@ class Coreset(Strategy):
 
     def _rank(self, ctx):
         pool = features(ctx, ctx.pool)
-        min_dist = torch.full((len(pool),), float("inf"))
-        if ctx.labeled is not None and len(ctx.labeled) > 0:
-            for centres in features(ctx, ctx.labeled).split(self.chunk):
-                min_dist = torch.minimum(min_dist, self._nearest(pool, centres))
         budget = len(pool) if ctx.budget is None else min(ctx.budget, len(pool))
-        picked = []
-        chosen = torch.zeros(len(pool), dtype=torch.bool)
-        for _ in range(budget):
-            i = int(torch.argmax(torch.where(chosen, -1.0, min_dist)))
-            if not torch.isfinite(min_dist[i]):
-                i = int(torch.nonzero(~chosen)[0])  # no labeled set: start anywhere
-            picked.append(i)
-            chosen[i] = True
-            min_dist = torch.minimum(min_dist, self._nearest(pool, pool[i:i + 1]))
-        rest = torch.nonzero(~chosen).flatten()
-        rest = rest[torch.argsort(-min_dist[rest], stable=True)]
-        order = torch.cat([torch.tensor(picked, dtype=torch.long), rest])
-        scores = torch.empty(len(pool))
-        scores[order] = torch.arange(len(pool), dtype=torch.float32)
-        return Ranking(order, scores)
+        labeled = features(ctx, ctx.labeled) if ctx.labeled is not None and len(ctx.labeled) > 0 else None
+        picked, min_dist = k_center_greedy(pool, labeled, budget, self.chunk)
+        return then_the_rest(picked, -min_dist)  # the rest farthest from every centre first
 
-    def _nearest(self, pool: Tensor, centres: Tensor) -> Tensor:
-        return torch.cat([torch.cdist(part, centres).min(1).values for part in pool.split(self.chunk)])
+
+def k_center_greedy(points: Tensor, centres: Tensor | None, budget: int, chunk: int = 1024) -> tuple[list[int], Tensor]:
+    """Sener & Savarese's greedy: `budget` rows of `points`, each the farthest from `centres` and the picks before
+    it (no centres: the first row first). Returns the picks and every row's distance to its nearest centre or
+    pick (-1 at the picks). Distances chunk by chunk: memory O(N x chunk), never N x N."""
+    min_dist = torch.full((len(points),), float("inf"), dtype=points.dtype)
+    if centres is not None:
+        for part in centres.split(chunk):
+            min_dist = torch.minimum(min_dist, _nearest(points, part, chunk))
+    picked: list[int] = []
+    for _ in range(min(budget, len(points))):
+        i = int(torch.argmax(min_dist))
+        picked.append(i)
+        min_dist = torch.minimum(min_dist, _nearest(points, points[i:i + 1], chunk))
+        min_dist[i] = -1.0
+    return picked, min_dist
+
+
+def _nearest(points: Tensor, centres: Tensor, chunk: int) -> Tensor:
+    return torch.cat([torch.cdist(part, centres).min(1).values for part in points.split(chunk)])
 
 
 def _features_and_residuals(ctx: SelectionContext, dataset) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,7 @@ from ..influence.params import select_parameters
 from ..influence.scorer import InfluenceScorer, PoolScores
 from ..influence.stest import CG, Identity, SolveResult
 from .base import Ranking, ScoreStrategy, SelectionContext, Strategy, features, influence_ranking, then_the_rest
+from .diversity import k_center_greedy
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +109,8 @@ class BatchISAL(Strategy):
         scored = order[torch.isfinite(influence.scores.double()[order])]
         candidates = (scored if len(scored) else order)[: self.factor * budget]
         pool = features(ctx, Subset(ctx.pool, candidates.tolist())).double()
-        min_dist = torch.full((len(pool),), float("inf"), dtype=torch.float64)
-        if ctx.labeled is not None and len(ctx.labeled) > 0:
-            labeled = features(ctx, ctx.labeled).double()
-            min_dist = torch.cdist(pool, labeled).min(1).values
-        picked: list[int] = []
-        for _ in range(min(budget, len(candidates))):
-            k = int(torch.argmax(min_dist))  # no labeled set yet: the first (best) candidate
-            picked.append(int(candidates[k]))
-            min_dist = torch.minimum(min_dist, torch.cdist(pool, pool[k:k + 1]).squeeze(1))
-            min_dist[k] = -1.0
+        labeled = features(ctx, ctx.labeled).double() if ctx.labeled is not None and len(ctx.labeled) > 0 else None
+        picked = [int(candidates[k]) for k in k_center_greedy(pool, labeled, budget)[0]]  # none labeled: the best first
         place = torch.empty(n, dtype=torch.float64)
         place[order] = torch.arange(n, dtype=torch.float64)
         return then_the_rest(picked, place)
