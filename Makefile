@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MMCV_WHEEL ?= ../shared/wheels/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast test-browser test-docker bench backend simulate simulate-detection simulate-label-studio clean
+.PHONY: install demo lint test test-fast test-browser test-docker bench backend simulate simulate-detection simulate-label-studio clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ demo: install
 	$(BIN)/python -m backend.tools.demo
 
 ## Every test, integration tests against a real Label Studio included (the browser test: test-browser).
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q -m "not browser"
+
+## Lines of at most 120 characters, sorted imports, no unused names (ruff; settings in pyproject.toml).
+lint: install
+	$(BIN)/ruff check isal_core backend bench tests
 
 ## The README's first hour in the Label Studio UI, in headless Chromium (Debian's chromium and
 ## chromium-driver, installed here when missing; needs root or sudo) with selenium.
@@ -36,7 +40,7 @@ test-browser: install
 	$(BIN)/python -m pytest -q -m browser
 
 ## Unit tests only (no Label Studio server).
-test-fast: install
+test-fast: install lint
 	$(BIN)/python -m pytest -q -m "not integration"
 
 ## The Docker path end to end (not in `make test`): builds the image, starts docker/docker-compose.yml

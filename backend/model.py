@@ -16,24 +16,22 @@ import time
 from pathlib import Path
 
 from isal_core.data.images import ImageRecord
+from isal_core.nets.backbones import missing_weights
 
-from .job.tasks import fetch_images
-from .metrics import TASKS_SCORED
-from .errors import ApiProblem, JobError
+from .errors import ApiProblem, JobError, MissingMedia, UnsupportedConfig
 from .job.run import Job
+from .job.tasks import fetch_images
 from .labelstudio.client import LabelStudioAPI
 from .labelstudio.download_policy import DownloadPolicy
-from .scheduling.manager import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
-from .storage.retention import prune_cache, prune_versions
 from .labelstudio.score_encoding import UNSCORABLE_SCORE, UNTRAINED_SCORE
+from .metrics import TASKS_SCORED
+from .scheduling.manager import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
 from .settings import Settings
 from .storage.layout import JOBS_DB
 from .storage.projects import ModelDir, parse_project_id
-from .tasktypes import parse_label_config
-from .errors import MissingMedia, UnsupportedConfig
-from isal_core.nets.backbones import missing_weights
-
+from .storage.retention import prune_cache, prune_versions
 from .storage.versions import ModelVersion
+from .tasktypes import parse_label_config
 
 log = logging.getLogger("backend")
 #: New tasks /predict downloads and scores at a time, checking its time budget between chunks.
@@ -89,8 +87,9 @@ class ISALModel:
         with self._lock:
             api = self._apis.get((url, key))
             if api is None:
+                policy = DownloadPolicy.from_settings(self.settings, url)
                 api = self._apis[(url, key)] = LabelStudioAPI(url, key, timeout=self.settings.label_studio_timeout,
-                                                                   policy=DownloadPolicy.from_settings(self.settings, url))
+                                                              policy=policy)
             return api
 
     # -- the protocol ----------------------------------------------------------

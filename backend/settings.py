@@ -165,7 +165,8 @@ class Settings(BaseSettings):
                            "external: the web only queues, like worker, but python -m backend runs gunicorn "
                            "alone: the job workers run elsewhere (another container: docker/docker-compose.yml)")
     redis_url: str | None = Field(None, description="redis://host:port/db: job state in Redis and jobs through RQ "
-                                                     "(several workers, several machines); unset: MODEL_DIR/jobs.sqlite")
+                                                    "(several workers, several machines); unset: "
+                                                    "MODEL_DIR/jobs.sqlite")
     job_stale_s: float = Field(60.0, gt=0, description="a running job whose process sent no heartbeat for this "
                                "long (another machine's worker) is run again; a dead process on this host at once")
     cache_max_mb: float = Field(0.0, ge=0, description="image cache cap in MB, least recently used first (0 = none)")

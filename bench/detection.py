@@ -19,10 +19,10 @@ import json
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from isal_core.tasks.detection import HEAD_PARAMS, DetectionAdapter
 from isal_core.influence.params import select_parameters
-from isal_core.utils.runtime import resolve_device
 from isal_core.influence.pool import influence
+from isal_core.tasks.detection import HEAD_PARAMS, DetectionAdapter
+from isal_core.utils.runtime import resolve_device
 
 from .common import describe, interleaved, ratio_spread, timed, write_result
 

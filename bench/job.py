@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from backend.web.app import create_app
+from backend.settings import EngineSettings, Settings
 from backend.tools.demo import choice_result, extract_cifar, label_config
 from backend.tools.servers import LabelStudioServer
-from backend.settings import EngineSettings, Settings
+from backend.web.app import create_app
 from isal_core.nets.models import build_model
 
 from .common import write_result
-
-import os
 
 
 def project(server: LabelStudioServer, tasks: int) -> int:

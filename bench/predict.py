@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.web.app import create_app
-from backend.settings import EngineSettings, Settings
 from backend.job.publication import Publication
+from backend.settings import EngineSettings, Settings
 from backend.storage.projects import ModelDir
 from backend.tasktypes import classification_config, parse_label_config
-from isal_core.nets.models import build_model
+from backend.web.app import create_app
 from isal_core.influence.params import select_parameters
 from isal_core.influence.scorer import InfluenceScorer
+from isal_core.nets.models import build_model
 
 PROJECT = 7
 LIMIT_S = 100.0  # Label Studio's /predict timeout
@@ -80,7 +80,8 @@ def main(argv=None) -> dict:
         client = create_app(settings).test_client()
         out = {"bench": "predict", "tasks": args.tasks, "budget_s": args.budget, "limit_s": LIMIT_S}
         for name, tasks in (
-            ("stored", [{"id": i, "data": {"image": f"/data/upload/{PROJECT}/{i}.png"}} for i in range(1, args.tasks + 1)]),
+            ("stored", [{"id": i, "data": {"image": f"/data/upload/{PROJECT}/{i}.png"}}
+                        for i in range(1, args.tasks + 1)]),
             ("new", [{"id": 10**6 + i, "data": {"image": f"{url}/{i}.png"}} for i in range(args.tasks)]),
         ):
             start = time.perf_counter()

@@ -1,22 +1,21 @@
 """Annotation review, measured: how many deliberately flipped labels each signal finds among its top k.
 
-    python -m bench.review [--protocol default|scratch|pretrained] [--labeled 2000] [--flip 0.1] [--kind uniform|confusable]
+    python -m bench.review [--protocol default|scratch|pretrained] [--labeled 2000] [--flip 0.1]
+                           [--kind uniform|confusable]
 
-A labeled set of CIFAR-10 training images (the shared zip, else torchvision's download) gets
-`flip` of its labels changed, uniformly to another class or to a confusable one: the class a
-model trained on the clean labels most often predicts for R's images of the true class (on
-CIFAR-10 from scratch e.g. cat->dog; a fixed list of pairs would leave the pretrained protocol's
-five classes, which hold no pair, uniform). A model is trained on the noisy
-set as the backend would (`default`: the engine's defaults, a linear head on frozen EfficientNet-Lite0
-features of the packaged ImageNet weights, all ten classes; `scratch`: a small CNN from scratch;
-`pretrained`: the stand-in of before, a linear head on the frozen features of --weights, e.g. the
-CIFAR-5 backbone of the pretrained protocol, with its five other classes). Then each signal ranks the labeled set, and precision and recall of
-the flipped labels among its top k (k = the number of flips) are reported for: ISAL's review
-(influence on R with the given label, the loss, their combination, self-influence where the model is a
-linear head), the model's disagreement
-(the predicted class's probability minus the given one's), cleanlab's find_label_issues on
-5-fold out-of-fold probabilities (as its docs ask), and random. Finally the top k of the
-combined review and of cleanlab are relabeled with the true labels and the model retrained:
+A labeled set of CIFAR-10 training images (the shared zip, else torchvision's download) gets `flip` of its labels
+changed, uniformly to another class or to a confusable one: the class a model trained on the clean labels most
+often predicts for R's images of the true class (on CIFAR-10 from scratch e.g. cat->dog; a fixed list of pairs
+would leave the pretrained protocol's five classes, which hold no pair, uniform). A model is trained on the noisy
+set as the backend would (`default`: the engine's defaults, a linear head on frozen EfficientNet-Lite0 features of
+the packaged ImageNet weights, all ten classes; `scratch`: a small CNN from scratch; `pretrained`: the stand-in of
+before, a linear head on the frozen features of --weights, e.g. the CIFAR-5 backbone of the pretrained protocol,
+with its five other classes). Then each signal ranks the labeled set, and precision and recall of the flipped
+labels among its top k (k = the number of flips) are reported for: ISAL's review (influence on R with the given
+label, the loss, their combination, self-influence where the model is a linear head), the model's disagreement (the
+predicted class's probability minus the given one's), cleanlab's find_label_issues on 5-fold out-of-fold
+probabilities (as its docs ask), and random. Finally the top k of the combined review and of cleanlab are relabeled
+with the true labels and the model retrained:
 the accuracy the flips cost and how much each relabeling buys back. R is `reference` clean
 test images; accuracy is on `evaluate` other test images. Writes docs/results/bench/
 review-<protocol>-<kind>.json.
@@ -26,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-
 from dataclasses import replace
 
 import numpy as np
@@ -168,8 +166,9 @@ def main(argv=None) -> dict:
             fixed[i] = labeled[i]
         return fixed
 
-    acc = {"clean": learner.evaluate(clean, adapter.dataset(evaluation)), "noisy": accuracy(noisy), "isal_combined_relabeled":
-           accuracy(relabeled(orders["isal_combined"])), "cleanlab_relabeled": accuracy(relabeled(orders["cleanlab"]))}
+    acc = {"clean": learner.evaluate(clean, adapter.dataset(evaluation)), "noisy": accuracy(noisy),
+           "isal_combined_relabeled": accuracy(relabeled(orders["isal_combined"])),
+           "cleanlab_relabeled": accuracy(relabeled(orders["cleanlab"]))}
     lost = acc["clean"] - acc["noisy"]
     recovered = {name: round((acc[name] - acc["noisy"]) / lost, 3) if lost > 0 else None
                  for name in ("isal_combined_relabeled", "cleanlab_relabeled")}

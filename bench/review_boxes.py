@@ -3,18 +3,17 @@
     python -m bench.review_boxes [--config configs/bccd-cpu.json] [--flip 0.1] [--kind uniform|confusable] [--seed 0]
                                  [--signals-only | --no-cleanlab]
 
-The detection CPU protocol's data, model and training (configs/bccd-cpu.json: BCCD, FCOS
-ResNet-18 FPN from scratch, 200 SGD steps): every trainval image is labeled, and `flip` of
-its boxes get another class, uniformly or the confusable one (the class a model trained on
-the clean boxes most often detects on R's boxes of the true class). A model trained on the
-noisy boxes reviews them (isal_core.influence.review.box_review: influence of the box relabeled
-to the model's other class, and of the box deleted; the model's disagreement; their mean rank), against cleanlab's per-box swap score
-(`compute_swap_box_scores`, on out-of-fold detections as its docs ask) and random. Reported:
-precision@k of the flipped boxes (k = the number of flips; per image it says little: at 10 %
-of ~13 boxes an image, most images hold a flip), the time of the box review, and the mAP on
-the evaluation images that relabeling the top k boxes buys back. R is the protocol's 20 test
-images; mAP is on the other 52. Also: the share of flipped and other boxes with a positive influence,
-and `first_order_check` (the sign of influence checked by actual SGD steps). `--signals-only` trains the noisy model alone (no clean model unless
+The detection CPU protocol's data, model and training (configs/bccd-cpu.json: BCCD, FCOS ResNet-18 FPN from
+scratch, 200 SGD steps): every trainval image is labeled, and `flip` of its boxes get another class, uniformly or
+the confusable one (the class a model trained on the clean boxes most often detects on R's boxes of the true
+class). A model trained on the noisy boxes reviews them (isal_core.influence.review.box_review: influence of the
+box relabeled to the model's other class, and of the box deleted; the model's disagreement; their mean rank),
+against cleanlab's per-box swap score (`compute_swap_box_scores`, on out-of-fold detections as its docs ask) and
+random. Reported: precision@k of the flipped boxes (k = the number of flips; per image it says little: at 10 % of
+~13 boxes an image, most images hold a flip), the time of the box review, and the mAP on the evaluation images that
+relabeling the top k boxes buys back. R is the protocol's 20 test images; mAP is on the other 52. Also: the share
+of flipped and other boxes with a positive influence, and `first_order_check` (the sign of influence checked by
+actual SGD steps). `--signals-only` trains the noisy model alone (no clean model unless
 the flips are confusable, no cleanlab, no relabeled refits: ~12 min instead of ~95 here);
 `--no-cleanlab` skips cleanlab's five out-of-fold models and its refit (~35 min).
 Writes docs/results/bench/review-bccd-<kind>[-signals][-seed<N>].json.

@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,13 +30,13 @@ def probe(pool_size: int, device: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from isal_core.utils import distributed
     from isal_core.data.images import TensorDataset3
-    from isal_core.tasks.frozen import classification_adapter
-    from isal_core.learner import Learner
     from isal_core.influence.params import select_parameters
     from isal_core.influence.scorer import InfluenceScorer
+    from isal_core.learner import Learner
     from isal_core.settings import EngineSettings
+    from isal_core.tasks.frozen import classification_adapter
+    from isal_core.utils import distributed
 
     distributed.init_from_env(device)
     settings = EngineSettings(arch="small_cnn", batch_size=128, device=device, params="weights")

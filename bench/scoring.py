@@ -17,11 +17,11 @@ import json
 import torch
 from torch.utils.data import DataLoader
 
-from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.data.images import TensorDataset3
-from isal_core.nets.models import build_model
 from isal_core.influence.params import select_parameters
 from isal_core.influence.pool import influence, influence_loop
+from isal_core.nets.models import build_model
+from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.utils.runtime import resolve_device
 
 from .common import describe, interleaved, ratio_spread, timed, write_result
@@ -45,9 +45,11 @@ def main(argv=None) -> dict:
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     adapter = ClassificationAdapter()
-    pool = TensorDataset3(torch.randn(args.pool, 3, 32, 32).contiguous(memory_format=layout), torch.full((args.pool,), -1))
+    pool = TensorDataset3(torch.randn(args.pool, 3, 32, 32).contiguous(memory_format=layout),
+                          torch.full((args.pool,), -1))
     loader = DataLoader(pool, batch_size=args.batch_size)
-    print(describe(device), f"| {args.model}, pool {args.pool}, batch {args.batch_size}, channels_last {args.channels_last}")
+    print(describe(device), f"| {args.model}, pool {args.pool}, batch {args.batch_size}, "
+                            f"channels_last {args.channels_last}")
 
     def forward_only():
         with torch.no_grad():
@@ -77,7 +79,8 @@ def main(argv=None) -> dict:
     }
     outputs = {name: warm(name, fn, n) for name, (fn, n) in paths.items()}
     all_scores, loop_scores = outputs["isal_all_weights"], outputs["reference_loop"]
-    double = DataLoader(TensorDataset3(torch.cat([pool.x, pool.x]), torch.cat([pool.y, pool.y])), batch_size=args.batch_size)
+    double = DataLoader(TensorDataset3(torch.cat([pool.x, pool.x]), torch.cat([pool.y, pool.y])),
+                        batch_size=args.batch_size)
     warm("isal_last_layer_2x_pool", lambda: influence(model, adapter, double, directions["last"], sets["last"],
                                                       device=device, num_samples=2 * args.pool), 2 * args.pool)
     seconds = interleaved({name: fn for name, (fn, _) in paths.items()}, args.repeats, device)
@@ -92,7 +95,7 @@ def main(argv=None) -> dict:
     params64 = select_parameters(model64, "weights")
     exact = influence(model64, adapter, DataLoader(TensorDataset3(pool.x[:n64].double(), pool.y[:n64]), batch_size=n64),
                       directions["weights"].double(), params64, device=device).double()
-    err = lambda x: float((x[:n64].double() - exact).norm() / exact.norm())
+    err = lambda x: float((x[:n64].double() - exact).norm() / exact.norm())  # noqa: E731
     error64 = {"isal_all_weights": err(all_scores), "reference_loop": err(loop_scores)}
 
     ratios = {

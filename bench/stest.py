@@ -21,14 +21,14 @@ import torch.nn.functional as F
 
 from isal_core.data.cifar10 import cifar10_root
 from isal_core.data.images import load_records
-from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.influence.gradients import HessianOperator, collect_batches, reference_gradient
-from isal_core.nets.models import build_model
 from isal_core.influence.params import select_parameters
-from isal_core.utils.runtime import resolve_device
-from isal_core.settings import REFERENCE_DAMPING, TrainSettings
 from isal_core.influence.stest import CG, LiSSA
+from isal_core.nets.models import build_model
+from isal_core.settings import REFERENCE_DAMPING, TrainSettings
+from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.train.loop import train
+from isal_core.utils.runtime import resolve_device
 
 from .common import describe, ratio_spread, write_result
 
@@ -59,11 +59,12 @@ def main(argv=None) -> dict:
     root = cifar10_root()
     classes, train_records = load_records(f"{root}/train")
     _, test_records = load_records(f"{root}/test", classes)
-    pick = lambda records, n, seed: [records[i] for i in torch.randperm(len(records), generator=torch.Generator()
-                                                                          .manual_seed(seed))[:n].tolist()]
+    def pick(records, n, seed):
+        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))
+        return [records[i] for i in order[:n].tolist()]
     labeled = adapter.dataset(pick(train_records, args.labeled, 0))
     reference = adapter.dataset(pick(test_records, args.reference, 1))
-    loader = lambda ds: torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
+    loader = lambda ds: torch.utils.data.DataLoader(ds, batch_size=args.batch_size)  # noqa: E731
     if args.train_epochs:
         train(model, adapter, adapter.dataset(labeled.records, train=True),
               TrainSettings(epochs=args.train_epochs, lr=0.05, batch_size=64), device=device)
@@ -74,8 +75,10 @@ def main(argv=None) -> dict:
 
     start = time.perf_counter()
     exact = CG(damping=args.damping, tol=1e-8, max_iter=200).solve(op, v)
-    print(f"converged CG: {exact.info['iterations']} iterations, residual {exact.info['residual']:.1e}, {time.perf_counter() - start:.1f} s (not timed below)")
-    cosine = lambda x: float(F.cosine_similarity(x.double().flatten(), exact.s_test.double().flatten(), dim=0))
+    print(f"converged CG: {exact.info['iterations']} iterations, residual {exact.info['residual']:.1e}, "
+          f"{time.perf_counter() - start:.1f} s (not timed below)")
+    cosine = lambda x: float(F.cosine_similarity(x.double().flatten(), exact.s_test.double().flatten(),  # noqa: E731
+                                                 dim=0))
 
     lissa = LiSSA(damping=args.damping, scale=1e4, depth=args.depth, repeats=args.repeats_lissa, batch_size=1)
 
@@ -112,7 +115,8 @@ def main(argv=None) -> dict:
     else:
         print(f"default CG reaches cosine {target:.6f} at iteration {reached[0]} in {cg_seconds} s: "
               f"{speedup['median']:.1f}x faster (range {speedup['min']:.1f} .. {speedup['max']:.1f})")
-    summary = {"bench": "stest", "device": str(device), "model": args.model, "parameters": op.dim, "damping": args.damping,
+    summary = {"bench": "stest", "device": str(device), "model": args.model, "parameters": op.dim,
+               "damping": args.damping,
                "labeled": args.labeled, "data": root, "repeats": args.repeats, "reference_seconds": ref_seconds,
                "reference_cosine": target, "default_seconds_to_reach": cg_seconds,
                "default_iterations_to_reach": None if reached is None else reached[0],

@@ -2,14 +2,13 @@
 
     python -m bench.writeback [--tasks 10000]
 
-Starts Label Studio (backend.tools.servers, throwaway SQLite data dir), imports N tasks into
-a 10-class image classification project, then publishes a version of a small model through
-`backend.job.publication.Publication` exactly as a training job does after scoring the pool:
-the version's files staged, its predictions (`TaskType.predictions`) bulk-imported, meta.json,
-then the rename into place and the project's model_version + "Uncertainty sampling". Times
-the prediction write and the whole publication. Prints tasks/s, the peak RSS of this process during the write and its growth
-over the baseline (the stream is lazy, so it should stay flat), checks that Label Studio
-kept every prediction, and ends with one line of JSON. Target: >= 500 tasks/s.
+Starts Label Studio (backend.tools.servers, throwaway SQLite data dir), imports N tasks into a 10-class image
+classification project, then publishes a version of a small model through `backend.job.publication.Publication`
+exactly as a training job does after scoring the pool: the version's files staged, its predictions
+(`TaskType.predictions`) bulk-imported, meta.json, then the rename into place and the project's model_version +
+"Uncertainty sampling". Times the prediction write and the whole publication. Prints tasks/s, the peak RSS of this
+process during the write and its growth over the baseline (the stream is lazy, so it should stay flat), checks that
+Label Studio kept every prediction, and ends with one line of JSON. Target: >= 500 tasks/s.
 """
 from __future__ import annotations
 
@@ -94,7 +93,8 @@ def main(argv=None) -> dict:
               f"sampling {project.sampling!r}")
         ok = created == kept == len(task_ids) and project.model_version == version
         summary = {"bench": "writeback", "tasks": len(task_ids), "seconds": round(seconds, 2),
-                   "publication_seconds": round(total, 2), "tasks_per_s": round(rate, 1), "peak_rss_mb": round(mem.peak_mb, 1),
+                   "publication_seconds": round(total, 2), "tasks_per_s": round(rate, 1),
+                   "peak_rss_mb": round(mem.peak_mb, 1),
                    "rss_growth_mb": round(mem.peak_mb - baseline, 1), "kept": kept, "target_tasks_per_s": 500,
                    "ok": bool(ok and rate >= 500)}
         print(json.dumps(summary))

@@ -7,18 +7,17 @@ The most negative I(z) is labeled first. A task plugs in through one `TaskAdapte
 one round (fit, prepare s_test, score, rank) is `Learner.round`; its settings are one
 schema, `EngineSettings`.
 """
-from .tasks.classification import ClassificationAdapter
-from .tasks.base import Metric, TaskAdapter
-from .errors import (ConfigError, DataError, IsalError, ModelError, NonFiniteError, SelectionError,
-                     SolverError)
+from .errors import ConfigError, DataError, IsalError, ModelError, NonFiniteError, SelectionError, SolverError
 from .influence.gradients import HessianOperator, reference_gradient
-from .learner import Learner, RoundResult
 from .influence.params import select_parameters
-from .influence.scorer import InfluenceScorer, PoolScores
 from .influence.pool import influence
-from .settings import EngineSettings
+from .influence.scorer import InfluenceScorer, PoolScores
 from .influence.stest import CG, Identity, LiSSA
+from .learner import Learner, RoundResult
 from .selection import ISAL, Ranking, SelectionContext, make_strategy
+from .settings import EngineSettings
+from .tasks.base import Metric, TaskAdapter
+from .tasks.classification import ClassificationAdapter
 
 __all__ = [
     "CG", "ClassificationAdapter", "ConfigError", "DataError", "EngineSettings", "HessianOperator", "ISAL",

@@ -20,22 +20,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .tasks.frozen import classification_adapter
-from .utils.atomic import atomic_write
-from .train.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+from .data.cifar10 import cifar10_root
 from .data.images import load_records
+from .data.transforms import CIFAR_MEAN, CIFAR_STD
 from .errors import DataError, IsalError
+from .flags import add_arguments, given
 from .influence.review import SIGNALS, review_order
 from .learner import Learner
-from .data.cifar10 import cifar10_root
-from .utils import distributed
-from .flags import add_arguments, given
+from .selection import INFLUENCE_STRATEGIES, STRATEGIES, check_budget
 from .settings import EngineSettings, TrainSettings, validate
 from .simulation.config import SimulationConfig, load_config
 from .simulation.dataset import only
 from .simulation.run import simulate
-from .selection import INFLUENCE_STRATEGIES, STRATEGIES, check_budget
-from .data.transforms import CIFAR_MEAN, CIFAR_STD
+from .tasks.frozen import classification_adapter
+from .train.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+from .utils import distributed
+from .utils.atomic import atomic_write
 
 log = logging.getLogger("isal")
 
@@ -44,7 +44,8 @@ SimulateRunner = Callable[[SimulationConfig, argparse.Namespace], Path]
 
 def _select_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="rank an unlabeled pool, most useful to label first, into a CSV")
-    p.add_argument("--labeled", required=True, help="labeled images: folder of class subfolders, zip[/prefix], or CSV (path,label)")
+    p.add_argument("--labeled", required=True,
+                   help="labeled images: folder of class subfolders, zip[/prefix], or CSV (path,label)")
     p.add_argument("--pool", required=True, help="unlabeled images: folder, zip[/prefix], or CSV (path)")
     p.add_argument("--reference", help="reference set R with true labels (default: the labeled set, ISAL_v3)")
     p.add_argument("--checkpoint", help="a trained checkpoint (isal_core format); else train on --labeled")
@@ -180,8 +181,9 @@ def review(args: argparse.Namespace) -> int:
         writer = csv.writer(f)
         writer.writerow(["rank", "path", "label", "model_label", signal, "influence", "loss"])
         for rank, i in enumerate(review_order(found, signal), start=1):
+            numbers = (scores[i], found.influence[i], found.loss[i])
             writer.writerow([rank, records[i].path, classes[records[i].label], classes[found.predictions[i]],
-                             f"{float(scores[i]):.6g}", f"{float(found.influence[i]):.6g}", f"{float(found.loss[i]):.6g}"])
+                             *(f"{float(x):.6g}" for x in numbers)])
     print(f"reviewed {len(records)} labeled images -> {args.out} (most suspicious first)")
     return 0
 

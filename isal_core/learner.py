@@ -23,18 +23,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .utils import distributed
-from .train import evaluation
-from .tasks.base import TaskAdapter
 from .errors import SelectionError
-from .utils.runtime import resolve_device, seed_everything
 from .influence.review import Review, review
 from .influence.scorer import InfluenceScorer, PoolScores, score_sharded
-from .settings import EngineSettings
 from .selection import ISAL, BatchISAL, Ranking, SelectionContext, Strategy, influence_ranking, make_strategy
-from .train import semi
-from .train.loop import train
+from .settings import EngineSettings
+from .tasks.base import TaskAdapter
 from .tasks.frozen import Embeddings
+from .train import evaluation, semi
+from .train.loop import train
+from .utils import distributed
+from .utils.runtime import resolve_device, seed_everything
 
 
 @dataclass

@@ -9,11 +9,11 @@ import sys
 import torch
 from torch import nn
 
-from isal_core.utils import distributed
-from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.data.images import TensorDataset3
 from isal_core.learner import Learner
 from isal_core.settings import EngineSettings
+from isal_core.tasks.classification import ClassificationAdapter
+from isal_core.utils import distributed
 
 
 class MLPAdapter(ClassificationAdapter):

@@ -31,8 +31,8 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.tools.demo import choice_result, label_config  # noqa: E402
 from backend.labelstudio.client import LabelStudioAPI  # noqa: E402
+from backend.tools.demo import choice_result, label_config  # noqa: E402
 from isal_core.data.cifar10 import CLASSES, SHARED_CIFAR10  # noqa: E402
 
 LS_URL = os.environ.get("LABEL_STUDIO_URL", "http://127.0.0.1:18080").rstrip("/")

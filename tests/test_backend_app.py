@@ -19,22 +19,21 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.web.app import create_app
 from backend.errors import JobError
+from backend.job.publication import Publication
 from backend.labelstudio.score_encoding import UNSCORABLE_SCORE, encode, influence_scale, place_scores
 from backend.settings import EngineSettings, Settings
-from backend.tasktypes import classification_config, parse_label_config
-from backend.job.publication import Publication
 from backend.storage.projects import ModelDir
-from isal_core.nets.models import build_model
+from backend.tasktypes import classification_config, parse_label_config
+from backend.web.app import create_app
 from isal_core.influence.params import select_parameters
 from isal_core.influence.scorer import InfluenceScorer
+from isal_core.nets.models import build_model
 
 try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, frozen_project, wait_for_job
 except ImportError:  # tests/ imported as a package
-    from tests.backend_helpers import (choice_result, cifar_images, create_cifar_project, frozen_project,
-                                       wait_for_job)
+    from tests.backend_helpers import choice_result, cifar_images, create_cifar_project, frozen_project, wait_for_job
 
 CONFIG = ('<View><Image name="image" value="$image"/>'
           '<Choices name="label" toName="image"><Choice value="cat"/><Choice value="dog"/></Choices></View>')
@@ -424,7 +423,8 @@ def test_a_failing_job_is_reported_and_the_server_keeps_serving(tmp_path):
     assert "HTTP 401" in status["last_error"] and status["job"]["last_job"]["status"] == "failed"
     assert status["model_version"] == "untrained"
     assert c.get("/health").status_code == 200
-    assert c.post("/predict", json={"project": PROJECT, "tasks": [{"id": 1, "data": {"image": "a"}}]}).status_code == 200
+    tasks = [{"id": 1, "data": {"image": "a"}}]
+    assert c.post("/predict", json={"project": PROJECT, "tasks": tasks}).status_code == 200
 
 
 # ---------------------------------------------------------------------------
@@ -451,7 +451,8 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
                 "engine": {"epochs": 2, "retrain_every": 0, "cold_start": "off"}}  # one job: START_TRAINING's
     app = make_app(tmp_path, **settings)
     c = app.test_client()
-    assert c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config}).status_code == 200
+    schema = ls.projects.get(id=pid).label_config
+    assert c.post("/setup", json={"project": f"{pid}.0", "schema": schema}).status_code == 200
     assert c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 202
     status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, timeout=300)
     assert status["last_error"] is None, status
@@ -459,7 +460,8 @@ def test_job_skips_broken_tasks_counts_them_and_keeps_the_last_good_model(label_
     assert v1.startswith(f"isal-{pid}-")
     warnings = status["warnings"]
     assert warnings["image_download_failed"]["count"] == 3 and "404" in warnings["image_download_failed"]["examples"][0]
-    assert warnings["label_outside_config"]["count"] == 1 and "'zebra'" in warnings["label_outside_config"]["examples"][0]
+    outside = warnings["label_outside_config"]
+    assert outside["count"] == 1 and "'zebra'" in outside["examples"][0]
     assert warnings["no_image"]["count"] == 1
     counts = status["counts"]
     assert {k: counts[k] for k in ("labeled", "reference", "unlabeled", "reference_unlabeled", "skipped")} == {
@@ -658,8 +660,9 @@ def test_a_detection_task_without_a_box_above_the_threshold_is_served_after_the_
     boxed = {"boxes": [[1.0, 2.0, 30.0, 40.0]], "labels": [1], "scores": [0.9], "size": [80, 96]}
     empty = {"boxes": [], "labels": [], "scores": [], "size": [80, 96]}
     job = project.next_job_number()
-    meta = {"version": f"isal-7-{job}-det", "job": job, "sigma": 1.0, "task_type": task_type.to_meta(), "params": "head",
-            "top_k": 1, **adapter.to_meta(), "counts": {}, "reference_source": "isal_reference", "top_task": 1}
+    meta = {"version": f"isal-7-{job}-det", "job": job, "sigma": 1.0, "task_type": task_type.to_meta(),
+            "params": "head", "top_k": 1, **adapter.to_meta(), "counts": {}, "reference_source": "isal_reference",
+            "top_task": 1}
     with Publication(project, None, meta["version"]) as publication:
         publication.save(model, adapter.to_meta(), InfluenceScorer(s_test, params), [1, 2], [-1.0, -5.0],
                          [boxed, empty])

@@ -13,8 +13,8 @@ import time
 import pytest
 import requests
 
-from backend.tools.servers import BackendProcess
 from backend.labelstudio.client import LabelStudioAPI
+from backend.tools.servers import BackendProcess
 
 try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job

@@ -4,12 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from isal_core.tasks.classification import ClassificationAdapter
-from isal_core.selection import BADGE, BatchISAL
-from isal_core.selection.diversity import _features_and_residuals
 from isal_core.data.images import TensorDataset3
 from isal_core.influence.stest import CG
-from isal_core.selection import ISAL, SelectionContext
+from isal_core.selection import BADGE, ISAL, BatchISAL, SelectionContext
+from isal_core.selection.diversity import _features_and_residuals
+from isal_core.tasks.classification import ClassificationAdapter
 
 
 def context(budget=6):

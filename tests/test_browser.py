@@ -117,8 +117,9 @@ def test_the_project_page_draws_the_learning_curve_and_the_forecast(label_studio
            "MODEL_DIR": str(models), "ISAL_COLD_START": "off", "ISAL_RETRAIN_EVERY": "0"}
     with BackendProcess(env, log_path=tmp_path / "backend.log") as backend:
         status = lambda p: requests.get(f"{backend.url}/status", params={"project": p}, timeout=10).json()  # noqa
-        requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
-                      timeout=30).raise_for_status()
+        schema = ls.projects.get(id=pid).label_config
+        setup = {"project": str(pid), "schema": schema}
+        requests.post(f"{backend.url}/setup", json=setup, timeout=30).raise_for_status()
         requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
         done = wait_for_job(status, pid, timeout=300)
         assert done["last_error"] is None, done

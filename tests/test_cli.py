@@ -77,7 +77,8 @@ def test_bad_inputs_are_named(folders, tmp_path, capsys):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    code = main(["select", "--labeled", str(folders["labeled"]), "--pool", str(empty), "--quiet", "--out", str(tmp_path / "x.csv")])
+    code = main(["select", "--labeled", str(folders["labeled"]), "--pool", str(empty), "--quiet",
+                 "--out", str(tmp_path / "x.csv")])
     assert code == 2 and str(empty) in capsys.readouterr().err
 
 

@@ -13,7 +13,8 @@ def blobs():
     """Four tight, far-apart groups of 40, 30, 20 and 10 points; each group's first point is its centre."""
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])
-    groups = [torch.cat([c[None], c + 0.5 * torch.randn(n - 1, 2, generator=g)]) for c, n in zip(centres, (40, 30, 20, 10))]
+    groups = [torch.cat([c[None], c + 0.5 * torch.randn(n - 1, 2, generator=g)])
+              for c, n in zip(centres, (40, 30, 20, 10))]
     starts = [0, 40, 70, 90]
     return torch.cat(groups), starts
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.tools.servers import BackendProcess
 from backend.labelstudio.client import LabelStudioAPI
+from backend.tools.servers import BackendProcess
 
 try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
@@ -101,8 +101,9 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
     backend = BackendProcess(env, log_path=log).start()
     port = backend.port
     try:
-        requests.post(f"{backend.url}/setup", json={"project": str(pid), "schema": ls.projects.get(id=pid).label_config},
-                      timeout=30).raise_for_status()
+        schema = ls.projects.get(id=pid).label_config
+        setup = {"project": str(pid), "schema": schema}
+        requests.post(f"{backend.url}/setup", json=setup, timeout=30).raise_for_status()
         requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
         v1 = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)["model_version"]
     finally:

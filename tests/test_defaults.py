@@ -93,7 +93,8 @@ def test_odd_images_are_embedded_and_a_file_that_is_no_image_is_skipped_and_coun
     rng = np.random.default_rng(0)
     rgb = lambda h, w: rng.integers(0, 255, (h, w, 3), dtype=np.uint8)  # noqa: E731
     odd = {"gray.png": Image.fromarray(rgb(20, 30)[..., 0], "L"), "rgba.png": Image.fromarray(
-        np.dstack([rgb(20, 30), rgb(20, 30)[..., :1]]), "RGBA"), "palette.png": Image.fromarray(rgb(20, 30)).convert("P"),
+        np.dstack([rgb(20, 30), rgb(20, 30)[..., :1]]), "RGBA"),
+        "palette.png": Image.fromarray(rgb(20, 30)).convert("P"),
         "cmyk.jpg": Image.fromarray(rgb(20, 30)).convert("CMYK"),
         "sixteen.png": Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16)),
         "one.png": Image.fromarray(rgb(1, 1))}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.tools.demo import VIEW_TITLE
-from backend.labelstudio.views import views
-from backend.tools.servers import free_port
 from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.views import views
+from backend.tools.demo import VIEW_TITLE
+from backend.tools.servers import free_port
 
 try:
     from needs import need

@@ -4,9 +4,10 @@ pip install) must not meet a ModuleNotFoundError at run time (scipy.stats in the
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 OWN = {"isal_core", "backend", "bench", "__future__"}

@@ -12,11 +12,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from isal_core.data.boxes import BoxProblems, clean_boxes, load_coco, load_voc, read_voc_xml
 from isal_core.data.images import ImageRecord
-from isal_core.tasks.detection import HEAD_PARAMS, DetectionAdapter
 from isal_core.influence.params import select_parameters
-from isal_core.influence.scorer import PoolScores
 from isal_core.influence.pool import influence, influence_loop
+from isal_core.influence.scorer import PoolScores
 from isal_core.selection.base import influence_ranking
+from isal_core.tasks.detection import HEAD_PARAMS, DetectionAdapter
 
 try:
     from needs import BCCD_ZIP as BCCD
@@ -74,7 +74,8 @@ def test_batched_image_influence_equals_a_per_image_loop(blobs):
     params = select_parameters(model, HEAD_PARAMS)
     assert [n for n, _ in params] == HEAD_PARAMS  # the head's three final convolutions
     dataset = Double(adapter.dataset(blobs))
-    s_test = torch.randn(sum(p.numel() for _, p in params), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    s_test = torch.randn(sum(p.numel() for _, p in params), dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(1))
     loader = DataLoader(dataset, batch_size=3, collate_fn=adapter.collate_fn)
     fast = influence(model, adapter, loader, s_test, params)
     loop = influence_loop(model, adapter, dataset, s_test, params)
@@ -250,7 +251,8 @@ def test_box_influence_is_the_image_influence_minus_that_with_the_box_edited(blo
     model = adapter.build_model().double().eval()
     params = select_parameters(model, HEAD_PARAMS)
     dataset = Double(adapter.dataset(blobs))
-    s_test = torch.randn(sum(p.numel() for _, p in params), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    s_test = torch.randn(sum(p.numel() for _, p in params), dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(1))
     found = box_review(model, adapter, dataset, s_test, HEAD_PARAMS, batch_size=3, edit=edit)
     counts = [len(dataset[i][1]["labels"]) for i in range(len(dataset))]
     assert found.image.tolist() == [i for i, n in enumerate(counts) for _ in range(n)]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.tasktypes.rectangle_labels import rectangle_config
 from backend.labelstudio.client import LabelStudioAPI
+from backend.tasktypes.rectangle_labels import rectangle_config
 from backend.tasktypes.rectangles import rectangle_results
 from isal_core.data.boxes import load_voc
 
@@ -97,7 +97,8 @@ def test_rectangles_in_fcos_trained_rectangle_predictions_out_and_next_serves_th
         assert (n > 1) <= len(found) <= sum(len(by_task[t].label["boxes"]) for t in {b["task"] for b in found})
         for b in found:  # each box is the task's annotated box, with its class
             record = by_task[b["task"]].label
-            (j,) = [j for j, xy in enumerate(record["boxes"]) if max(abs(u - v) for u, v in zip(xy, b["annotated_box"])) < 1]
+            (j,) = [j for j, xy in enumerate(record["boxes"])
+                    if max(abs(u - v) for u, v in zip(xy, b["annotated_box"])) < 1]
             assert classes[record["labels"][j]] == b["annotated"]
         with_boxes = list(dict.fromkeys(b["task"] for b in found))  # a task where its worst box is
         tab = review_tab(ls, api, pid) if n > 1 else []  # tasks by their worst box, then any with no box

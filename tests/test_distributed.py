@@ -53,7 +53,8 @@ def test_torchrun_two_processes_rank_like_one(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "isal_core.cli", *select_args(tmp_path, tmp_path / "two.csv", "--checkpoint", str(ckpt))],
+                          "-m", "isal_core.cli",
+                          *select_args(tmp_path, tmp_path / "two.csv", "--checkpoint", str(ckpt))],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "(2 processes)" in two.stdout
@@ -121,7 +122,8 @@ def test_a_backend_job_round_as_a_torchrun_group_equals_one_process(tmp_path):
              "reference": records(noisy_images(tmp_path / "reference", 2, True, 1))}
     task_type = ImageClassification("choice", "image", "image", list(CLASSES))
     engine = EngineSettings(arch="small_cnn", weights=str(tmp_path / "backbone.pt"),
-                            embedding_cache=str(tmp_path / "cache"), epochs=3, min_steps=0, batch_size=4, device="cpu", job_procs=2,
+                            embedding_cache=str(tmp_path / "cache"), epochs=3, min_steps=0, batch_size=4, device="cpu",
+                            job_procs=2,
                             strategy="isal_batch")  # influence scored on shards: what the group splits
     adapter = task_type.adapter(engine)
     learner = Learner(adapter, task_type.engine_settings(engine), engine.seed)

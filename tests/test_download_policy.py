@@ -10,10 +10,10 @@ import threading
 import pytest
 from PIL import Image
 
-from backend.labelstudio.download_policy import DownloadPolicy, DownloadRefused
-from backend.job.tasks import fetch_images, is_key_problem
 from backend.errors import DownloadError
+from backend.job.tasks import fetch_images, is_key_problem
 from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.download_policy import DownloadPolicy, DownloadRefused
 from isal_core.data.images import open_image
 from isal_core.errors import ImageDecodeError
 

@@ -1,5 +1,5 @@
-"""Generated requests against every route of the OpenAPI description (hypothesis): wrong types, deep nesting, unicode, missing
-fields, raw bytes, and shapes of what Label Studio really sends. No answer is a 5xx and every
+"""Generated requests against every route of the OpenAPI description (hypothesis): wrong types, deep nesting,
+unicode, missing fields, raw bytes, and shapes of what Label Studio really sends. No answer is a 5xx and every
 error body is JSON with a message. Jobs are stubbed (nothing trains); a project is set up so the
 project routes run their real code."""
 from __future__ import annotations
@@ -34,7 +34,8 @@ label_studio_like = st.fixed_dictionaries({}, optional={
 })
 bodies = (label_studio_like.map(json.dumps) | json_values.map(json.dumps) | st.binary(max_size=200)
           | st.just("[" * 5000 + "]" * 5000) | st.just('{"a":' * 3000 + "1" + "}" * 3000))
-path_ids = st.sampled_from(["7", "0", "-1", "abc", "7.0", "99999999999999999999", "９", "%00", "a/b"]) | st.text(max_size=8).filter(lambda t: not set(t) & set("?#"))
+path_ids = st.sampled_from(["7", "0", "-1", "abc", "7.0", "99999999999999999999", "９", "%00", "a/b"]) \
+    | st.text(max_size=8).filter(lambda t: not set(t) & set("?#"))
 queries = st.dictionaries(st.sampled_from(["project", "x"]), st.text(max_size=20), max_size=2)
 
 

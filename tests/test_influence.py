@@ -5,12 +5,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from isal_core.errors import NonFiniteError
-from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.influence.gradients import HessianOperator, reference_gradient
 from isal_core.influence.params import select_parameters
 from isal_core.influence.pool import expected_gradient, influence, influence_loop, layerwise_supported
 from isal_core.influence.stest import CG
 from isal_core.selection import ISAL, Random, SelectionContext, check_budget
+from isal_core.tasks.classification import ClassificationAdapter
 
 ADAPTER = ClassificationAdapter()
 
@@ -111,7 +111,8 @@ def retraining_check(seed: int, n_labeled: int = 200, n_candidates: int = 40, di
     model = _fit(nn.Linear(dim, 3).double(), xl, yl, l2)
     params = select_parameters(model, "all")
     v = reference_gradient(model, ADAPTER, [(xr, yr, torch.arange(len(xr)))], params)
-    s_test = CG(damping=l2, tol=1e-12, max_iter=500).solve(HessianOperator(model, ADAPTER, params, [(xl, yl)]), v).s_test
+    op = HessianOperator(model, ADAPTER, params, [(xl, yl)])
+    s_test = CG(damping=l2, tol=1e-12, max_iter=500).solve(op, v).s_test
     grads = [reference_gradient(model, ADAPTER, [(xc[i:i + 1], yc[i:i + 1], [i])], params) for i in range(len(xc))]
 
     def ref_loss(m):
@@ -176,7 +177,8 @@ def test_empty_pool_and_budget_errors():
 def test_empty_reference_set_is_named():
     model = small_bn_cnn()
     ctx = SelectionContext(model, ADAPTER, Items(torch.randn(4, 3, 16, 16)),
-                           Items(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)), Items(torch.zeros(0, 3, 16, 16)))
+                           Items(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)),
+                           Items(torch.zeros(0, 3, 16, 16)))
     with pytest.raises(ValueError, match="reference set"):
         ISAL(params="last").rank(ctx)
 
@@ -189,4 +191,5 @@ def test_model_that_outputs_nan_is_named():
     with pytest.raises(NonFiniteError, match=r"NaN/inf for samples \[4\]"):
         influence(model, ADAPTER, DataLoader(pool, batch_size=3), torch.ones(sum(p.numel() for _, p in params)), params)
     with pytest.raises(NonFiniteError, match="NaN/inf"):
-        reference_gradient(model, ADAPTER, DataLoader(Items(pool.x, torch.zeros(6, dtype=torch.long)), batch_size=3), params)
+        labeled = DataLoader(Items(pool.x, torch.zeros(6, dtype=torch.long)), batch_size=3)
+        reference_gradient(model, ADAPTER, labeled, params)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.scheduling.state import JobTable, owner_gone, process_id
 from backend.scheduling.manager import JobManager
+from backend.scheduling.state import JobTable, owner_gone, process_id
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,17 +2,15 @@
 the torchvision one, per-image influence equal to a per-image loop, training lowers its loss."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from isal_core.tasks.mmdet_fcos import mmdet_available
 from isal_core.influence.params import select_parameters
-from isal_core.influence.scorer import InfluenceScorer
 from isal_core.influence.pool import influence, influence_loop
+from isal_core.influence.scorer import InfluenceScorer
 from isal_core.selection.base import influence_ranking
+from isal_core.tasks.mmdet_fcos import mmdet_available
 
 try:
     from test_detection import blob_images, loss_after_training

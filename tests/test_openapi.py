@@ -13,7 +13,8 @@ def test_the_openapi_description_matches_the_app_routes(tmp_path):
     app = make_app(tmp_path)
     spec = app.test_client().get("/openapi.json").json
     assert spec["openapi"].startswith("3.")
-    served = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower()) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+    served = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
+              for rule in app.url_map.iter_rules() if rule.endpoint != "static"
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     assert served == described

@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from isal_core import EngineSettings, InfluenceScorer, Learner, Metric, TaskAdapter
-from isal_core.train.checkpoints import load_checkpoint, save_checkpoint
 from isal_core.influence.gradients import HessianOperator, collect_batches, reference_gradient
 from isal_core.influence.params import select_parameters
 from isal_core.influence.pool import influence_loop
+from isal_core.train.checkpoints import load_checkpoint, save_checkpoint
 
 DIM, TAGS = 6, 3
 
@@ -101,7 +101,8 @@ def test_a_multi_label_task_runs_a_whole_round_through_its_adapter_alone(tmp_pat
 
     # s_test: the exact solution of (H + damping I) x = grad l(R)
     params = select_parameters(result.model, "all")
-    op = HessianOperator(result.model, adapter, params, collect_batches(adapter, DataLoader(labeled, batch_size=16), "cpu"))
+    batches = collect_batches(adapter, DataLoader(labeled, batch_size=16), "cpu")
+    op = HessianOperator(result.model, adapter, params, batches)
     v = reference_gradient(result.model, adapter, DataLoader(reference, batch_size=16), params)
     exact = torch.linalg.solve(op.dense().double() + SETTINGS.damping * torch.eye(op.dim, dtype=torch.float64),
                                v.double())

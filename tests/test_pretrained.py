@@ -15,15 +15,15 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.data.images import ImageRecord
 from isal_core.errors import ModelError
-from isal_core.tasks.frozen import EmbeddingCache, FrozenFeatureAdapter, classification_adapter
 from isal_core.influence.gradients import HessianOperator, collect_batches, reference_gradient
-from isal_core.learner import Learner
 from isal_core.influence.params import select_parameters
 from isal_core.influence.pool import influence_loop
+from isal_core.learner import Learner
 from isal_core.settings import EngineSettings, ModelSettings, TrainSettings
+from isal_core.tasks.classification import ClassificationAdapter
+from isal_core.tasks.frozen import FrozenFeatureAdapter, classification_adapter
 from isal_core.train.loop import scheduled_epochs, train
 
 ARCH = "resnet18"  # a torchvision classifier with weights, fast enough on a CPU at 224 px

@@ -101,7 +101,8 @@ def test_one_job_reads_in_few_files_with_few_returns(label_studio, tmp_path):
     project, api = backend.model_dir.known(pid), backend.api_for(pid)
 
     report, calls = first_calls(lambda: backend.job.run(project, api), REPO / "backend")
-    assert report["model_version"] == project.current.name and report["predictions_written"] == 10 + 6  # the pool's, and the review's
+    assert report["model_version"] == project.current.name
+    assert report["predictions_written"] == 10 + 6  # the pool's, and the review's
     files, visits = reading_path(calls)
     returns = len(visits) - len(set(visits))
     print(f"reading one job: {len(files)} files ({', '.join(sorted(files))}); through the job's own files "

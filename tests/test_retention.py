@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import time
 
-from backend.storage.retention import cache_bytes, prune_cache, prune_versions
 from backend.storage.layout import IMAGE_CACHE
 from backend.storage.projects import ModelDir
+from backend.storage.retention import cache_bytes, prune_cache, prune_versions
 
 try:
     from test_backend_app import make_app, publish_version

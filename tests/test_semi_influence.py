@@ -3,6 +3,7 @@ minimised (labels and trusted pseudo-labels), against a direct solve, and agains
 on a small convex model."""
 import torch
 import torch.nn.functional as F
+from test_semi import Head
 from torch import nn
 
 from isal_core.influence.gradients import HessianOperator, reference_gradient
@@ -13,7 +14,6 @@ from isal_core.settings import EngineSettings
 from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.tasks.frozen import Embeddings
 from isal_core.train import semi
-from test_semi import Head
 
 ADAPTER = ClassificationAdapter()
 CLASSES, L2 = 3, 0.01

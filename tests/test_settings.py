@@ -9,9 +9,9 @@ from backend.settings import EngineSettings as BackendEngine
 from backend.settings import Settings
 from isal_core.cli import build_parser
 from isal_core.errors import ConfigError
+from isal_core.influence.stest import CG, LiSSA, solver_from
 from isal_core.settings import EngineSettings, validate
 from isal_core.simulation.config import SimulationConfig
-from isal_core.influence.stest import CG, LiSSA, solver_from
 
 
 def test_the_backend_the_simulation_and_the_cli_share_one_set_of_defaults(monkeypatch):

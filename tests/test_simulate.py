@@ -8,12 +8,20 @@ import torch
 from PIL import Image
 
 from backend.tools.cli import main as isal
-from isal_core.data import cifar10
 from isal_core.cli import main
+from isal_core.data import cifar10
 from isal_core.data.images import DataError, ImageDecodeError
-from isal_core.simulation.report import cost_to_reach, interval95, label_balance, mean_curves, metric_table, savings, savings_table
-from isal_core.simulation.rundir import RESULT_COLUMNS, ConfigMismatch
+from isal_core.simulation.report import (
+    cost_to_reach,
+    interval95,
+    label_balance,
+    mean_curves,
+    metric_table,
+    savings,
+    savings_table,
+)
 from isal_core.simulation.run import SIM_STRATEGIES, Simulation, SimulationConfig, load_config, simulate
+from isal_core.simulation.rundir import RESULT_COLUMNS, ConfigMismatch
 
 COLORS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from isal_core.tasks.classification import ClassificationAdapter
 from isal_core.influence.gradients import HessianOperator, reference_gradient
 from isal_core.influence.params import select_parameters
 from isal_core.influence.stest import CG, Identity, LiSSA, SolverError, make_solver
+from isal_core.tasks.classification import ClassificationAdapter
 
 DAMPING = 0.05
 

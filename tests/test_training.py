@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from isal_core.train import evaluation
-from isal_core.tasks.classification import ClassificationAdapter
-from isal_core.train.checkpoints import load_checkpoint, save_checkpoint
 from isal_core.data.images import TensorDataset3
 from isal_core.errors import ConfigError
 from isal_core.nets.models import small_cnn
-from isal_core.utils.runtime import resolve_device, seed_everything
 from isal_core.settings import EngineSettings, TrainSettings
+from isal_core.tasks.classification import ClassificationAdapter
+from isal_core.train import evaluation
+from isal_core.train.checkpoints import load_checkpoint, save_checkpoint
 from isal_core.train.loop import build_optimizer, milestone_epochs, train
+from isal_core.utils.runtime import resolve_device, seed_everything
 
 ADAPTER = ClassificationAdapter()
 
@@ -35,7 +35,8 @@ def evaluate(model, dataset, batch_size=256):
 
 
 def predict_logits(model, dataset, device="cpu", batch_size=256):
-    chunks = [out for out, _, _ in evaluation.outputs(model, ADAPTER, DataLoader(dataset, batch_size=batch_size), device)]
+    loader = DataLoader(dataset, batch_size=batch_size)
+    chunks = [out for out, _, _ in evaluation.outputs(model, ADAPTER, loader, device)]
     return torch.cat(chunks) if chunks else torch.empty(0, 3)
 
 

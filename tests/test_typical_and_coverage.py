@@ -82,7 +82,8 @@ def test_probcover_ranks_the_densest_uncovered_region_first():
     labeled = torch.tensor([[1.0, 0.0]])  # a label inside the largest arc covers it
     order = ProbCover(delta=0.2).rank(context(pool, labeled, budget=2)).order.tolist()
     assert [region(i) for i in order[:2]] == [1, 2]
-    auto = ProbCover().rank(context(pool, budget=3)).order.tolist()  # delta from purity (k-means; k = 10 when the adapter names no classes)
+    # delta from purity (k-means; k = 10 when the adapter names no classes)
+    auto = ProbCover().rank(context(pool, budget=3)).order.tolist()
     assert sorted(auto) == list(range(45))
 
 

@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from isal_core.utils import distributed
-from isal_core.selection import resolve_strategy
 from isal_core.learner import Learner, RoundResult
+from isal_core.selection import resolve_strategy
+from isal_core.utils import distributed
 
 from ..errors import JobError
-from .publication import hold_point
 from ..settings import EngineSettings
 from ..tasktypes import TaskType, task_type_from_meta
+from .publication import hold_point
 
 log = logging.getLogger(__name__)
 PHASE = "isal-phase: "  # a stdout line of rank 0 that names the phase now running

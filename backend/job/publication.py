@@ -38,13 +38,13 @@ import numpy as np
 import torch
 
 from isal_core.train.checkpoints import save_checkpoint
-from isal_core.utils.progress import track
 from isal_core.utils.atomic import atomic_write, write_json
+from isal_core.utils.progress import track
 
 from ..errors import JobError
 from ..labelstudio.client import LabelStudioAPI
-from ..labelstudio.views import REVIEW_VIEW, ensure_view
 from ..labelstudio.score_encoding import first_served, place_scores
+from ..labelstudio.views import REVIEW_VIEW, ensure_view
 from ..storage.layout import CENTROIDS, META, MODEL, REVIEW, SCORER, SCORES, STAGING_PREFIX, UNPUBLISHED
 from ..storage.projects import ProjectDir, new_version_name
 from ..storage.versions import ModelVersion, save_review, save_scores

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from isal_core.influence.review import box_review, review, review_order
-
 from isal_core.influence.scorer import PoolScores
 from isal_core.learner import Learner, RoundResult
 from isal_core.selection import Ranking, resolve_strategy, serves_clusters

@@ -42,7 +42,8 @@ class DownloadPolicy:
     @classmethod
     def from_settings(cls, settings, label_studio_url: str) -> "DownloadPolicy":
         """The policy of the backend's settings (DOWNLOAD_ALLOWED_HOSTS, DOWNLOAD_MAX_MB)."""
-        return cls(label_studio_url, settings.download_allowed_hosts.split(","), int(settings.download_max_mb * (1 << 20)))
+        return cls(label_studio_url, settings.download_allowed_hosts.split(","),
+                   int(settings.download_max_mb * (1 << 20)))
 
     def is_label_studio(self, url: str) -> bool:
         parts = urlsplit(url)

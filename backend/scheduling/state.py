@@ -179,8 +179,8 @@ class JobTable:
                 if not row["running"]:
                     row["reason"] = reason
                 return "pending" if row["running"] else "queued"
-            row.update(running=True, phase="queued", progress=None, reason=reason, started=row["started"] + 1, owner=process_id(),
-                       heartbeat=time.time())
+            row.update(running=True, phase="queued", progress=None, reason=reason, started=row["started"] + 1,
+                       owner=process_id(), heartbeat=time.time())
             return "started"
 
     def finish(self, project: int, last: dict, error: str | None) -> str | None:
@@ -190,8 +190,8 @@ class JobTable:
                 return None  # claimed by another process meanwhile (we were thought dead): theirs now
             row.update(last=last, last_error=error, recent=[*row["recent"][-(RECENT - 1):], _summary(last)])
             if row["pending"]:
-                row.update(pending=False, started=row["started"] + 1, phase="queued", progress=None, reason="pending request",
-                           heartbeat=time.time())
+                row.update(pending=False, started=row["started"] + 1, phase="queued", progress=None,
+                           reason="pending request", heartbeat=time.time())
                 return "pending request"
             row.update(running=False, phase="idle", owner=None, heartbeat=None)
             return None

@@ -26,8 +26,17 @@ from isal_core.utils.atomic import write_json
 
 from ..errors import UnknownProject
 from ..tasktypes import TaskType, parse_label_config, task_type_from_meta
-from .layout import (CONNECTION, EMBEDDING_CACHE, HISTORY, IMAGE_CACHE, JOB_COUNTER, META, OLD_IMAGE_CACHE, PROJECT,
-                     REFERENCE_L1)
+from .layout import (
+    CONNECTION,
+    EMBEDDING_CACHE,
+    HISTORY,
+    IMAGE_CACHE,
+    JOB_COUNTER,
+    META,
+    OLD_IMAGE_CACHE,
+    PROJECT,
+    REFERENCE_L1,
+)
 from .versions import ModelVersion, required_files
 
 log = logging.getLogger(__name__)

@@ -16,15 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from isal_core.train.checkpoints import load_checkpoint, read_checkpoint
-from isal_core.utils.runtime import resolve_device
 from isal_core.influence.scorer import InfluenceScorer, PoolScores
 from isal_core.selection.serving import assign
+from isal_core.train.checkpoints import load_checkpoint, read_checkpoint
+from isal_core.utils.runtime import resolve_device
 
 from ..labelstudio.score_encoding import UNSCORABLE_SCORE, encode, score_like
 from ..tasktypes import TaskType, task_type_from_meta
 from .layout import CENTROIDS, META, MODEL, REVIEW, SCORER, SCORES, VERSION_FILES
-
 
 
 def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray | None]:

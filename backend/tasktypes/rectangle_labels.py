@@ -12,9 +12,9 @@ from __future__ import annotations
 from isal_core.tasks.detection import DetectionAdapter, detection_adapter
 from isal_core.tasks.detection_defaults import detection_settings
 
-from .rectangles import boxes_of, rectangle_results
 from ..errors import UnsupportedConfig
 from .base import TaskType, image_of
+from .rectangles import boxes_of, rectangle_results
 
 SUPPORTED = "an <Image> with one <RectangleLabels> of at least one <Label> (object detection)"
 

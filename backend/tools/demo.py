@@ -22,16 +22,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from isal_core.data.cifar10 import CLASSES, cifar10_root
+from isal_core.data.images import load_records, read_bytes
 from isal_core.nets.backbones import PACKAGED, is_packaged, missing_weights
 from isal_core.settings import EngineSettings
 from isal_core.utils.atomic import atomic_write
-from isal_core.data.cifar10 import CLASSES, cifar10_root
-from isal_core.data.images import load_records, read_bytes
 
-from ..labelstudio.views import create_view, views
-from .servers import BackendProcess, LabelStudioServer, free_port
 from ..labelstudio.client import LabelStudioAPI
+from ..labelstudio.views import create_view, views
 from ..tasktypes import choice_result, classification_config
+from .servers import BackendProcess, LabelStudioServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CIFAR_CLASSES = list(CLASSES)
@@ -147,7 +147,8 @@ def learner_env() -> tuple[dict, str]:
     default = EngineSettings()
     missing = missing_weights(default.arch, default.weights)
     if missing:
-        return {"ISAL_WEIGHTS": "none"}, f"model: a small CNN trained from scratch (ISAL_WEIGHTS=none), because {missing}"
+        return {"ISAL_WEIGHTS": "none"}, (f"model: a small CNN trained from scratch (ISAL_WEIGHTS=none), "
+                                         f"because {missing}")
     source = (f"the ImageNet weights packaged in {PACKAGED[default.arch].distribution}=="
               f"{PACKAGED[default.arch].version} (no download)" if is_packaged(default.arch, default.weights)
               else f"{default.weights} weights")

@@ -39,22 +39,29 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from isal_core.utils.atomic import write_text
-from isal_core.train.checkpoints import load_checkpoint
 from isal_core.errors import ConfigError
 from isal_core.simulation.config import SimulationConfig
 from isal_core.simulation.dataset import SimulationData
 from isal_core.simulation.report import write_report
-from isal_core.simulation.rundir import ResultsFile, RunState, check_config
 from isal_core.simulation.run import Simulation, recorded
+from isal_core.simulation.rundir import ResultsFile, RunState, check_config
+from isal_core.train.checkpoints import load_checkpoint
+from isal_core.utils.atomic import write_text
 
 from ..errors import SimulationError, describe_api_error
-from ..model import UNTRAINED
-from .servers import BackendProcess, LabelStudioServer
 from ..labelstudio.client import ApiError, LabelStudioAPI
-from .simulation_project import (INDEX_KEY, LS_STRATEGIES, Server, backend_env, backend_status, cold_start,
-                                 create_project, task_indices)
+from ..model import UNTRAINED
 from ..tasktypes import choice_result
+from .servers import BackendProcess, LabelStudioServer
+from .simulation_project import (
+    LS_STRATEGIES,
+    Server,
+    backend_env,
+    backend_status,
+    cold_start,
+    create_project,
+    task_indices,
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,19 +8,19 @@ from pathlib import Path
 import requests
 import torch
 
-from isal_core.utils.atomic import atomic_write
 from isal_core.data.images import ImageRecord, read_bytes
-from isal_core.simulation.dataset import SimulationData
 from isal_core.selection import STRATEGIES
 from isal_core.simulation.config import USES_R, SimulationConfig
+from isal_core.simulation.dataset import SimulationData
 from isal_core.simulation.run import Simulation
+from isal_core.utils.atomic import atomic_write
 
 from ..errors import SimulationError
-from ..settings import engine_env
-from .servers import BackendProcess
-from ..labelstudio.client import LabelStudioAPI
 from ..job.tasks import REFERENCE_FLAG
+from ..labelstudio.client import LabelStudioAPI
+from ..settings import engine_env
 from ..tasktypes import choice_result, classification_config
+from .servers import BackendProcess
 
 #: Simulation strategy -> the backend's ISAL_STRATEGY: every strategy the backend serves; isal_l1 is ISAL
 #: with no flagged reference task, where the backend falls back to the first labeled set L1 (isal_labeled,

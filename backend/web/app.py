@@ -26,12 +26,12 @@ from werkzeug.exceptions import HTTPException
 from ..errors import ApiProblem, UnknownProject
 from ..metrics import REQUESTS, exposition
 from ..model import ISALModel
-from . import status as views
-from .page import project_page
-from .openapi import SPEC
 from ..scheduling.manager import TRAIN_EVENT
 from ..settings import Settings
 from ..storage.projects import parse_project_id
+from . import status as views
+from .openapi import SPEC
+from .page import project_page
 
 log = logging.getLogger("backend")
 

@@ -3,9 +3,9 @@ MODEL_DIR and the job table; the Label Studio contract itself is backend.model).
 from __future__ import annotations
 
 from ..errors import ApiProblem
-from ..storage.versions import read_review, review_signal
 from ..model import UNTRAINED, ISALModel
 from ..storage.projects import parse_project_id
+from ..storage.versions import read_review, review_signal
 
 
 def versions(backend: ISALModel, project_ref) -> dict:

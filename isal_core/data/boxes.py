@@ -19,8 +19,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from .images import ImageRecord, open_image, read_bytes
 from ..errors import DataError
+from .images import ImageRecord, open_image, read_bytes
 
 
 @dataclass

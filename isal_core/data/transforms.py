@@ -26,5 +26,5 @@ def pretrained_transform(pre, train: bool = False):
     """The preprocessing pretrained weights were trained with (backbones.Preprocessing): resize,
     centre crop (a random crop and flip when `train`), normalise."""
     crop = [v2.RandomCrop(pre.size), v2.RandomHorizontalFlip()] if train else [v2.CenterCrop(pre.size)]
-    return v2.Compose([v2.Resize(pre.resize, antialias=True), *crop, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(mean=list(pre.mean), std=list(pre.std))])
+    return v2.Compose([v2.Resize(pre.resize, antialias=True), *crop, v2.ToImage(),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))])

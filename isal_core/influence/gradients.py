@@ -10,8 +10,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..tasks.base import TaskAdapter
 from ..errors import NonFiniteError, SelectionError
+from ..tasks.base import TaskAdapter
 from ..train.evaluation import eval_mode
 from ..utils.progress import track
 from .params import flatten, unflatten
@@ -57,7 +57,8 @@ class HessianOperator:
     (the stochastic estimate LiSSA needs).
     """
 
-    def __init__(self, model: nn.Module, adapter: TaskAdapter, params: Sequence[tuple[str, nn.Parameter]], batches: list):
+    def __init__(self, model: nn.Module, adapter: TaskAdapter, params: Sequence[tuple[str, nn.Parameter]],
+                 batches: list):
         if not batches:
             raise SelectionError("the labeled set is empty: the Hessian needs at least one labeled sample")
         self.model, self.adapter = model, adapter
@@ -92,7 +93,8 @@ def _batch_len(targets) -> int:
     return len(targets)
 
 
-def collect_batches(adapter: TaskAdapter, loader: Iterable, device: torch.device | str, limit: int | None = None) -> list:
+def collect_batches(adapter: TaskAdapter, loader: Iterable, device: torch.device | str,
+                    limit: int | None = None) -> list:
     """Materialise up to `limit` samples of a loader as device batches (for the Hessian)."""
     out, n = [], 0
     for batch in loader:

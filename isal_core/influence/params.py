@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from ..errors import ModelError
 from ..settings import PARAMETER_SETS
 
-
 #: The final convolutions of an FCOS head, as torchvision and mmdet name them.
 HEAD_LAYERS = ("cls_logits", "bbox_reg", "bbox_ctrness", "conv_cls", "conv_reg", "conv_centerness")
 
@@ -38,7 +37,8 @@ def select_parameters(model: nn.Module, which: str | Sequence[str] = "weights") 
         if not linears:
             raise ModelError("parameter set 'last' needs a model with an nn.Linear layer")
         prefix = linears[-1][0]
-        chosen = [(n, p) for n, p in named if n.rsplit(".", 1)[0] == prefix or n in (f"{prefix}weight", f"{prefix}bias")]
+        own = (f"{prefix}weight", f"{prefix}bias")
+        chosen = [(n, p) for n, p in named if n.rsplit(".", 1)[0] == prefix or n in own]
     else:
         index = dict(named)
         unknown = [w for w in which if w not in index]

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tasks.base import TaskAdapter
 from ..errors import NonFiniteError, SelectionError
+from ..tasks.base import TaskAdapter
 from ..train.evaluation import eval_mode
 from ..utils.progress import track
 from .params import flatten, unflatten
@@ -83,8 +83,9 @@ def influence_of_targets(model: nn.Module, adapter: TaskAdapter, loader: Iterabl
                          params: Sequence[tuple[str, nn.Parameter]], targets_of: Callable,
                          device: torch.device | str = "cpu"):
     """For each batch of `loader`: (dataset indices, [S, B] -s_test . grad loss(z_i, targets_s[i]) for the S
-    target sets `targets_of(outputs, the batch's own targets)` gives, the batch's outputs, its targets). One forward per batch, whatever S:
-    e.g. an image's annotation with each of its boxes left out in turn (isal_core.influence.review)."""
+    target sets `targets_of(outputs, the batch's own targets)` gives, the batch's outputs, its targets). One
+    forward per batch, whatever S: e.g. an image's annotation with each of its boxes left out in turn
+    (isal_core.influence.review)."""
     device = torch.device(device)
     scorer = (_LayerwiseScorer if layerwise_supported(model, params) else _JvpScorer)(model, adapter, params,
                                                                                         s_test.to(device))
@@ -100,7 +101,8 @@ def influence_of_targets(model: nn.Module, adapter: TaskAdapter, loader: Iterabl
 
 def layerwise_supported(model: nn.Module, params: Sequence[tuple[str, nn.Parameter]]) -> bool:
     owners = _owners(model)
-    return all(isinstance(owners[id(p)][0], _FAST_MODULES) and owners[id(p)][1] in ("weight", "bias") for _, p in params)
+    return all(isinstance(owners[id(p)][0], _FAST_MODULES) and owners[id(p)][1] in ("weight", "bias")
+               for _, p in params)
 
 
 def _owners(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:

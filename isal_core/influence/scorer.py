@@ -15,10 +15,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..tasks.base import TaskAdapter
-from ..utils.atomic import atomic_write
 from ..errors import ModelError
+from ..tasks.base import TaskAdapter
 from ..utils import distributed
+from ..utils.atomic import atomic_write
 from ..utils.distributed import Shard
 from .params import select_parameters
 from .pool import influence

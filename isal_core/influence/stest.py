@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, SolverError
-from .gradients import HessianOperator
 from ..settings import REFERENCE_DAMPING, InfluenceSettings
+from .gradients import HessianOperator
 
 log = logging.getLogger(__name__)
 

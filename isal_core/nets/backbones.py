@@ -31,8 +31,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ..utils.atomic import atomic_write
 from ..errors import ModelError
+from ..utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import torchvision
 from torch import nn
 
 from ..errors import ModelError
-from .efficientnet_lite import BUILDERS as LITE_BUILDERS, EfficientNetLite
+from .efficientnet_lite import BUILDERS as LITE_BUILDERS
+from .efficientnet_lite import EfficientNetLite
 
 _BUILTIN = ("small_cnn", "resnet18_cifar", *LITE_BUILDERS)
 # Auxiliary heads make these return tuples in train mode; we train on the main head only.

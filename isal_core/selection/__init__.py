@@ -12,15 +12,15 @@ from ..influence.stest import solver_from
 from ..settings import InfluenceSettings
 from .base import Ranking, ScoreStrategy, SelectionContext, Strategy, check_budget, influence_ranking
 from .baselines import Entropy, LeastConfidence, Margin, Random
-from .coldstart import TypiClust, TypicalISAL
+from .coldstart import TypicalISAL, TypiClust
 from .coverage import ProbCover
 from .diversity import BADGE, Coreset
 from .isal import ISAL, BatchISAL, GradientSimilarity
 
-__all__ = ["SELF_SPREADING", "resolve_strategy", "serves_clusters", "BADGE", "BASELINES", "BATCH_STRATEGIES", "INFLUENCE_STRATEGIES", "ISAL", "STRATEGIES", "BatchISAL",
-           "Coreset", "Entropy", "GradientSimilarity", "LeastConfidence", "Margin", "ProbCover", "Random", "Ranking",
-           "ScoreStrategy", "SelectionContext", "Strategy", "TypiClust", "TypicalISAL", "check_budget", "influence_ranking",
-           "make_strategy"]
+__all__ = ["SELF_SPREADING", "resolve_strategy", "serves_clusters", "BADGE", "BASELINES", "BATCH_STRATEGIES",
+           "INFLUENCE_STRATEGIES", "ISAL", "STRATEGIES", "BatchISAL", "Coreset", "Entropy", "GradientSimilarity",
+           "LeastConfidence", "Margin", "ProbCover", "Random", "Ranking", "ScoreStrategy", "SelectionContext",
+           "Strategy", "TypiClust", "TypicalISAL", "check_budget", "influence_ranking", "make_strategy"]
 
 #: Baselines by name; "isal" and "gradsim" (ISAL with H = I) take the influence settings.
 BASELINES = {"random": Random, "entropy": Entropy, "margin": Margin, "least_confidence": LeastConfidence,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..train import evaluation
-from .base import Ranking, SelectionContext, Strategy, features, then_the_rest
+from .base import SelectionContext, Strategy, features, then_the_rest
 
 
 @dataclass

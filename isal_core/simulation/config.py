@@ -6,13 +6,12 @@ error that names it. Keys starting with "_" are notes for the reader.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
-from ..settings import EngineSettings, read_protocol, validate
 from ..selection import STRATEGIES
+from ..settings import EngineSettings, read_protocol, validate
 
 #: isal_l1: R = the initial labeled set (the paper's ISAL_v2); isal_labeled: R = the current one (ISAL_v3).
 SIM_STRATEGIES = STRATEGIES + ("isal_l1", "isal_labeled", "auto")
@@ -82,7 +81,8 @@ class SimulationConfig(EngineSettings):
         if self.task == "classification" and (self.budget == "boxes" or self.per_box):
             raise ValueError("budget: boxes and per_box need task: detection")
         if self.task == "detection" and self.data is None:
-            raise ValueError("task: detection needs data: a Pascal VOC folder or zip (e.g. ../shared/data/bccd-voc.zip)")
+            raise ValueError("task: detection needs data: a Pascal VOC folder or zip "
+                             "(e.g. ../shared/data/bccd-voc.zip)")
         return self
 
     @model_validator(mode="after")

@@ -33,20 +33,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import DataError
+from ..learner import Learner
+from ..selection import resolve_strategy, serves_clusters
+from ..selection.base import check_budget
+from ..selection.coldstart import typiclust_order
+from ..selection.serving import assign, kmeans, served_order
 from ..tasks.detection import detection_adapter
 from ..tasks.detection_defaults import detection_settings
 from ..tasks.frozen import classification_adapter
-from ..errors import DataError
-from ..learner import Learner
 from .config import SIM_STRATEGIES, USES_R, SimulationConfig, load_config
+from .costs import per_box_ranking, prefix_by_cost, true_boxes
 from .dataset import SimulationData
 from .report import label_balance, write_report
 from .rundir import Checkpoints, ResultsFile, RunState, check_config
-from ..selection.coldstart import typiclust_order
-from ..selection.serving import assign, kmeans, served_order
-from .costs import per_box_ranking, prefix_by_cost, true_boxes
-from ..selection import resolve_strategy, serves_clusters
-from ..selection.base import check_budget
 
 __all__ = ["SIM_STRATEGIES", "Simulation", "SimulationConfig", "SimulationData", "load_config", "simulate"]
 
@@ -156,7 +156,7 @@ class Simulation:
             ranking = per_box_ranking(result.scores, self.adapter, seed)
         return [pool[i] for i in ranking.order.tolist()], predictions
 
-    def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int, round_number: int = 0) -> list[int]:
+    def select(self, strategy: str, model: nn.Module, labeled: list[int], seed: int, round_number=0) -> list[int]:
         """The `step` images to label next: the ranking's head, or with cluster serving the head of the
         served order (the best of the least-labeled cluster, one after another), as the backend writes it
         into Label Studio's scores. A labeled image counts in its embedding's cluster, or (clusters of

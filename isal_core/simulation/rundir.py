@@ -22,10 +22,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ..tasks.base import TaskAdapter
-from ..utils.atomic import write_text
-from ..train.checkpoints import load_checkpoint, save_checkpoint
 from ..errors import ConfigError
+from ..tasks.base import TaskAdapter
+from ..train.checkpoints import load_checkpoint, save_checkpoint
+from ..utils.atomic import write_text
 
 log = logging.getLogger(__name__)
 

@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
-from torchvision.models.detection.fcos import FCOSHead
-import torchvision
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .classification import Metric, TaskAdapter
 from ..errors import ConfigError, DataError
 from ..nets.efficientnet_lite import FrozenBody, MapCache
+from .classification import Metric, TaskAdapter
 from .detection_defaults import RESNETS, detection_backbone, with_body_defaults
 
 #: The head's three final convolutions: class logits, box regression, centerness.

@@ -24,14 +24,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .classification import ClassificationAdapter
-from ..utils.atomic import atomic_write
 from ..data.images import ImageDataset, _split_zip, read_bytes
 from ..errors import ModelError
 from ..nets.models import for_inference, last_linear
+from ..settings import ModelSettings
+from ..utils.atomic import atomic_write
 from ..utils.progress import track
 from ..utils.runtime import resolve_device
-from ..settings import ModelSettings
+from .classification import ClassificationAdapter
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .detection import DetectionAdapter, scale_boxes
 from ..errors import ConfigError, NonFiniteError
+from .detection import DetectionAdapter, scale_boxes
 
 
 def mmdet_available() -> bool:
@@ -89,9 +89,9 @@ class MMDetFCOSAdapter(DetectionAdapter):
         return {**super().to_meta(), "adapter": "mmdet_fcos"}
 
     def build_model(self) -> nn.Module:
-        from mmengine.config import ConfigDict
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
+        from mmengine.config import ConfigDict
 
         register_all_modules()
         cfg = fcos_config(self.num_classes, self.DEPTHS[self.backbone], min(0.05, self.score_threshold))

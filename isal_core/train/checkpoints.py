@@ -11,11 +11,10 @@ import os
 import torch
 from torch import nn
 
-from ..tasks.classification import ClassificationAdapter
-
-from ..tasks.base import TaskAdapter
-from ..utils.atomic import atomic_write
 from ..errors import ModelError
+from ..tasks.base import TaskAdapter
+from ..tasks.classification import ClassificationAdapter
+from ..utils.atomic import atomic_write
 from ..utils.runtime import resolve_device
 
 CHECKPOINT_FORMAT = "isal_core.checkpoint/1"

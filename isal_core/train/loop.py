@@ -20,14 +20,12 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from ..utils.progress import report
-
-from ..utils import distributed
-
-from ..tasks.base import TaskAdapter
 from ..errors import DataError, NonFiniteError
-from ..utils.runtime import resolve_device, seed_everything
 from ..settings import TrainSettings
+from ..tasks.base import TaskAdapter
+from ..utils import distributed
+from ..utils.progress import report
+from ..utils.runtime import resolve_device, seed_everything
 
 
 def scheduled_epochs(settings: TrainSettings, steps_per_epoch: int) -> int:

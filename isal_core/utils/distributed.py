@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-
 log = logging.getLogger(__name__)
 
 
