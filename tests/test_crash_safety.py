@@ -2,7 +2,8 @@
 complete version, ignores the half-written one, runs the interrupted job again, and Label Studio
 holds exactly the predictions of published versions (none lost, none duplicated, none left over).
 
-The job is held still at a named point (backend.job.publication: TEST_HOLD_AT) so the kill lands exactly
+The job is held still at a named point (TEST_HOLD_AT: tests/fault_injection, loaded into the backend's
+processes through PYTHONPATH, wraps the product's steps; nothing of it is in the product) so the kill lands exactly
 while the version's checkpoint is half written, after its predictions are in Label Studio but
 before the version is published, or after it is published but before the predictions of older
 versions are deleted (KEEP_LS_VERSIONS=2: Label Studio keeps the newest two versions' predictions).
@@ -23,6 +24,9 @@ try:
     from backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
 except ImportError:  # tests/ imported as a package
     from tests.backend_helpers import choice_result, cifar_images, create_cifar_project, wait_for_job
+
+#: Puts tests/fault_injection/sitecustomize.py into every process of a backend started with it (TEST_HOLD_AT).
+HOLD_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent / "fault_injection")}
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +122,7 @@ def test_kill_9_mid_job_loses_nothing_and_the_job_runs_again(label_studio, tmp_p
         # the served task gets its label, so the interrupted job has something new to learn
         ls.annotations.create(id=served, result=choice_result(by_task[served].label))
         marker.unlink(missing_ok=True)
-        backend = BackendProcess({**env, "TEST_HOLD_AT": point, "TEST_HOLD_FILE": str(marker)}, port=port,
+        backend = BackendProcess({**env, **HOLD_ENV, "TEST_HOLD_AT": point, "TEST_HOLD_FILE": str(marker)}, port=port,
                                  log_path=log).start()
         try:
             requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
@@ -181,7 +185,7 @@ def test_a_killed_job_worker_is_restarted_and_the_web_keeps_serving(label_studio
     marker.write_text("")  # the first job runs through
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(tmp_path / "m"),
            "ISAL_EPOCHS": "2", "ISAL_MIN_STEPS": "20", "ISAL_RETRAIN_EVERY": "0", "LOG_LEVEL": "INFO",
-           "TEST_HOLD_AT": "checkpoint", "TEST_HOLD_FILE": str(marker)}
+           "TEST_HOLD_AT": "checkpoint", "TEST_HOLD_FILE": str(marker), **HOLD_ENV}
     if queue == "redis":
         import redis
 
@@ -240,7 +244,8 @@ def test_a_job_runs_as_a_torchrun_group_that_dies_with_its_worker(label_studio, 
     marker.write_text("")  # the first job runs through
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token(),
            "MODEL_DIR": str(tmp_path / "m"), "ISAL_EPOCHS": "2", "ISAL_MIN_STEPS": "20", "ISAL_RETRAIN_EVERY": "0",
-           "ISAL_JOB_PROCS": "2", "LOG_LEVEL": "INFO", "TEST_HOLD_AT": "group", "TEST_HOLD_FILE": str(marker)}
+           "ISAL_JOB_PROCS": "2", "LOG_LEVEL": "INFO", "TEST_HOLD_AT": "group", "TEST_HOLD_FILE": str(marker),
+           **HOLD_ENV}
     log = tmp_path / "backend.log"
     backend = BackendProcess(env, log_path=log).start()
     try:

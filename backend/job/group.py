@@ -37,7 +37,6 @@ from isal_core.utils import distributed
 from ..errors import JobError
 from ..settings import EngineSettings
 from ..tasktypes import TaskType, task_type_from_meta
-from .publication import hold_point
 
 log = logging.getLogger(__name__)
 PHASE = "isal-phase: "  # a stdout line of rank 0 that names the phase now running
@@ -121,7 +120,6 @@ def main(job_dir: str) -> None:
                            train_set=adapter.dataset(records["labeled"], train=True), on_phase=phase,
                            round_number=spec.get("round", 0), predict=True)
     if rank == 0:
-        hold_point("group")
         phase("evaluating on R")
         metric = learner.evaluate(result.model, reference)
         cache = adapter.cache.summary() if hasattr(adapter, "cache") else None

@@ -15,12 +15,6 @@ recorded versions never published are deleted, and Label Studio is pointed at th
 version if a crash came between publishing and that. `prune` keeps Label Studio's storage
 bounded (KEEP_LS_VERSIONS); a job killed before it prunes leaves that to the next job.
 `publish` is a job's third step: the served scores, the version's meta, the block above.
-
-Crash tests hold a job still at its named points (`hold_point`: TEST_HOLD_AT=<point> makes a
-job that reaches it create TEST_HOLD_FILE and wait until killed; once the file exists no job
-holds again): "checkpoint" (the model file written, the rest not yet), "predictions" (every
-prediction in Label Studio, the version neither published nor current), "published" (current,
-older predictions not pruned yet), and "group" (rank 0 of a torchrun group has scored).
 """
 from __future__ import annotations
 
@@ -28,11 +22,9 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterable
 from itertools import chain
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,14 +81,12 @@ class Publication:
                 torch.save(clusters[0], f)
         if reviewed is not None:
             save_review(self.staging / REVIEW, reviewed)
-        hold_point("checkpoint")
 
     def write_predictions(self, predictions: Iterable[dict], expected: int) -> int:
         """Bulk-write the version's predictions, recorded as unpublished first; JobError unless Label Studio
         kept every one (the block then undoes the write)."""
         _write_record(self.project, sorted({*_read_record(self.project), self.version}))
         created = self.api.write_predictions(self.project.id, predictions)
-        hold_point("predictions")
         if created < expected:  # a version that serves some tasks and not others would skew the queue
             raise JobError(f"Label Studio kept {created} of the {expected} predictions of {self.version} (it drops "
                            "what fails its validation); the version is not published and its predictions are "
@@ -230,7 +220,6 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
                            per_version, True) if reviewed else ((), 0)
         publication.write_predictions(track(chain(pool, review), "writing predictions", total=n + m), n + m)
         publication.finish(meta)
-    hold_point("published")
     set_phase("deleting old predictions")  # the new version serves already; one transaction in Label Studio
     pruned = _after_publishing(project, api, keep_ls_versions, reviewed is not None)
     keys = ("kind", "strategy", "counts", "reference_source", "reference_note", "top_task", "top_score",
@@ -288,13 +277,3 @@ def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcom
 
 def _finite(values, i: int) -> float | None:
     return float(values[i]) if np.isfinite(values[i]) else None
-
-
-def hold_point(name: str) -> None:
-    """A crash test's hold (the module docstring): wait forever at `name` when TEST_HOLD_AT names it."""
-    marker = os.environ.get("TEST_HOLD_FILE")
-    if os.environ.get("TEST_HOLD_AT") != name or not marker or Path(marker).exists():
-        return
-    log.warning("TEST_HOLD_AT=%s: the job holds here until the process is killed", name)
-    Path(marker).write_text(f"{name} {os.getpid()}")
-    threading.Event().wait()
