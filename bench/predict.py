@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from backend.job.publication import Publication
+from backend.labelstudio.score_encoding import place_scores
 from backend.settings import EngineSettings, Settings
 from backend.storage.projects import ModelDir
 from backend.tasktypes import classification_config, parse_label_config
@@ -50,12 +51,13 @@ def publish(model_dir: Path, n: int) -> None:
     s_test = torch.randn(sum(p.numel() for _, p in params)) * 1e-3
     influences = np.random.default_rng(0).normal(size=n)
     job = project.next_job_number()
-    meta = {"version": f"isal-{PROJECT}-{job}-bench", "job": job, "sigma": 1.0, "task_type": task_type.to_meta(),
+    meta = {"version": f"isal-{PROJECT}-{job}-bench", "job": job, "task_type": task_type.to_meta(),
             "params": "weights", "top_k": 1, "arch": "small_cnn", "num_classes": 2, "image_size": 32,
             "counts": {}, "reference_source": "isal_reference", "top_task": 1}
     with Publication(project, None, meta["version"]) as publication:  # on disk only
         publication.save(model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(
-            s_test, [n_ for n_, _ in params]), list(range(1, n + 1)), influences.tolist(), [0] * n)
+            s_test, [n_ for n_, _ in params]), list(range(1, n + 1)), influences.tolist(), [0] * n,
+            scores=place_scores(np.argsort(influences, kind="stable"), n))
         publication.finish(meta)
 
 

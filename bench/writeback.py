@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             with Publication(project_dir, api, version) as publication:
                 publication.save(model, {"arch": "small_cnn", "num_classes": len(CIFAR_CLASSES)}, scorer, task_ids,
-                                 influences, outputs)
+                                 influences, outputs, scores=scores)
                 write_start = time.perf_counter()
                 created = publication.write_predictions(task_type.predictions(version, task_ids, outputs, scores),
                                                          len(task_ids))

@@ -21,7 +21,7 @@ from PIL import Image
 
 from backend.errors import JobError
 from backend.job.publication import Publication
-from backend.labelstudio.score_encoding import UNSCORABLE_SCORE, encode, influence_scale, place_scores
+from backend.labelstudio.score_encoding import UNSCORABLE_SCORE, place_scores
 from backend.settings import EngineSettings, Settings
 from backend.storage.projects import ModelDir
 from backend.tasktypes import classification_config, parse_label_config
@@ -212,7 +212,7 @@ def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), in
     with Publication(project, None, version) as publication:  # on disk only: no Label Studio here
         publication.save(model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(s_test, names),
                          list(task_ids), list(influences), predictions, clusters,
-                         place_scores(np.argsort(influences, kind="stable"), len(task_ids)))
+                         scores=place_scores(np.argsort(influences, kind="stable"), len(task_ids)))
         publication.finish(meta)
     return project.current
 
@@ -288,6 +288,24 @@ def test_a_restart_loads_the_newest_complete_version(tmp_path):
     assert r.json["results"][0]["model_version"] == newer.name
 
 
+def test_files_of_an_older_backend_are_refused_with_the_way_out(tmp_path):
+    """No shims: a version whose scores lack the served order, or a scorer of another format, is not read; the
+    message says to retrain, and a restart serves the newest version that reads."""
+    from backend.storage.versions import ModelVersion
+    from isal_core.errors import ModelError
+
+    models = tmp_path / "models"
+    good, old = publish_version(models), publish_version(models)
+    with np.load(old.path / "scores.npz") as z:  # the sigmoid era kept no served scores
+        np.savez(old.path / "scores.npz", task_ids=z["task_ids"], influence=z["influence"], output=np.array([0, 1, 0]))
+    with pytest.raises(ValueError, match="older backend .*retrain the project"):
+        ModelVersion.open(old.path, verify=True)
+    assert make_app(tmp_path).test_client().get("/status?project=7").json["model_version"] == good.name
+    torch.save({"s_test": torch.zeros(3), "params": "weights"}, tmp_path / "s_test.pt")  # a set name, no format
+    with pytest.raises(ModelError, match="older backend.*retrain the project"):
+        InfluenceScorer.load(tmp_path / "s_test.pt")
+
+
 def test_the_first_labeled_set_is_saved_once(tmp_path):
     project = ModelDir(tmp_path / "models").get(7)
     assert project.first_labeled_set([5, 3, 4]) == ([3, 4, 5], True)
@@ -306,24 +324,6 @@ def test_the_served_score_is_strictly_monotone_in_the_served_order_and_inside_th
     assert np.all((scores > 0.0) & (scores < 1.0))  # Label Studio drops scores outside [0, 1]
     assert np.all(np.diff(scores[order]) > 0)  # strictly: Label Studio serves exactly this order
     assert np.array_equal(np.argsort(scores, kind="stable"), order)
-
-
-def test_older_versions_sigmoid_scores_still_read_monotone():
-    rng = np.random.default_rng(0)
-    influences = np.concatenate([rng.normal(0, 3e-4, 5000), [-1e3, -1.0, 0.0, 1.0, 1e3]])
-    sigma = influence_scale(influences)
-    assert sigma == pytest.approx(np.std(influences))
-    scores = encode(influences, sigma)
-    assert np.all((scores >= 0.0) & (scores <= 1.0)) and np.all(np.isfinite(scores))
-    order = np.argsort(influences, kind="stable")
-    assert np.all(np.diff(scores[order]) >= 0)  # never reverses ISAL's order
-    typical = np.sort(influences[np.abs(influences / sigma) < 30])
-    assert np.all(np.diff(encode(typical, sigma)) > 0)  # and strictly, where influences differ
-    assert encode([0.0], sigma)[0] == 0.5
-    assert encode([-30 * sigma], sigma)[0] > 0.0  # the helpful end never collapses to 0
-    assert influence_scale([0.2, 0.2]) > 0 and influence_scale([]) == 1.0 and influence_scale([-4.0]) == 4.0
-    with pytest.raises(ValueError):
-        encode([1.0], 0.0)
 
 
 def test_the_score_is_the_place_in_the_served_order_and_a_new_task_sits_by_its_nearest_influence():
@@ -646,6 +646,8 @@ def test_a_backbone_changed_mid_project_keeps_the_published_version_working(labe
 
 def test_a_detection_task_without_a_box_above_the_threshold_is_served_after_the_scored(tmp_path):
     from backend.tasktypes.rectangle_labels import ObjectDetection, rectangle_config
+    from isal_core.influence.scorer import PoolScores
+    from isal_core.selection import influence_ranking
     from isal_core.tasks.detection import DetectionAdapter
 
     config = rectangle_config(["cell", "dot"])
@@ -660,17 +662,18 @@ def test_a_detection_task_without_a_box_above_the_threshold_is_served_after_the_
     boxed = {"boxes": [[1.0, 2.0, 30.0, 40.0]], "labels": [1], "scores": [0.9], "size": [80, 96]}
     empty = {"boxes": [], "labels": [], "scores": [], "size": [80, 96]}
     job = project.next_job_number()
-    meta = {"version": f"isal-7-{job}-det", "job": job, "sigma": 1.0, "task_type": task_type.to_meta(),
-            "params": "head", "top_k": 1, **adapter.to_meta(), "counts": {}, "reference_source": "isal_reference",
-            "top_task": 1}
+    meta = {"version": f"isal-7-{job}-det", "job": job, "task_type": task_type.to_meta(), "params": "head",
+            "top_k": 1, **adapter.to_meta(), "counts": {}, "reference_source": "isal_reference", "top_task": 1}
+    influences = [-1.0, -5.0]  # the box-less image has the lower influence, yet the engine ranks it last
+    order = influence_ranking(PoolScores(torch.tensor(influences), [boxed, empty]), adapter, 0).order
     with Publication(project, None, meta["version"]) as publication:
-        publication.save(model, adapter.to_meta(), InfluenceScorer(s_test, params), [1, 2], [-1.0, -5.0],
-                         [boxed, empty])
+        publication.save(model, adapter.to_meta(), InfluenceScorer(s_test, params), [1, 2], influences,
+                         [boxed, empty], scores=place_scores(order.numpy(), 2))
         publication.finish(meta)
     c = make_app(tmp_path).test_client()
     tasks = [{"id": 1, "data": {"image": "/data/upload/7/a.jpg"}}, {"id": 2, "data": {"image": "/data/upload/7/b.jpg"}}]
     res = c.post("/predict", json={"project": PROJECT, "tasks": tasks}).json["results"]
-    assert res[0]["score"] < 0.5 and res[1]["score"] == 1.0  # lower influence, but no box: served last
+    assert res[0]["score"] < res[1]["score"]  # lower influence, but no box: served last
     (region,) = res[0]["result"]
     assert region["type"] == "rectanglelabels" and region["value"]["rectanglelabels"] == ["dot"]
     assert region["original_width"] == 96 and res[1]["result"] == []

@@ -75,7 +75,7 @@ def test_a_version_label_studio_keeps_only_in_part_is_not_published_and_its_writ
     with pytest.raises(JobError, match=f"kept {len(train) - 1} of the {len(train)} predictions"):
         with Publication(project, api, version) as publication:
             publication.save(model, {"arch": "small_cnn", "num_classes": len(task_type.classes)}, scorer, train,
-                             [0.0] * len(train), [0] * len(train))
+                             [0.0] * len(train), [0] * len(train), scores=[0.5] * len(train))
             publication.write_predictions(good[:-1] + [bad], len(train))
     assert version not in api.model_versions(pid)  # what was written is gone
     assert project.current is None and project.versions(good_only=False) == []

@@ -151,12 +151,12 @@ def test_the_embedding_cache_computes_each_image_once(tmp_path, torch_home, capl
     assert repaired.cache.stats["corrupt"] == 1 and "corrupt" in caplog.text
 
     entry = repaired.cache.path(repaired.backbone_id, hashlib.sha256(Path(records[2].path).read_bytes()).hexdigest())
-    legacy = entry.with_suffix(".pt")  # an entry of the older torch.save format is read, then rewritten as .npy
-    torch.save(first.x[2].float() + 1, legacy)
+    older = entry.with_suffix(".pt")  # an entry of an older format is not read: the image is embedded again
+    torch.save(first.x[2].float() + 1, older)
     entry.unlink()
-    upgraded = frozen(tmp_path)
-    assert torch.equal(upgraded.dataset(records).x[2], (first.x[2].float() + 1).double())
-    assert upgraded.cache.stats["computed"] == 0 and entry.is_file() and not legacy.exists()
+    rebuilt = frozen(tmp_path)
+    assert torch.allclose(rebuilt.dataset(records).x[2], first.x[2], rtol=1e-4, atol=1e-6)
+    assert rebuilt.cache.stats["computed"] == 1 and entry.is_file()
 
     other = tmp_path / "other.pt"  # another backbone (other weights) has entries of its own
     torch.save({k: v + 1 for k, v in torch_home[1].items()}, other)

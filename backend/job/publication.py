@@ -65,8 +65,8 @@ class Publication:
         self.staging.mkdir(parents=True)
         return self
 
-    def save(self, model, model_meta: dict, scorer, task_ids, influences, predictions, clusters=None,
-             scores=None, reviewed=None) -> None:
+    def save(self, model, model_meta: dict, scorer, task_ids, influences, predictions, clusters=None, *,
+             scores, reviewed=None) -> None:
         """The model and the scorer (where the strategy has them: none for a cold start, no scorer without
         influence), the job's scores: influence, prediction, served score (and the cluster centroids, the
         review of the labeled tasks)."""
@@ -74,8 +74,8 @@ class Publication:
             save_checkpoint(self.staging / MODEL, model, model_meta)
         if scorer is not None:
             scorer.save(self.staging / SCORER)
-        save_scores(self.staging / SCORES, task_ids, influences, predictions, None if clusters is None else clusters[1],
-                    scores)
+        save_scores(self.staging / SCORES, task_ids, influences, predictions, scores,
+                    None if clusters is None else clusters[1])
         if clusters is not None and clusters[0] is not None:
             with atomic_write(self.staging / CENTROIDS, "wb") as f:
                 torch.save(clusters[0], f)
@@ -210,7 +210,7 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
     clusters, reviewed = outcome.clusters, outcome.reviewed
     with Publication(project, api, meta["version"]) as publication:
         publication.save(result.model, outcome.adapter.to_meta(), result.scorer, task_ids, influences,
-                         result.scores.predictions, clusters, scores, reviewed)
+                         result.scores.predictions, clusters, scores=scores, reviewed=reviewed)
         set_phase("writing predictions")
         field = clusters[1] if clusters and engine.cluster_field else None
         pool, n = _first(task_type, meta["version"], task_ids, result.scores.predictions, scores, per_version,

@@ -17,13 +17,8 @@ score is the task's place in it:
 A task imported after the job is scored by /predict with the version's own model and
 s_test, and gets the score of the job's pool task whose influence is nearest its own
 (`score_like`): it is served next to the tasks it resembles most by influence.
-
-Versions published before this encoding kept `sigmoid(I / sigma)` (`encode`), which is
-still how their scores read.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -31,29 +26,6 @@ import numpy as np
 UNTRAINED_SCORE = 0.5
 #: Score for a task the model cannot see (no image, download failed): served last.
 UNSCORABLE_SCORE = 1.0
-
-
-def influence_scale(influences) -> float:
-    """sigma for `encode`: the std of the job's pool influences (1.0 when it is 0 or undefined)."""
-    values = np.asarray(influences, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    sigma = float(values.std()) if values.size > 1 else 0.0
-    if not math.isfinite(sigma) or sigma <= 0:
-        sigma = float(np.abs(values).max()) if values.size else 0.0
-    return sigma if math.isfinite(sigma) and sigma > 0 else 1.0
-
-
-def encode(influences, sigma: float) -> np.ndarray:
-    """sigmoid(I / sigma) in float64, computed without overflow for large |I / sigma|."""
-    if not (sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma}")
-    z = np.asarray(influences, dtype=np.float64) / sigma
-    out = np.empty_like(z)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
 
 
 def place_scores(order, n: int) -> np.ndarray:

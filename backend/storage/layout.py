@@ -29,7 +29,6 @@ from __future__ import annotations
 JOBS_DB = "jobs.sqlite"
 METRICS_DIR = ".metrics"  # prometheus-client's samples of every process (python -m backend)
 IMAGE_CACHE = "images"
-OLD_IMAGE_CACHE = "cache"  # before 2026-12-03: files were not checked on entry; removed on start
 EMBEDDING_CACHE = "embeddings"
 
 PROJECT = "project.json"

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 from datetime import datetime, timezone
@@ -33,7 +32,6 @@ from .layout import (
     IMAGE_CACHE,
     JOB_COUNTER,
     META,
-    OLD_IMAGE_CACHE,
     PROJECT,
     REFERENCE_L1,
 )
@@ -243,10 +241,6 @@ class ModelDir:
         self.embedding_cache = embedding_cache or str(self.root / EMBEDDING_CACHE)
         self._lock = threading.Lock()
         self._projects: dict[int, ProjectDir] = {}
-        if (self.root / OLD_IMAGE_CACHE).is_dir():  # its files may never have been decoded: fetched again
-            shutil.rmtree(self.root / OLD_IMAGE_CACHE, ignore_errors=True)
-            log.info("removed %s: the image cache is now %s (files decoded before they enter)",
-                     self.root / OLD_IMAGE_CACHE, IMAGE_CACHE)
         for d in sorted(self.root.iterdir()):
             if d.is_dir() and d.name.isdigit() and (d / PROJECT).is_file():
                 self.get(int(d.name))

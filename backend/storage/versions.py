@@ -21,19 +21,20 @@ from isal_core.selection.serving import assign
 from isal_core.train.checkpoints import load_checkpoint, read_checkpoint
 from isal_core.utils.runtime import resolve_device
 
-from ..labelstudio.score_encoding import UNSCORABLE_SCORE, encode, score_like
+from ..labelstudio.score_encoding import score_like
 from ..tasktypes import TaskType, task_type_from_meta
 from .layout import CENTROIDS, META, MODEL, REVIEW, SCORER, SCORES, VERSION_FILES
 
 
-def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray | None]:
-    """(task ids, influence, predictions, clusters or Nones, served scores or None) of scores.npz (older
-    versions kept an `output` column, and no clusters or scores)."""
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list, list, np.ndarray]:
+    """(task ids, influence, predictions, clusters or Nones, served scores) of scores.npz; ValueError for the
+    files of an older backend (no served scores): the project's next job replaces the version."""
     with np.load(path) as z:
-        predictions = [json.loads(p) for p in z["predictions"]] if "predictions" in z else [
-            o.item() if hasattr(o, "item") else o for o in z["output"]]
+        if "predictions" not in z or "scores" not in z:
+            raise ValueError(f"{path} was written by an older backend (no served scores): retrain the project "
+                             "(Start training) to replace this version")
         clusters = z["clusters"].tolist() if "clusters" in z else [None] * len(z["task_ids"])
-        return z["task_ids"], z["influence"], predictions, clusters, z["scores"] if "scores" in z else None
+        return z["task_ids"], z["influence"], [json.loads(p) for p in z["predictions"]], clusters, z["scores"]
 
 
 def required_files(meta: dict) -> tuple[str, ...]:
@@ -113,10 +114,6 @@ class ModelVersion:
                 device = resolve_device(self.device)
                 model = load_checkpoint(self.path / MODEL, device, self.adapter())[0] if self.has_model else None
                 ids, influences, predictions, clusters, served = read_scores(self.path / SCORES)
-                if served is None:  # a version of the sigmoid encoding (before the served order was the score)
-                    served = encode(influences, float(self.meta["sigma"]))
-                    unscored = [self.adapter().unscored(p) for p in predictions]  # (no box: served last)
-                    served[np.asarray(unscored, dtype=bool)] = UNSCORABLE_SCORE
                 centroids = self.path / CENTROIDS
                 scorer = self.path / SCORER
                 self._loaded = {
@@ -160,10 +157,10 @@ class ModelVersion:
         return score_like(influences, loaded["influences"], loaded["served"])
 
 
-def save_scores(path: Path, task_ids, influences, predictions, clusters=None, scores=None) -> None:
+def save_scores(path: Path, task_ids, influences, predictions, scores, clusters=None) -> None:
+    """scores.npz: per task its influence, prediction, served score (its place in the served order) and cluster."""
     extra = {} if clusters is None else {"clusters": np.asarray(clusters, dtype=np.int64)}
-    if scores is not None:
-        extra["scores"] = np.asarray(scores, dtype=np.float64)
+    extra["scores"] = np.asarray(scores, dtype=np.float64)
     np.savez(path, task_ids=np.asarray(task_ids, dtype=np.int64), influence=np.asarray(influences, dtype=np.float64),
              predictions=np.asarray([json.dumps(p) for p in predictions], dtype=str), **extra)
 

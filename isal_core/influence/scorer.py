@@ -40,7 +40,7 @@ class InfluenceScorer:
     """I(z) = -s_test . G_z over the named parameters, with top-k pseudo-labels."""
 
     s_test: Tensor
-    params: list[str] | str  # parameter names (or, in older files, a set name such as "weights")
+    params: list[str]  # the names of the parameters s_test is over
     top_k: int = 1
     info: dict = field(default_factory=dict)
 
@@ -69,14 +69,15 @@ class InfluenceScorer:
 
     @classmethod
     def load(cls, path: str | Path, top_k: int | None = None) -> InfluenceScorer:
-        """A saved scorer (also the backend's older s_test files, which kept a parameter-set name)."""
+        """A saved scorer; ModelError for a file of another format (an older backend's: retrain to replace it)."""
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            params = blob["params"]
-            return cls(blob["s_test"], params if isinstance(params, str) else list(params),
-                       int(blob.get("top_k", top_k or 1)), dict(blob.get("info", {})))
         except Exception as exc:
             raise ModelError(f"cannot load the scorer {path}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(blob, dict) or blob.get("format") != SCORER_FORMAT:
+            raise ModelError(f"the scorer {path} is not of the format {SCORER_FORMAT} (an older backend wrote it): "
+                             "retrain the project (Start training) to replace it")
+        return cls(blob["s_test"], list(blob["params"]), int(blob.get("top_k", top_k or 1)), dict(blob["info"]))
 
 
 def score_sharded(score, pool: Dataset) -> PoolScores | None:

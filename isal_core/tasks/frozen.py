@@ -43,9 +43,9 @@ class EmbeddingCache:
 
     Raw .npy, not torch.save: a job after the first reads every entry of the project, and
     np.load is about twice as fast (`python -m bench.embedding_cache`: 5,100 entries in 0.50 s
-    against 0.95 s). Entries of the older format (.pt) are still read, and rewritten as .npy."""
+    against 0.95 s)."""
 
-    SUFFIX, LEGACY_SUFFIX = ".npy", ".pt"
+    SUFFIX = ".npy"
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -65,26 +65,18 @@ class EmbeddingCache:
             self.stats["hits"] += 1
             self._touch(path)
             return self._memory[backbone, digest]
-        source = path if path.is_file() else self.path(backbone, digest, self.LEGACY_SUFFIX)
-        if not source.is_file():
+        if not path.is_file():
             return None
         try:
-            if source is path:
-                value = torch.from_numpy(np.load(path, allow_pickle=False))
-            else:
-                value = torch.load(source, map_location="cpu", weights_only=True)
-            if not isinstance(value, torch.Tensor) or value.ndim != 1 or not torch.isfinite(value).all():
+            value = torch.from_numpy(np.load(path, allow_pickle=False))
+            if value.ndim != 1 or not torch.isfinite(value).all():
                 raise ValueError("not a finite vector")
         except Exception as exc:
             self.stats["corrupt"] += 1
-            log.warning("embedding cache entry %s is corrupt (%s): computing it again", source, exc)
+            log.warning("embedding cache entry %s is corrupt (%s): computing it again", path, exc)
             return None
         self.stats["hits"] += 1
-        if source is path:
-            self._touch(path)
-        else:  # the older format: rewritten as .npy
-            self._write(path, value.float())
-            source.unlink(missing_ok=True)
+        self._touch(path)
         self._memory[backbone, digest] = value
         return value
 
