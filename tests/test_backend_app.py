@@ -21,6 +21,7 @@ from PIL import Image
 
 from backend.errors import JobError
 from backend.job.publication import Publication
+from backend.job.round import Clusters
 from backend.labelstudio.score_encoding import UNSCORABLE_SCORE, place_scores
 from backend.settings import EngineSettings, Settings
 from backend.storage.projects import ModelDir
@@ -207,7 +208,7 @@ def publish_version(model_dir: Path, project_id: int = 7, task_ids=(1, 2, 3), in
             "top_task": task_ids[int(np.argmin(influences))], "cluster_source": cluster_source,
             "cluster_field": cluster_source is not None}
     predictions = [0, 1, 0]
-    clusters = None if cluster_source is None else (None, predictions)
+    clusters = None if cluster_source is None else Clusters(None, predictions)
     names = [n for n, _ in select_parameters(model, "weights")]
     with Publication(project, None, version) as publication:  # on disk only: no Label Studio here
         publication.save(model, {"arch": "small_cnn", "num_classes": 2}, InfluenceScorer(s_test, names),

@@ -75,10 +75,10 @@ class Publication:
         if scorer is not None:
             scorer.save(self.staging / SCORER)
         save_scores(self.staging / SCORES, task_ids, influences, predictions, scores,
-                    None if clusters is None else clusters[1])
-        if clusters is not None and clusters[0] is not None:
+                    None if clusters is None else clusters.of_pool)
+        if clusters is not None and clusters.centroids is not None:
             with atomic_write(self.staging / CENTROIDS, "wb") as f:
-                torch.save(clusters[0], f)
+                torch.save(clusters.centroids, f)
         if reviewed is not None:
             save_review(self.staging / REVIEW, reviewed)
 
@@ -212,7 +212,7 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
         publication.save(result.model, outcome.adapter.to_meta(), result.scorer, task_ids, influences,
                          result.scores.predictions, clusters, scores=scores, reviewed=reviewed)
         set_phase("writing predictions")
-        field = clusters[1] if clusters and engine.cluster_field else None
+        field = clusters.of_pool if clusters and engine.cluster_field else None
         pool, n = _first(task_type, meta["version"], task_ids, result.scores.predictions, scores, per_version,
                          meta["prelabel"]["on"], field)
         # the review's: the model's own label, the review's place as the score
@@ -270,7 +270,8 @@ def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcom
         "top_tasks": [{"task": task_ids[p], "score": float(scores[p]), "influence": _finite(influences, p)}
                       for p in top],
         "reference_metric": outcome.metric, "prelabel": prelabel,
-        "clusters": None if outcome.clusters is None or outcome.clusters[0] is None else len(outcome.clusters[0]),
+        "clusters": None if outcome.clusters is None or outcome.clusters.centroids is None
+        else len(outcome.clusters.centroids),
         "cluster_source": outcome.clusters and settings.cluster_source, "cluster_field": bool(engine.cluster_field),
     }
 

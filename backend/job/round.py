@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,16 +126,24 @@ def _jsonable(label):
 
 
 @dataclass
+class Clusters:
+    """Cluster serving's clusters: the k-means centroids of the frozen embeddings (None where a task's cluster is
+    its predicted class: a model retrained from scratch keeps no other id) and each pool task's cluster."""
+
+    centroids: torch.Tensor | None
+    of_pool: list[int]
+
+
+@dataclass
 class RoundOutcome:
     """What the round gives the publication: the engine's result, the adapter that made it, the metric on R
-    ({name, value, on}; None for a cold start), (centroids or None, cluster per pool task) or None, the
-    order the pool is to be served in (positions), and for the report the processes it ran on and what
-    the embedding cache saved."""
+    ({name, value, on}; None for a cold start), the clusters with cluster serving, the order the pool is to be
+    served in (positions), and for the report the processes it ran on and what the embedding cache saved."""
 
     result: RoundResult
     adapter: object
     metric: dict | None
-    clusters: tuple | None
+    clusters: Clusters | None
     order: list[int]
     kind: str = "round"  # or "cold_start": no model yet, an order from the embeddings alone
     processes: int = 1
@@ -151,6 +160,26 @@ class RoundOutcome:
         return {**job_warnings, **training} if self.training_warnings else job_warnings
 
 
+def play_round(task_type: TaskType, engine: EngineSettings, records: dict[str, list],
+               on_phase: Callable[[str], None], round_number: int = 0, adapter=None) -> tuple[RoundResult, dict]:
+    """The round's compute (training, s_test, scoring the pool, the metric on R), in the job's process or as one
+    rank of a group: (the result, {"metric", "embedding_cache", "training_warnings"}); the report is rank 0's."""
+    adapter = adapter or task_type.adapter(engine)
+    settings = task_type.engine_settings(engine)
+    learner = Learner(adapter, settings, engine.seed)
+    labeled, pool = adapter.dataset(records["labeled"]), adapter.dataset(records["pool"])
+    reference = adapter.dataset(records["reference"])
+    result = learner.round(resolve_strategy(engine.strategy, settings), labeled, pool, reference,
+                           budget=min(engine.budget, len(pool)),
+                           train_set=adapter.dataset(records["labeled"], train=True), on_phase=on_phase,
+                           round_number=round_number, predict=True)  # the model's predictions whatever the strategy
+    if not learner.main_process:
+        return result, {}
+    on_phase("evaluating on R")
+    return result, {"metric": learner.evaluate(result.model, reference), "training_warnings": learner.warnings,
+                    "embedding_cache": adapter.cache.summary() if adapter.cache is not None else None}
+
+
 def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, tasks: ProjectTasks,
               set_phase, job: int = 0) -> RoundOutcome:
     adapter = task_type.adapter(engine)
@@ -158,32 +187,24 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
     if tasks.cold:
         return _cold_start(engine, adapter, tasks, set_phase)
     records = tasks.records
-    group = None
+    if adapter.cache is not None:  # frozen features: the datasets embed every image not in the cache
+        set_phase("embedding images")
     if engine.job_procs > 1:  # training, scoring and the metric as a torchrun group
         with tempfile.TemporaryDirectory(prefix=GROUP_PREFIX, dir=project.root) as job_dir:
-            result, group = run_in_group(engine.job_procs, task_type, engine, records, Path(job_dir), set_phase,
-                                         job)
-    if hasattr(adapter, "cache"):  # frozen features: the datasets embed every image not in the cache
-        set_phase("embedding images")
+            result, report = run_in_group(engine.job_procs, task_type, engine, records, Path(job_dir), set_phase,
+                                          job)
+    else:
+        result, report = play_round(task_type, engine, records, set_phase, job, adapter)
     labeled, pool = adapter.dataset(records["labeled"]), adapter.dataset(records["pool"])
     reference = adapter.dataset(records["reference"])
     settings = task_type.engine_settings(engine)
     strategy = resolve_strategy(engine.strategy, settings)
-    if group is None:
-        learner = Learner(adapter, settings, engine.seed)
-        result = learner.round(strategy, labeled, pool, reference, budget=min(engine.budget, len(pool)),
-                               train_set=adapter.dataset(records["labeled"], train=True), on_phase=set_phase,
-                               round_number=job, predict=True)  # the model's predictions whatever the strategy
-        value = learner.evaluate(result.model, reference)
-        cache = adapter.cache.summary() if hasattr(adapter, "cache") else None
-        notes = learner.warnings
-    else:
-        value, cache, notes = group["metric"], group["embedding_cache"], group.get("training_warnings", [])
+    value, cache, notes = report["metric"], report["embedding_cache"], report["training_warnings"]
     source = settings.cluster_source if serves_clusters(strategy, settings) else None
     clusters = _clusters(project, engine, adapter, tasks, labeled, pool, result, source)
     order = result.ranking.order.tolist()
     if clusters is not None:  # the best of the least-labeled cluster, one after another
-        order = served_order(order, clusters[1], _labeled_clusters(tasks, labeled, clusters, source))
+        order = served_order(order, clusters.of_pool, _labeled_clusters(tasks, labeled, clusters, source))
     optimistic = "" if tasks.reference_source == REFERENCE_FLAG else " (also trained on: optimistic)"
     metric = {"name": adapter.metric().name, "value": value, "on": tasks.reference_source + optimistic}
     reviewed, start = None, time.time()
@@ -201,7 +222,7 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
 
 def _cold_start(engine: EngineSettings, adapter, tasks: ProjectTasks, set_phase) -> RoundOutcome:
     """Too few labels for a model: the pool in TypiClust's order on the frozen embeddings."""
-    if not hasattr(adapter, "cache"):
+    if adapter.cache is None:
         raise JobError(f"need at least {engine.min_labeled} labeled tasks to train, have {len(tasks.labeled)}: a "
                        "cold start (ISAL_COLD_START) orders the tasks before any label only with pretrained frozen "
                        "features (ISAL_WEIGHTS)")
@@ -221,17 +242,17 @@ def _labeled_clusters(tasks: ProjectTasks, labeled, clusters, source) -> list[in
     cluster of a prediction, without frozen features, is the predicted class)."""
     if source == "predictions":
         return [int(i.label) for i in tasks.labeled]
-    return assign(labeled.x, clusters[0]).tolist() if len(tasks.labeled) else []
+    return assign(labeled.x, clusters.centroids).tolist() if len(tasks.labeled) else []
 
 
 def _clusters(project: ProjectDir, engine: EngineSettings, adapter, tasks: ProjectTasks, labeled, pool, result,
-              source):
-    """(centroids or None, cluster id per pool task) with cluster serving, else None. Without frozen
-    features a task's cluster is its predicted class (no centroids)."""
+              source) -> Clusters | None:
+    """The clusters with cluster serving, else None. Without frozen features a task's cluster is its predicted
+    class (no centroids)."""
     if source is None:
         return None
     if source == "predictions":
-        return None, [adapter.cluster(p) for p in result.scores.predictions]
+        return Clusters(None, [adapter.cluster(p) for p in result.scores.predictions])
     k = engine.clusters or adapter.num_classes
     path = project.root / CENTROIDS_OF_PROJECT.format(backbone=adapter.backbone_id, k=k, seed=engine.seed)
     if path.is_file():
@@ -242,4 +263,4 @@ def _clusters(project: ProjectDir, engine: EngineSettings, adapter, tasks: Proje
         centroids = kmeans(torch.cat([labeled.x, pool.x])[order], k, engine.seed)
         with atomic_write(path, "wb") as f:
             torch.save(centroids, f)
-    return centroids, assign(pool.x, centroids).tolist()
+    return Clusters(centroids, assign(pool.x, centroids).tolist())

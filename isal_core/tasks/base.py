@@ -48,6 +48,9 @@ class TaskAdapter(ABC):
     collate_fn: Callable | None = None
     #: What an annotation review ranks: "sample" (the annotation as a whole) or "box" (detection).
     review_unit: str = "sample"
+    #: Frozen features: the cache of the images' embeddings (datasets are embeddings, a cold start can order
+    #: tasks before any label); None for a model that trains on the images.
+    cache = None
 
     @abstractmethod
     def forward(self, model: nn.Module, inputs: Any) -> Any:
