@@ -49,16 +49,15 @@ def influence(
     NonFiniteError on NaN outputs/scores.
     """
     device = torch.device(device)
-    scorer = _LayerwiseScorer if layerwise_supported(model, params) else _JvpScorer
     total = num_samples if num_samples is not None else _dataset_len(loader)
     scores = torch.full((total,), float("nan"), dtype=s_test.dtype) if total is not None else None
     chunks: list[tuple[Tensor, Tensor]] = []
     seen = 0
-    with eval_mode(model), scorer(model, adapter, params, s_test.to(device)) as score_batch:
+    with eval_mode(model), _scorer(model, adapter, params, s_test.to(device)) as scorer:
         for batch in track(loader, "scoring the pool (batches)", enabled=progress):
             inputs, _ = adapter.to_device(batch, device)
             indices = batch[2] if len(batch) > 2 else torch.arange(seen, seen + len(batch[1]))
-            grads, outputs = score_batch(inputs, top_k, indices)
+            grads, outputs = scorer.score(inputs, top_k, indices)
             values = -grads
             if on_outputs is not None:
                 on_outputs(indices, outputs)
@@ -87,9 +86,7 @@ def influence_of_targets(model: nn.Module, adapter: TaskAdapter, loader: Iterabl
     forward per batch, whatever S: e.g. an image's annotation with each of its boxes left out in turn
     (isal_core.influence.review)."""
     device = torch.device(device)
-    scorer = (_LayerwiseScorer if layerwise_supported(model, params) else _JvpScorer)(model, adapter, params,
-                                                                                        s_test.to(device))
-    with eval_mode(model), scorer:
+    with eval_mode(model), _scorer(model, adapter, params, s_test.to(device)) as scorer:
         for batch in loader:
             inputs, given = adapter.to_device(batch, device)
             grads, outputs = scorer.derivatives(inputs, lambda out: targets_of(out, given), batch[2])
@@ -122,7 +119,27 @@ def _frozen(model: nn.Module):
             p.requires_grad_(flag)
 
 
-class _LayerwiseScorer:
+def _scorer(model: nn.Module, adapter: TaskAdapter, params, s_test: Tensor) -> _Scorer:
+    """The eps trick where every parameter is a Conv2d / Linear weight or bias, else forward-mode jvp."""
+    return (_LayerwiseScorer if layerwise_supported(model, params) else _JvpScorer)(model, adapter, params, s_test)
+
+
+class _Scorer:
+    """s_test . grad loss of a batch's samples (each scorer's `derivatives`), entered around a pass over a pool."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def score(self, inputs, top_k: int, indices: Tensor) -> tuple[Tensor, object]:
+        """(s_test . G_i for each sample of the batch, the batch's outputs)."""
+        grads, outputs = self.derivatives(inputs, lambda out: [self.adapter.pseudo_targets(out, top_k)], indices)
+        return grads[0], outputs
+
+
+class _LayerwiseScorer(_Scorer):
     """The eps trick on Conv2d / Linear layers (see the module docstring)."""
 
     def __init__(self, model, adapter, params, s_test):
@@ -140,7 +157,7 @@ class _LayerwiseScorer:
         self._stack = _frozen(self.model)
         self._stack.__enter__()
         self.handles = [m.register_forward_hook(self._hook) for m in self.directions]
-        return self.score
+        return self
 
     def __exit__(self, *exc):
         for h in self.handles:
@@ -161,11 +178,6 @@ class _LayerwiseScorer:
             else:
                 tangent = F.linear(x, w, b) if w is not None else b.expand_as(output)
         return output + self.eps.view(-1, *([1] * (output.ndim - 1))) * tangent
-
-    def score(self, inputs, top_k: int, indices: Tensor) -> tuple[Tensor, object]:
-        """(s_test . G_i for each sample of the batch, the batch's outputs)."""
-        grads, outputs = self.derivatives(inputs, lambda out: [self.adapter.pseudo_targets(out, top_k)], indices)
-        return grads[0], outputs
 
     def derivatives(self, inputs, targets_of, indices: Tensor) -> tuple[Tensor, object]:
         """([S, B] s_test . grad loss(z_i, targets_s[i]) for each of the S target sets `targets_of(outputs)`
@@ -193,7 +205,7 @@ class _AdapterModule(nn.Module):
         return self.adapter.forward(self.model, inputs)
 
 
-class _JvpScorer:
+class _JvpScorer(_Scorer):
     """Forward-mode derivative of each sample's pseudo-label loss along s_test (any model)."""
 
     def __init__(self, model, adapter, params, s_test):
@@ -202,16 +214,6 @@ class _JvpScorer:
         self.names = [f"model.{n}" for n, _ in params]
         self.primals = tuple(p.detach() for _, p in params)
         self.tangents = tuple(t.detach() for t in unflatten(s_test, self.primals))
-
-    def __enter__(self):
-        return self.score
-
-    def __exit__(self, *exc):
-        return None
-
-    def score(self, inputs, top_k: int, indices: Tensor) -> tuple[Tensor, object]:
-        grads, outputs = self.derivatives(inputs, lambda out: [self.adapter.pseudo_targets(out, top_k)], indices)
-        return grads[0], outputs
 
     def derivatives(self, inputs, targets_of, indices: Tensor) -> tuple[Tensor, object]:
         """As _LayerwiseScorer.derivatives, by one jvp over all S target sets."""
