@@ -76,6 +76,12 @@ trap teardown EXIT INT TERM
 size=$(docker image inspect -f '{{.Size}}' isal-backend:latest)
 lap "built isal-backend:latest: $(awk -v b="$size" 'BEGIN { printf "%.2f GB", b / 1e9 }') ($size bytes)"
 
+# The image holds requirements.txt alone (no dev packages): the project page's forecast (scipy.stats) must run
+# there, as every module the product imports must (tests/test_dependencies.py checks the declarations).
+docker run --rm --network host --entrypoint python isal-backend:latest -c \
+  "from isal_core.forecast import forecast; print(forecast([40, 80, 120, 160], [0.5, 0.6, 0.66, 0.7], 0.9))"
+lap "the forecast runs in the image"
+
 "${C[@]}" up -d
 lap "stack up"
 COMPOSE="${C[*]}" LABEL_STUDIO_URL=http://127.0.0.1:18080 BACKEND_URL=http://127.0.0.1:19090 \
