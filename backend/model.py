@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from isal_core.data.images import ImageRecord
 from isal_core.nets.backbones import missing_weights
@@ -77,10 +78,19 @@ class ISALModel:
 
     def api_for(self, project_id: int) -> LabelStudioAPI:
         """Label Studio client: LABEL_STUDIO_URL / _API_KEY, else what /setup sent for the project (saved for
-        the job worker, which never sees /setup)."""
+        the job worker, which never sees /setup). The configured key goes to the configured URL alone: a
+        /setup hostname is reached only with the token that came with it."""
         conn = self._connections.get(project_id) or self.model_dir.get(project_id).connection()
-        url = self.settings.label_studio_url or conn.get("hostname")
-        key = self.settings.label_studio_api_key or conn.get("access_token")
+        if self.settings.label_studio_url:
+            url = self.settings.label_studio_url
+            key = self.settings.label_studio_api_key or conn.get("access_token")
+        else:
+            url, key = conn.get("hostname"), conn.get("access_token")
+            if url and not key and self.settings.label_studio_api_key:
+                raise JobError(f"/setup named {url} without a token, and LABEL_STUDIO_API_KEY goes only to "
+                               "LABEL_STUDIO_URL, which is unset: set LABEL_STUDIO_URL to that Label Studio")
+            if url and not self._allowed_host(url):
+                raise JobError(f"{url} is not among LABEL_STUDIO_HOSTS ({self.settings.label_studio_hosts})")
         if not url or not key:
             raise JobError("the backend does not know how to reach Label Studio: set LABEL_STUDIO_URL and "
                            "LABEL_STUDIO_API_KEY (legacy token or personal access token)")
@@ -91,6 +101,15 @@ class ISALModel:
                 api = self._apis[(url, key)] = LabelStudioAPI(url, key, timeout=self.settings.label_studio_timeout,
                                                               policy=policy)
             return api
+
+    def _allowed_host(self, url: str) -> bool:
+        """Whether a /setup hostname is one LABEL_STUDIO_HOSTS lists (any, when it is empty)."""
+        listed = [h.strip() for h in self.settings.label_studio_hosts.split(",") if h.strip()]
+        if not listed:
+            return True
+        parts = urlsplit(url if "//" in url else f"//{url}")
+        names = {parts.hostname or "", parts.netloc}
+        return any((urlsplit(h if "//" in h else f"//{h}").netloc or h) in names for h in listed)
 
     # -- the protocol ----------------------------------------------------------
     def setup(self, data: dict) -> dict:
@@ -107,6 +126,9 @@ class ISALModel:
         for warning in project.info["config_warnings"]:
             log.warning("project %s: %s", project_id, warning)
         conn = {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str) and data[k]}
+        if "hostname" in conn and not self.settings.label_studio_url and not self._allowed_host(conn["hostname"]):
+            raise ApiProblem(403, f"{conn['hostname']} is not among LABEL_STUDIO_HOSTS: this backend serves "
+                                  f"{self.settings.label_studio_hosts}")
         if conn:
             self._connections[project_id] = conn
             project.save_connection(conn)

@@ -137,7 +137,11 @@ class Settings(BaseSettings):
     label_studio_url: str | None = Field(
         None, description="Label Studio base URL; unset: the `hostname` Label Studio sends to /setup")
     label_studio_api_key: str | None = Field(
-        None, description="legacy token or personal access token; unset: the `access_token` sent to /setup")
+        None, description="legacy token or personal access token; unset: the `access_token` sent to /setup. It "
+                          "goes only to LABEL_STUDIO_URL: a /setup `hostname` is reached with its own token alone")
+    label_studio_hosts: str = Field("", description="comma list of Label Studio hosts (host, host:port or a URL) a "
+                                                    "/setup `hostname` may name when LABEL_STUDIO_URL is unset; "
+                                                    "empty: any, each with the token it sent")
     model_dir: str = Field("model_dir", description="models, reference sets and the image cache")
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None

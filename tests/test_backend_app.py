@@ -715,3 +715,49 @@ def test_the_connection_setup_sent_reaches_the_job_worker_and_only_its_user(tmp_
     worker = make_app(tmp_path, job_runner="web").extensions["isal"]  # a fresh process's view
     api = worker.api_for(7)
     assert api.ls._client_wrapper.get_base_url().startswith("http://ls.example:8080")
+
+
+@pytest.fixture
+def canary():
+    """A loopback HTTP server that answers 404 and records each request's Authorization header."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+def test_the_configured_key_never_goes_to_a_host_setup_names(tmp_path, canary):
+    """LABEL_STUDIO_API_KEY set, LABEL_STUDIO_URL not: a /setup hostname is reached only with the token that came
+    with it; without one the job fails saying why, and the key reaches no host. LABEL_STUDIO_HOSTS limits the
+    hosts a /setup may name."""
+    url, seen = canary
+    app = make_app(tmp_path, label_studio_api_key="SECRET-KEY-of-the-backend")
+    c, backend = app.test_client(), app.extensions["isal"]
+    assert c.post("/setup", json={"project": PROJECT, "schema": CONFIG, "hostname": url}).status_code == 200
+    with pytest.raises(JobError, match="goes only to LABEL_STUDIO_URL"):
+        backend.api_for(7)
+    assert c.post("/train", json={"project": PROJECT}).status_code in (200, 201, 202)
+    assert backend.jobs.wait_idle(7, 30)
+    assert "LABEL_STUDIO_URL" in c.get("/status?project=7").json["last_error"]
+    c.post("/setup", json={"project": PROJECT, "schema": CONFIG, "hostname": url, "access_token": "their-token"})
+    with pytest.raises(Exception):
+        backend.api_for(7).project_label_config(7)  # the canary answers 404: what matters is what it was sent
+    assert seen and all("SECRET-KEY" not in h for h in seen) and any("their-token" in h for h in seen)
+    limited = make_app(tmp_path / "limited", label_studio_hosts="ls.example:8080, https://other.example")
+    r = limited.test_client().post("/setup", json={"project": PROJECT, "schema": CONFIG, "hostname": url,
+                                                   "access_token": "t"})
+    assert r.status_code == 403 and "LABEL_STUDIO_HOSTS" in r.json["error"]
+    ok = limited.test_client().post("/setup", json={"project": PROJECT, "schema": CONFIG,
+                                                    "hostname": "http://ls.example:8080", "access_token": "t"})
+    assert ok.status_code == 200
