@@ -74,6 +74,31 @@ def test_a_job_whose_process_died_is_claimed_once(tmp_path):
     assert table.snapshot(5)["state"] == "idle" and table.snapshot(5)["last_job"] == {"status": "done"}
 
 
+def test_a_job_that_kills_its_process_every_time_is_given_up_and_another_project_runs(tmp_path):
+    """Each sweep (one job a worker, limit=1) claims the dead job and dies in it, as an out-of-memory job would:
+    after MAX_RETRIES runs again it is marked failed with the reason, and the next sweep runs project 6's job."""
+    from backend.scheduling.state import MAX_RETRIES
+
+    db = tmp_path / "jobs.sqlite"
+    run_python(f"""
+        from backend.scheduling.state import JobTable
+        assert JobTable({str(db)!r}).request(5, "START_TRAINING") == "started"
+    """)  # the job's process is gone before it finished
+    assert JobTable(db).request(6, "annotations", claim=False) == "queued"  # another project waits for a worker
+    sweep = f"""
+        from backend.scheduling.state import JobTable
+        print([p for p, _ in JobTable({str(db)!r}).claim_orphans(limit=1)])
+    """
+    claimed = [run_python(sweep).strip() for _ in range(MAX_RETRIES + 1)]
+    assert claimed == ["[5]"] * MAX_RETRIES + ["[6]"], claimed
+    snap = JobTable(db).snapshot(5)
+    assert snap["state"] == "idle" and snap["jobs_resumed"] == MAX_RETRIES
+    assert f"stopped its process {MAX_RETRIES + 1} times" in snap["last_error"]
+    assert "START_TRAINING" in snap["last_error"]
+    assert snap["last_job"]["status"] == "failed" and snap["recent_jobs"][-1]["status"] == "failed"
+    assert JobTable(db).request(5, "START_TRAINING") == "started"  # the user can try again; it counts afresh
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def table(request, tmp_path):
     """The same transitions on both row stores (the Redis one on a real server)."""

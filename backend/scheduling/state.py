@@ -26,11 +26,15 @@ _TOKENS: dict[int, str] = {}
 
 EMPTY_ROW = {"events": 0, "running": False, "pending": False, "reason": None, "phase": "idle", "progress": None,
              "started": 0, "recent": [],
-             "coalesced": 0, "resumed": 0, "last": {}, "last_error": None, "owner": None, "heartbeat": None}
+             "coalesced": 0, "resumed": 0, "last": {}, "last_error": None, "owner": None, "heartbeat": None,
+             "retries": 0}
 
 
 #: Finished jobs kept per project (the project page lists them).
 RECENT = 10
+#: Times a job whose process died is run again before it is marked failed (a job that kills its process every
+#: time, e.g. out of memory, would otherwise be retried forever and hold a worker from other projects).
+MAX_RETRIES = 3
 
 
 def _summary(last: dict) -> dict:
@@ -39,6 +43,15 @@ def _summary(last: dict) -> dict:
     out = {k: last[k] for k in keys if k in last}
     out["warnings"] = {k: v.get("count", 0) for k, v in (last.get("warnings") or {}).items()}
     return out
+
+
+def _given_up(row: dict) -> dict:
+    """A job whose process died MAX_RETRIES times after it started, marked failed; one waiting runs next."""
+    error = (f"the job stopped its process {MAX_RETRIES + 1} times ({row['reason']}); not run again: look for the "
+             "cause (out of memory? the worker's log), then Start training")
+    last = {"status": "failed", "reason": row["reason"], "error": error}
+    return {**row, "running": False, "owner": None, "heartbeat": None, "phase": "idle", "progress": None,
+            "retries": 0, "last": last, "last_error": error, "recent": [*row["recent"][-(RECENT - 1):], _summary(last)]}
 
 
 def process_id() -> str:
@@ -180,7 +193,7 @@ class JobTable:
                     row["reason"] = reason
                 return "pending" if row["running"] else "queued"
             row.update(running=True, phase="queued", progress=None, reason=reason, started=row["started"] + 1,
-                       owner=process_id(), heartbeat=time.time())
+                       owner=process_id(), heartbeat=time.time(), retries=0)
             return "started"
 
     def finish(self, project: int, last: dict, error: str | None) -> str | None:
@@ -188,7 +201,8 @@ class JobTable:
         with self._row(project) as row:
             if row["owner"] != process_id():
                 return None  # claimed by another process meanwhile (we were thought dead): theirs now
-            row.update(last=last, last_error=error, recent=[*row["recent"][-(RECENT - 1):], _summary(last)])
+            row.update(last=last, last_error=error, recent=[*row["recent"][-(RECENT - 1):], _summary(last)],
+                       retries=0)
             if row["pending"]:
                 row.update(pending=False, started=row["started"] + 1, phase="queued", progress=None,
                            reason="pending request", heartbeat=time.time())
@@ -229,9 +243,12 @@ class JobTable:
             for project, row in tx.all().items():
                 if (limit is not None and len(claimed) >= limit) or not self._claimable(row, now):
                     continue
+                if row["running"] and row.get("retries", 0) >= MAX_RETRIES:
+                    tx.put(project, _given_up(row))
+                    continue
                 if row["running"]:
                     why = f"resumed: its process {row['owner']} stopped during the job ({row['reason']})"
-                    row.update(reason=why, resumed=row["resumed"] + 1)
+                    row.update(reason=why, resumed=row["resumed"] + 1, retries=row.get("retries", 0) + 1)
                 else:
                     why = row["reason"] or "pending request"
                     row.update(running=True, pending=False)
