@@ -156,7 +156,8 @@ class Settings(BaseSettings):
     download_max_mb: float = Field(100.0, gt=0, description="largest task file downloaded, in MB")
     predict_budget_s: float = Field(60.0, ge=0, description="seconds /predict spends scoring new tasks (Label Studio "
                                                               "waits 100 s); the rest answer 0.5 and 'deferred'")
-    keep_versions: int = Field(0, ge=0, description="newest model versions kept per project (0 = all)")
+    keep_versions: int = Field(10, ge=0, description="newest model versions kept per project, the current one "
+                                                     "always (0 = all)")
     keep_ls_versions: int = Field(2, ge=0, description="newest versions whose predictions Label Studio keeps per "
                                                        "project, the one it serves by always (0 = all)")
     ls_predictions_per_version: int = Field(
@@ -173,9 +174,10 @@ class Settings(BaseSettings):
                                                     "MODEL_DIR/jobs.sqlite")
     job_stale_s: float = Field(60.0, gt=0, description="a running job whose process sent no heartbeat for this "
                                "long (another machine's worker) is run again; a dead process on this host at once")
-    cache_max_mb: float = Field(0.0, ge=0, description="image cache cap in MB, least recently used first (0 = none)")
-    embedding_cache_max_mb: float = Field(0.0, ge=0, description="embedding cache cap in MB, least recently used "
-                                                                 "first (0 = none)")
+    cache_max_mb: float = Field(10240.0, ge=0, description="image cache cap in MB, least recently used first "
+                                                           "(0 = none)")
+    embedding_cache_max_mb: float = Field(2048.0, ge=0, description="embedding cache cap in MB, least recently used "
+                                                                    "first (0 = none; 5.2 KB an image at 1,280-d)")
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
     @field_validator("log_level", mode="before")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from backend.storage.layout import IMAGE_CACHE
 from backend.storage.projects import ModelDir
@@ -93,3 +94,13 @@ def test_a_job_prunes_with_the_backend_settings(tmp_path):
     assert report["embedding_cache_pruned"]["bytes_before"] == 3 << 20
     assert cache_bytes(models / "embeddings") <= 1 << 20
     assert ModelDir(models).get(7).versions() == [report["model_version"]]
+
+
+def test_disk_is_bounded_by_default():
+    """Nothing set: versions, image cache and embedding cache are capped (docs/reliability.md quotes the caps)."""
+    from backend.settings import Settings
+
+    defaults = Settings()
+    assert (defaults.keep_versions, defaults.cache_max_mb, defaults.embedding_cache_max_mb) == (10, 10240, 2048)
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    assert "`KEEP_VERSIONS` (10)" in text and "`CACHE_MAX_MB` (10,240)" in text and "(2,048)" in text
