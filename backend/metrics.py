@@ -51,12 +51,20 @@ class JobStates:
     def collect(self):
         family = GaugeMetricFamily("isal_jobs_now", "Projects by the state of their job", labels=["state"])
         counts = {"running": 0, "pending": 0, "idle": 0}
-        for snap in self.snapshots():
+        snapshots = self.snapshots()
+        for snap in snapshots:
             counts["running" if snap["state"] == "running" else "idle"] += 1
             counts["pending"] += bool(snap["pending"])
         for state, n in counts.items():
             family.add_metric([state], n)
         yield family
+        queue = GaugeMetricFamily("isal_served_queue_remaining", "Predicted tasks of the served version not "
+                                  "labeled yet (Label Studio serves from them; a job is asked for at a tenth)",
+                                  labels=["project"])
+        for snap in snapshots:
+            if snap.get("served_queue"):
+                queue.add_metric([str(snap["project"])], snap["served_queue"]["remaining"])
+        yield queue
 
 
 def exposition(snapshots: Callable[[], list[dict]]) -> tuple[bytes, str]:

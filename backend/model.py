@@ -27,6 +27,7 @@ from .labelstudio.download_policy import DownloadPolicy
 from .labelstudio.score_encoding import UNSCORABLE_SCORE, UNTRAINED_SCORE
 from .metrics import TASKS_SCORED
 from .scheduling.manager import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
+from .served_queue import served_queue, task_of
 from .settings import Settings
 from .storage.layout import JOBS_DB
 from .storage.projects import ModelDir, parse_project_id
@@ -160,6 +161,10 @@ class ISALModel:
         self.model_dir.known(project_id)
         if event in ANNOTATION_EVENTS:
             outcome = self.jobs.annotation_event(project_id)
+            queue = self.served_queue(project_id, task_of(data) if event == "ANNOTATION_CREATED" else None)
+            if queue and queue["remaining"] <= queue["low_water"] and outcome.startswith("counted"):
+                outcome = self.jobs.request(project_id, f"the served queue runs dry: {queue['remaining']} of "
+                                                        f"{queue['predicted']} predicted tasks left unlabeled")
         elif event == TRAIN_EVENT:
             outcome = self.jobs.request(project_id, TRAIN_EVENT)
         else:
@@ -170,6 +175,10 @@ class ISALModel:
             number = self.jobs.snapshot(project_id)["jobs_started"] + (0 if outcome == "started" else 1)
             answer.update(job_number=number, message=_job_message(outcome, number, project_id))
         return answer, 202 if queued else 200
+
+    def served_queue(self, project_id: int, labeled_task: int | None = None) -> dict | None:
+        """The served version's queue (backend.served_queue), counting `labeled_task` first."""
+        return served_queue(self.model_dir.known(project_id).current, self.jobs.table, project_id, labeled_task)
 
     # -- predictions -------------------------------------------------------------
     def _predict_with(self, version: ModelVersion, project_id: int, tasks: list) -> list[dict]:
@@ -281,3 +290,4 @@ def _untrained(task, project) -> dict:
     except MissingMedia as exc:
         entry["error"] = str(exc)
     return entry
+

@@ -411,6 +411,36 @@ def test_annotation_events_trigger_a_job_every_retrain_every(tmp_path):
     assert app.extensions["isal"].jobs.wait_idle(7, 10) and job.runs == 1
 
 
+def test_the_served_queue_is_counted_and_a_job_starts_before_it_runs_dry(tmp_path):
+    """A version predicted tasks 1-3 (the queue Label Studio serves from): each ANNOTATION_CREATED of one counts
+    (an update, a task outside the queue or twice the same task do not); at a tenth left (here 1) a job is asked
+    for though retrain_every is far off. /status, the page and /metrics show what remains."""
+    job = GatedJob()
+    job.gate.set()
+    app = make_app(tmp_path, run_job=job, engine={"retrain_every": 100, "cold_start": "off"})
+    c = app.test_client()
+    c.post("/setup", json={"project": PROJECT, "schema": CONFIG})
+    version = publish_version(tmp_path / "models")
+    c.post("/setup", json={"project": PROJECT, "schema": CONFIG})  # (the app reads the new version)
+
+    def hook(task, action="ANNOTATION_CREATED"):
+        return c.post("/webhook", json={"action": action, "project": {"id": 7}, "annotation": {"id": task},
+                                        "task": {"id": task}})
+
+    queue = c.get("/status?project=7").json["served_queue"]
+    assert queue == {"version": version.name, "predicted": 3, "labeled": 0, "remaining": 3, "low_water": 1}
+    assert [hook(t).json["job"].startswith("counted") for t in (1, 1, 99)] == [True] * 3
+    assert hook(1, "ANNOTATION_UPDATED").json["job"].startswith("counted")
+    assert c.get("/status?project=7").json["served_queue"]["remaining"] == 2
+    assert "Served queue: <b>2</b> of 3" in c.get("/projects/7").get_data(as_text=True)
+    assert 'isal_served_queue_remaining{project="7"} 2.0' in c.get("/metrics").get_data(as_text=True)
+    r = hook(2)
+    assert r.status_code == 202 and r.json["job"] == "started"
+    assert app.extensions["isal"].jobs.wait_idle(7, 10) and job.runs == 1
+    reason = c.get("/status?project=7").json["job"]["last_job"]["reason"]
+    assert reason == "the served queue runs dry: 1 of 3 predicted tasks left unlabeled"
+
+
 def test_a_failing_job_is_reported_and_the_server_keeps_serving(tmp_path):
     def broken(project_id, set_phase):
         raise JobError("Label Studio refused the backend's API key (HTTP 401)")
@@ -754,7 +784,8 @@ def test_the_configured_key_never_goes_to_a_host_setup_names(tmp_path, canary):
     with pytest.raises(Exception):
         backend.api_for(7).project_label_config(7)  # the canary answers 404: what matters is what it was sent
     assert seen and all("SECRET-KEY" not in h for h in seen) and any("their-token" in h for h in seen)
-    limited = make_app(tmp_path / "limited", label_studio_hosts="ls.example:8080, https://other.example")
+    limited = make_app(tmp_path / "limited", label_studio_hosts="ls.example:8080, https://other.example",
+                       engine={"cold_start": "off"})  # (no job: ls.example does not exist)
     r = limited.test_client().post("/setup", json={"project": PROJECT, "schema": CONFIG, "hostname": url,
                                                    "access_token": "t"})
     assert r.status_code == 403 and "LABEL_STUDIO_HOSTS" in r.json["error"]

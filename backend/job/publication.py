@@ -219,6 +219,7 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
         review, m = _first(task_type, meta["version"], reviewed.task_ids, reviewed.predictions, reviewed.scores,
                            per_version, True) if reviewed else ((), 0)
         publication.write_predictions(track(chain(pool, review), "writing predictions", total=n + m), n + m)
+        meta["predicted_tasks"] = n  # the served queue: the first n of the order (backend.model.served_queue)
         publication.finish(meta)
     set_phase("deleting old predictions")  # the new version serves already; one transaction in Label Studio
     pruned = _after_publishing(project, api, keep_ls_versions, reviewed is not None)

@@ -27,7 +27,7 @@ _TOKENS: dict[int, str] = {}
 EMPTY_ROW = {"events": 0, "running": False, "pending": False, "reason": None, "phase": "idle", "progress": None,
              "started": 0, "recent": [],
              "coalesced": 0, "resumed": 0, "last": {}, "last_error": None, "owner": None, "heartbeat": None,
-             "retries": 0}
+             "retries": 0, "served": {}}
 
 
 #: Finished jobs kept per project (the project page lists them).
@@ -209,6 +209,17 @@ class JobTable:
                 return "pending request"
             row.update(running=False, phase="idle", owner=None, heartbeat=None)
             return None
+
+    def served_labeled(self, project: int, version: str, task_id: int | None = None) -> int:
+        """Tasks of `version`'s served queue labeled since it serves (recording `task_id` among them first)."""
+        with self._row(project) as row:
+            served = row.get("served") or {}
+            if served.get("version") != version:
+                served = {"version": version, "labeled": []}
+            if task_id is not None and task_id not in served["labeled"]:
+                served["labeled"].append(task_id)
+            row["served"] = served
+            return len(served["labeled"])
 
     def update(self, project: int, **fields) -> None:
         """phase / progress / last of a job this process owns (also refreshes its heartbeat)."""

@@ -125,6 +125,16 @@ class ModelVersion:
                 }
             return self._loaded
 
+    def predicted_ids(self) -> set[int]:
+        """The tasks this version wrote a prediction for: the first `predicted_tasks` of its served order (the
+        queue Label Studio serves from); every pool task for a version that did not record it."""
+        loaded = self.load()
+        if "predicted" not in loaded:
+            scores = loaded["scores"]
+            ids = sorted(scores, key=lambda t: scores[t][0])
+            loaded["predicted"] = set(ids[:self.meta.get("predicted_tasks", len(ids))])
+        return loaded["predicted"]
+
     def cached(self, task_id) -> tuple[float, float, Any, int | None] | None:
         """(served score, influence, prediction, cluster) the job gave this task, if it was in its pool."""
         return self.load()["scores"].get(task_id)

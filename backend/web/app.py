@@ -211,7 +211,9 @@ def _view_routes(app: Flask, backend: ISALModel) -> None:
 
     @app.get("/metrics")
     def metrics():
-        body, content_type = exposition(lambda: [backend.jobs.snapshot(p.id) for p in backend.model_dir.projects()])
+        body, content_type = exposition(lambda: [{**backend.jobs.snapshot(p.id), "project": p.id,
+                                                  "served_queue": backend.served_queue(p.id)}
+                                                 for p in backend.model_dir.projects()])
         return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
 
     @app.get("/openapi.json")

@@ -35,7 +35,8 @@ def project_page(backend: ISALModel, project_id: int) -> str:
     points = ([h["labeled"] for h in history], [h["metric"] for h in history])
     fit = forecast(*points, target)
     labeled = (meta.get("counts") or {}).get("labeled", 0)
-    body = [f"<h1>ISAL: project {project_id}</h1>", _summary(project, meta), _job(job),
+    body = [f"<h1>ISAL: project {project_id}</h1>", _summary(project, meta), _queue(backend.served_queue(project_id)),
+            _job(job),
             "<h2>Learning curve and forecast</h2>", _forecast_text(fit, labeled, target, history),
             _curve_svg(points, fit, target) if history else "<p>No version with a metric on R yet: the curve "
                                                               "starts with the first trained version.</p>",
@@ -60,6 +61,16 @@ def _summary(project, meta: dict) -> str:
     rows.append(("review", f"<a href='/review?project={project.id}'>the annotations most likely wrong</a>"
                  if (meta.get("counts") or {}).get("reviewed") else "none in this version"))
     return _table(rows, escape_values=False)
+
+
+def _queue(queue: dict | None) -> str:
+    """How much of the served version's queue annotators have left (Label Studio serves from it)."""
+    if not queue:
+        return ""
+    low = queue["remaining"] <= queue["low_water"]
+    return (f"<p id='served-queue'{' class=warn' if low else ''}>Served queue: <b>{queue['remaining']}</b> of "
+            f"{queue['predicted']} predicted tasks left unlabeled ({queue['labeled']} labeled since this version "
+            f"serves); a job is asked for at {queue['low_water']}.</p>")
 
 
 def _job(job: dict) -> str:

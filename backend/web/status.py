@@ -45,6 +45,7 @@ def project_status(backend: ISALModel, project_id: int) -> dict:
         "warnings": meta.get("warnings", {}), "task_type": project.info.get("task_type"),
         "versions": len(project.versions()), "page": f"/projects/{project_id}", "model": _model(backend, meta),
         "review": f"/review?project={project_id}" if (meta.get("counts") or {}).get("reviewed") else None,
+        "served_queue": backend.served_queue(project_id),
     }
 
 
