@@ -734,7 +734,7 @@ def test_the_connection_setup_sent_reaches_the_job_worker_and_only_its_user(tmp_
     job worker, a process that never sees /setup; they appear in no answer."""
     import stat
 
-    app = make_app(tmp_path)
+    app = make_app(tmp_path, engine={"cold_start": "off"})  # (no job: ls.example does not exist)
     c = app.test_client()
     r = c.post("/setup", json={"project": PROJECT, "schema": CONFIG, "hostname": "http://ls.example:8080",
                                "access_token": "secret-token-123"})
