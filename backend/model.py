@@ -27,7 +27,7 @@ from .labelstudio.download_policy import DownloadPolicy
 from .labelstudio.score_encoding import UNSCORABLE_SCORE, UNTRAINED_SCORE
 from .metrics import TASKS_SCORED
 from .scheduling.manager import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
-from .served_queue import served_queue, task_of
+from .scheduling.served_queue import served_queue, task_of
 from .settings import Settings
 from .storage.layout import JOBS_DB
 from .storage.projects import ModelDir, parse_project_id
@@ -177,7 +177,7 @@ class ISALModel:
         return answer, 202 if queued else 200
 
     def served_queue(self, project_id: int, labeled_task: int | None = None) -> dict | None:
-        """The served version's queue (backend.served_queue), counting `labeled_task` first."""
+        """The served version's queue (backend.scheduling.served_queue), counting `labeled_task` first."""
         return served_queue(self.model_dir.known(project_id).current, self.jobs.table, project_id, labeled_task)
 
     # -- predictions -------------------------------------------------------------

@@ -165,6 +165,26 @@ def test_the_embedding_cache_computes_each_image_once(tmp_path, torch_home, capl
     assert swapped.backbone_id != adapter.backbone_id and swapped.cache.stats["computed"] == 9
 
 
+def test_a_later_job_hashes_no_image_it_embedded_before(tmp_path, torch_home, monkeypatch):
+    """The digests of embedded images are kept beside the cache: a fresh adapter (the next job, another process)
+    reads only the cache entries, no image bytes, unless an image changed (its size or mtime)."""
+    import isal_core.tasks.frozen as frozen_module
+
+    records = images(tmp_path / "img", per_class=3)
+    first = frozen(tmp_path).dataset(records)
+    reads = []
+    real = frozen_module.read_bytes
+    monkeypatch.setattr(frozen_module, "read_bytes", lambda path: reads.append(path) or real(path))
+    again = frozen(tmp_path)
+    assert torch.equal(again.dataset(records).x, first.x) and reads == [] and again.cache.stats["computed"] == 0
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(records[4].path)  # changed: hashed (and embedded) again
+    changed = frozen(tmp_path)
+    changed.dataset(records)
+    assert reads == [records[4].path] and changed.cache.stats["computed"] == 1
+    (tmp_path / "cache" / "digests.json").write_text("{not json")  # an unreadable memo: everything hashed again
+    assert torch.equal(frozen(tmp_path).dataset(records[:2]).x, first.x[:2]) and len(reads) == 3
+
+
 def test_frozen_isal_is_exact_on_the_head(tmp_path, torch_home):
     adapter = frozen(tmp_path)
     labeled, reference, pool = (adapter.dataset(images(tmp_path / name, 4, shade)) for name, shade in

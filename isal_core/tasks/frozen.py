@@ -13,6 +13,7 @@ the whole network (from scratch or fine-tuned) or, in frozen mode, this one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -46,11 +47,50 @@ class EmbeddingCache:
     against 0.95 s)."""
 
     SUFFIX = ".npy"
+    #: (path, size, mtime) -> sha256 of the images embedded so far, kept beside the entries (the newest this many)
+    DIGESTS, MAX_DIGESTS = "digests.json", 500_000
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.stats: Counter = Counter()  # hits, computed, corrupt
         self._memory: dict[tuple[str, str], torch.Tensor] = {}  # what this process read or computed already
+        self._digests: dict[str, str] | None = None
+        self._new_digests = 0
+
+    def digest(self, path: str) -> str:
+        """sha256 of an image's bytes, remembered on disk while the file (or its zip archive) keeps its size and
+        mtime: a later job (another process) reads no image it embedded before, only the entries."""
+        if self._digests is None:
+            self._digests = self._read_digests()
+        split = _split_zip(path)
+        stat = os.stat(split[0] if split else path)
+        key = f"{os.path.abspath(path)}\t{stat.st_dev}:{stat.st_ino}\t{stat.st_size}\t{stat.st_mtime_ns}"
+        found = self._digests.get(key)
+        if found is None:
+            found = self._digests[key] = hashlib.sha256(read_bytes(path)).hexdigest()
+            self._new_digests += 1
+        return found
+
+    def save_digests(self) -> None:
+        """Write the digests learned since the last save (the newest MAX_DIGESTS; another process's save may
+        win a race: they are only a memo)."""
+        if not self._new_digests or self._digests is None:
+            return
+        kept = dict(list(self._digests.items())[-self.MAX_DIGESTS:])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.folder / self.DIGESTS, "w") as f:
+            json.dump(kept, f)
+        self._new_digests = 0
+
+    def _read_digests(self) -> dict[str, str]:
+        try:
+            found = json.loads((self.folder / self.DIGESTS).read_text())
+            return found if isinstance(found, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s): the images are hashed again", self.folder / self.DIGESTS, exc)
+            return {}
 
     def summary(self) -> dict:
         """What the cache saved so far: {"hits", "computed", "corrupt"} (for a job's report)."""
@@ -123,7 +163,6 @@ class FrozenFeatureAdapter(ClassificationAdapter):
         self.cache, self.head, self.device, self.batch_size = cache, head, resolve_device(device), batch_size
         self._backbone: nn.Module | None = None
         self._dim = 0
-        self._digests: dict[tuple, str] = {}
 
     def to_meta(self) -> dict:
         return {**super().to_meta(), "adapter": "frozen", "head": self.head, "backbone": self.backbone_id}
@@ -163,7 +202,8 @@ class FrozenFeatureAdapter(ClassificationAdapter):
     def dataset(self, records, train=False) -> Embeddings:
         """The records' embeddings (from the cache, or computed once); the same with or without `train`."""
         backbone = self.backbone_id
-        digests = [self._digest(r.path) for r in records]
+        digests = [self.cache.digest(r.path) for r in records]
+        self.cache.save_digests()
         found = [self.cache.get(backbone, d) for d in digests]
         todo = [i for i, f in enumerate(found) if f is None]
         if todo:
@@ -178,16 +218,6 @@ class FrozenFeatureAdapter(ClassificationAdapter):
                         found[i] = value
         x = torch.stack(found).double() if found else torch.empty(0, self.dim, dtype=torch.float64)
         return Embeddings(x, [r.label for r in records])
-
-    def _digest(self, path: str) -> str:
-        """sha256 of an image's bytes, remembered while the file (or its zip archive) is unchanged: the
-        same images come back every round (evaluation set, labeled set read twice)."""
-        split = _split_zip(path)
-        stat = os.stat(split[0] if split else path)
-        key = (path, stat.st_size, stat.st_mtime_ns)
-        if key not in self._digests:
-            self._digests[key] = hashlib.sha256(read_bytes(path)).hexdigest()
-        return self._digests[key]
 
     def embed(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return inputs  # the embeddings are the features (coreset)
