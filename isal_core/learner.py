@@ -107,15 +107,15 @@ class Learner:
         return self.strategy(strategy).rank(self.context(model, pool, labeled, reference, budget, round_number))
 
     def prepare(self, strategy: str | Strategy, model: nn.Module, labeled: Dataset,
-                reference: Dataset | None) -> InfluenceScorer:
+                reference: Dataset | None, labels_only: bool = False) -> InfluenceScorer:
         """s_test for an influence strategy (isal, gradsim; isal_batch's own isal), as a scorer to save and reuse.
         The Hessian is the one of the objective the model minimised: for a semi head, its labels and trusted
-        pseudo-labels (docs/engine.md)."""
+        pseudo-labels (docs/engine.md); `labels_only`: over `labeled` alone (the review's, cheaper)."""
         chosen = self.strategy(strategy)
         chosen = chosen.isal if isinstance(chosen, BatchISAL) else chosen
         if not isinstance(chosen, ISAL):
             raise TypeError(f"{chosen.name} is not an influence strategy; use rank()")
-        trained_on = getattr(model, "semi_training_set", labeled)  # a semi head: labels and pseudo-labels
+        trained_on = labeled if labels_only else getattr(model, "semi_training_set", labeled)  # (a semi head's)
         scorer = chosen.prepare(self.context(model, labeled, trained_on, reference)) if self.main_process else None
         if self.world_size > 1 and scorer is not None:
             scorer = replace(scorer, s_test=scorer.s_test.cpu())
