@@ -161,14 +161,14 @@ class RoundOutcome:
 
 
 def play_round(task_type: TaskType, engine: EngineSettings, records: dict[str, list],
-               on_phase: Callable[[str], None], round_number: int = 0, adapter=None) -> tuple[RoundResult, dict]:
+               on_phase: Callable[[str], None], round_number: int = 0, adapter=None,
+               datasets: tuple | None = None) -> tuple[RoundResult, dict]:
     """The round's compute (training, s_test, scoring the pool, the metric on R), in the job's process or as one
     rank of a group: (the result, {"metric", "embedding_cache", "training_warnings"}); the report is rank 0's."""
     adapter = adapter or task_type.adapter(engine)
     settings = task_type.engine_settings(engine)
     learner = Learner(adapter, settings, engine.seed)
-    labeled, pool = adapter.dataset(records["labeled"]), adapter.dataset(records["pool"])
-    reference = adapter.dataset(records["reference"])
+    labeled, pool, reference = datasets or _datasets(adapter, records)
     result = learner.round(resolve_strategy(engine.strategy, settings), labeled, pool, reference,
                            budget=min(engine.budget, len(pool)),
                            train_set=adapter.dataset(records["labeled"], train=True), on_phase=on_phase,
@@ -193,10 +193,9 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
         with tempfile.TemporaryDirectory(prefix=GROUP_PREFIX, dir=project.root) as job_dir:
             result, report = run_in_group(engine.job_procs, task_type, engine, records, Path(job_dir), set_phase,
                                           job)
-    else:
-        result, report = play_round(task_type, engine, records, set_phase, job, adapter)
-    labeled, pool = adapter.dataset(records["labeled"]), adapter.dataset(records["pool"])
-    reference = adapter.dataset(records["reference"])
+    labeled, pool, reference = _datasets(adapter, records)  # (after a group: its embeddings from the cache)
+    if engine.job_procs <= 1:
+        result, report = play_round(task_type, engine, records, set_phase, job, adapter, (labeled, pool, reference))
     settings = task_type.engine_settings(engine)
     strategy = resolve_strategy(engine.strategy, settings)
     value, cache, notes = report["metric"], report["embedding_cache"], report["training_warnings"]
@@ -220,6 +219,11 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
     return RoundOutcome(result, adapter, metric, clusters, order, processes=engine.job_procs, embedding_cache=cache,
                         reviewed=reviewed, review_s=round(time.time() - start, 2), training_warnings=tuple(notes),
                         strategy=strategy)
+
+
+def _datasets(adapter, records: dict[str, list]) -> tuple:
+    """(labeled, pool, reference) datasets of a job's records."""
+    return tuple(adapter.dataset(records[part]) for part in ("labeled", "pool", "reference"))
 
 
 def _cold_start(engine: EngineSettings, adapter, tasks: ProjectTasks, set_phase) -> RoundOutcome:

@@ -211,12 +211,17 @@ class JobTable:
             return None
 
     def served_labeled(self, project: int, version: str, task_id: int | None = None) -> int:
-        """Tasks of `version`'s served queue labeled since it serves (recording `task_id` among them first)."""
+        """Tasks of `version`'s served queue labeled since it serves (recording `task_id` among them first; without
+        one, a read that writes nothing: /status and /metrics ask often)."""
+        if task_id is None:
+            with self.rows.transaction() as tx:
+                served = tx.get(project).get("served") or {}
+            return len(served["labeled"]) if served.get("version") == version else 0
         with self._row(project) as row:
             served = row.get("served") or {}
             if served.get("version") != version:
                 served = {"version": version, "labeled": []}
-            if task_id is not None and task_id not in served["labeled"]:
+            if task_id not in served["labeled"]:
                 served["labeled"].append(task_id)
             row["served"] = served
             return len(served["labeled"])
