@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MMCV_WHEEL ?= ../shared/wheels/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo lint test test-fast test-browser test-docker bench backend simulate simulate-detection simulate-label-studio clean
+.PHONY: install postgresql demo lint test test-fast test-browser test-docker bench backend simulate simulate-detection simulate-label-studio clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m backend.tools.demo
 
-## Every test, integration tests against a real Label Studio included (the browser test: test-browser).
-test: install lint
+## PostgreSQL 15's server for the tests of Label Studio on PostgreSQL (Debian's postgresql-15, installed
+## when missing; each test session makes a throwaway cluster of its own on a loopback port).
+postgresql:
+	test -x /usr/lib/postgresql/15/bin/initdb || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; }
+
+## Every test, integration tests against a real Label Studio (on SQLite, and on PostgreSQL for predictions,
+## pruning and serving) included (the browser test: test-browser).
+test: install lint postgresql
 	$(BIN)/python -m pytest -q -m "not browser"
 
 ## Lines of at most 120 characters, sorted imports, no unused names (ruff; settings in pyproject.toml).

@@ -7,6 +7,9 @@ project, RuntimeError for a job that cannot go on).
 """
 from __future__ import annotations
 
+import re
+
+import httpx
 from label_studio_sdk.core.api_error import ApiError
 
 from isal_core.errors import IsalError
@@ -65,9 +68,27 @@ def describe_api_error(exc: ApiError) -> str:
     body = exc.body
     if isinstance(body, dict):
         body = body.get("detail") or body.get("validation_errors") or body
+    elif isinstance(body, str) and "<html" in body[:500].lower():  # Django's error page: its title says enough
+        title = re.search(r"<title>(.*?)</title>", body, re.S | re.I)
+        body = f"an HTML page{': ' + ' '.join(title.group(1).split()) if title else ''}"
     if exc.status_code in (401, 403):
         return (f"Label Studio refused the backend's API key (HTTP {exc.status_code}: {body}): set "
                 "LABEL_STUDIO_API_KEY to a valid legacy token or personal access token of a project member")
     if exc.status_code == 404:
         return f"Label Studio answered HTTP 404 ({body}): the project may have been deleted"
-    return f"Label Studio API error HTTP {exc.status_code}: {body}"
+    if isinstance(exc.status_code, int) and exc.status_code >= 500:  # e.g. its database is down
+        return (f"Label Studio failed (HTTP {exc.status_code}: {str(body)[:300]}); check its log and its database. "
+                "The next job starts afresh")
+    return f"Label Studio API error HTTP {exc.status_code}: {str(body)[:300]}"
+
+
+def describe_transport_error(exc: httpx.TransportError) -> str:
+    """A request to Label Studio that got no answer (timeout, refused connection) as one line."""
+    try:
+        where = f" to {exc.request.method} {exc.request.url.copy_with(query=None)}"
+    except RuntimeError:  # no request attached
+        where = ""
+    if isinstance(exc, httpx.TimeoutException):
+        return (f"Label Studio did not answer{where} in time ({type(exc).__name__}; LABEL_STUDIO_TIMEOUT sets the "
+                "seconds per request); the next job starts afresh")
+    return f"cannot reach Label Studio{where} ({type(exc).__name__}: {exc}); the next job starts afresh"

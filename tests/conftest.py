@@ -1,7 +1,9 @@
 """Shared pytest fixtures.
 
-`label_studio`: one real Label Studio server per pytest session (first start
-runs migrations, so it is started lazily, only when an integration test asks).
+`label_studio`: one real Label Studio server (SQLite) per pytest session (first start
+runs migrations, so it is started lazily, only when an integration test asks);
+`label_studio_pg`: another on PostgreSQL, for the tests of predictions, versions,
+pruning and serving under many writers.
 Tests that use it carry `@pytest.mark.integration`; deselect them with
 `-m "not integration"`.
 """
@@ -55,6 +57,27 @@ def label_studio():
         from tests.ls_server import LabelStudioServer
 
     with LabelStudioServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL 15 cluster on loopback (Debian's package; `make test` installs it when missing)."""
+    need("postgresql")
+    from backend.tools.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def label_studio_pg(postgres):
+    """A second real Label Studio, on PostgreSQL as production runs it. A test module moves onto it by
+    overriding `label_studio` with a fixture that returns this one."""
+    need("label-studio")
+    from backend.tools.servers import LabelStudioServer
+
+    with LabelStudioServer(database=postgres.label_studio_env()) as server:
         yield server
 
 

@@ -26,11 +26,19 @@ def _mmdet() -> bool:
     return mmdet_available()
 
 
+def _postgres_bin():
+    from backend.tools.postgres import postgres_bin
+
+    return postgres_bin()
+
+
 RESOURCES = {
     "cifar10": (lambda: CIFAR_ZIP.is_file(), f"{CIFAR_ZIP} (the shared CIFAR-10 JPG archive beside the repository)"),
     "bccd": (lambda: BCCD_ZIP.is_file(), f"{BCCD_ZIP} (the shared BCCD Pascal VOC archive beside the repository)"),
     "label-studio": (lambda: importlib.util.find_spec("label_studio") is not None,
                      "the label-studio package (requirements-dev.txt: make install)"),
+    "postgresql": (lambda: _postgres_bin() is not None,
+                   "PostgreSQL 15's server binaries (Debian's postgresql package: make test installs it)"),
     "mmdet": (_mmdet, f"mmdet 3.x with mmcv's compiled ops (make install installs mmdet and {MMCV_WHEEL})"),
 }
 

@@ -792,3 +792,27 @@ def test_the_configured_key_never_goes_to_a_host_setup_names(tmp_path, canary):
     ok = limited.test_client().post("/setup", json={"project": PROJECT, "schema": CONFIG,
                                                     "hostname": "http://ls.example:8080", "access_token": "t"})
     assert ok.status_code == 200
+
+
+def test_a_label_studio_that_does_not_answer_fails_the_job_with_a_message_not_an_exception_text(tmp_path):
+    """A refused connection and a server that accepts and never answers (within LABEL_STUDIO_TIMEOUT): the
+    job fails with a sentence naming the request, and the backend keeps serving."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does), never answers
+    try:
+        for url, says in ((f"http://127.0.0.1:{silent.getsockname()[1]}", "did not answer to GET"),
+                          ("http://127.0.0.1:9", "cannot reach Label Studio to GET")):
+            app = make_app(tmp_path / says[:6], label_studio_url=url, label_studio_api_key="0" * 40,
+                           label_studio_timeout=1, engine={"cold_start": "off"})
+            c = app.test_client()
+            assert c.post("/setup", json={"project": PROJECT, "schema": CONFIG}).status_code == 200
+            assert c.post("/train", json={"project": PROJECT}).status_code == 202
+            status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, 7, timeout=60)
+            error = status["last_error"] or ""
+            assert says in error and "/api/projects/7" in error and "next job starts afresh" in error, error
+            assert c.get("/health").status_code == 200
+    finally:
+        silent.close()

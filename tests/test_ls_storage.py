@@ -8,6 +8,7 @@ Studio keeps only in part is not published, and what it wrote is deleted.
 from __future__ import annotations
 
 import pytest
+import requests
 import torch
 
 from backend.errors import JobError
@@ -27,6 +28,12 @@ except ImportError:  # tests/ imported as a package
     from tests.test_backend_app import make_app
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def label_studio(label_studio_pg):
+    """Label Studio on PostgreSQL, as production runs it: pruning and partial writes are its database's work."""
+    return label_studio_pg
 
 
 def test_label_studio_keeps_the_predictions_of_the_newest_two_versions(label_studio, tmp_path):
@@ -80,3 +87,51 @@ def test_a_version_label_studio_keeps_only_in_part_is_not_published_and_its_writ
     assert version not in api.model_versions(pid)  # what was written is gone
     assert project.current is None and project.versions(good_only=False) == []
     assert not list(project.root.glob(".tmp-*"))
+
+
+def test_postgresql_down_mid_job_fails_the_job_clearly_and_the_next_job_sets_label_studio_right(label_studio,
+                                                                                               postgres, tmp_path):
+    """The job is held after Label Studio took its predictions (tests/fault_injection), PostgreSQL stops, the job
+    goes on: its version is whole on disk (published there before Label Studio is told), Label Studio cannot be
+    pointed at it, and the job fails with a message naming Label Studio's answer while the web keeps answering.
+    PostgreSQL back, the next job points Label Studio at that version first, then publishes its own; Label
+    Studio holds exactly the two versions' predictions and nothing is left in staging."""
+    from backend.tools.servers import BackendProcess
+    try:
+        from test_crash_safety import HOLD_ENV, labeled_project, status_of, version_dirs, wait_for_file
+    except ImportError:  # tests/ imported as a package
+        from tests.test_crash_safety import HOLD_ENV, labeled_project, status_of, version_dirs, wait_for_file
+
+    ls, api, pid, by_task, train = labeled_project(label_studio, 30, 5, "postgresql outage")
+    model_dir, marker, release = tmp_path / "models", tmp_path / "held", tmp_path / "release"
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token(),
+           "MODEL_DIR": str(model_dir), "ISAL_RETRAIN_EVERY": "0", "ISAL_SEED": "0", "ISAL_COLD_START": "off",
+           "LOG_LEVEL": "INFO", "TEST_HOLD_AT": "predictions", "TEST_HOLD_FILE": str(marker),
+           "TEST_HOLD_RELEASE": str(release), **HOLD_ENV}
+    with BackendProcess(env, log_path=tmp_path / "backend.log") as backend:
+        setup = {"project": str(pid), "schema": ls.projects.get(id=pid).label_config}
+        requests.post(f"{backend.url}/setup", json=setup, timeout=30).raise_for_status()
+        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+        wait_for_file(marker, backend)
+        (held,) = [t.removeprefix(".tmp-") for t in version_dirs(model_dir, pid)[1]]
+        assert api.model_versions(pid) == {held: len(train)}
+        postgres.halt()
+        try:
+            release.write_text("")
+            failed = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=1)
+            assert requests.get(f"{backend.url}/health", timeout=10).status_code == 200
+        finally:
+            postgres.start()
+        error = failed["last_error"] or ""
+        assert error.startswith("Label Studio failed (HTTP 500: an HTML page") and "<" not in error, error
+        assert failed["model_version"] == held and version_dirs(model_dir, pid) == ([held], []), failed
+        assert api.project_model_version(pid) != held  # Label Studio was never told
+        requests.post(f"{backend.url}/train", json={"project": str(pid)}, timeout=30).raise_for_status()
+        status = wait_for_job(lambda p: status_of(backend, p), pid, jobs_started=2)
+        log = backend.log_tail(30000)
+    assert status["last_error"] is None, status
+    new = status["model_version"]
+    assert status["job"]["last_job"]["reconciled"] == {"model_version_set": held}, status["job"]["last_job"]
+    assert api.model_versions(pid) == {held: len(train), new: len(train)}, log[-3000:]
+    assert api.project_model_version(pid) == new
+    assert version_dirs(model_dir, pid) == (sorted([held, new]), [])

@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from isal_core.utils.progress import reporting
 
-from ..errors import JobError, UnsupportedConfig, describe_api_error
+from ..errors import JobError, UnsupportedConfig, describe_api_error, describe_transport_error
 from ..labelstudio.client import ApiError, LabelStudioAPI
 from ..settings import EngineSettings
 from ..storage.projects import ProjectDir
@@ -56,6 +58,8 @@ class Job:
             raise JobError(f"the project's labeling config is not supported: {exc}") from None
         except ApiError as exc:
             raise JobError(describe_api_error(exc)) from None
+        except httpx.TransportError as exc:
+            raise JobError(describe_transport_error(exc)) from None
         if outcome.processes > 1:
             report["processes"] = outcome.processes
         if outcome.embedding_cache is not None:

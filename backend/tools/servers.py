@@ -1,11 +1,11 @@
 """A local Label Studio server: for the demo, the write-back benchmark and integration tests.
 
 `label-studio start` runs in its own process group on a loopback port (free by default)
-with SQLite in `data_dir`, so callers talk to the same server, database and auth code as
-users do. The first start of a data dir runs the database migrations (tens of seconds
-up to minutes on 2 cores); a restart takes seconds. With a kept data dir the login and
-token are saved in `data_dir/credentials.json` and reused on the next start, because
-Label Studio sets the user's token only when it creates the user.
+with SQLite in `data_dir` (or PostgreSQL: backend/tools/postgres.py), so callers talk to the
+same server, database and auth code as users do. The first start of a data dir runs the
+database migrations (tens of seconds up to minutes on 2 cores); a restart takes seconds.
+With a kept data dir the login and token are saved in `data_dir/credentials.json` and
+reused on the next start: Label Studio sets the user's token only when it creates the user.
 """
 
 from __future__ import annotations
@@ -151,11 +151,9 @@ class ManagedProcess:
 class LabelStudioServer(ManagedProcess):
     """`with LabelStudioServer() as ls: ls.client().projects.list()`.
 
-    Attributes: url, legacy_token (40 hex, accepted as `Token <key>` because the
-    organisation is created with --enable-legacy-api-token), username, password,
-    data_dir, files_root (LOCAL_FILES_DOCUMENT_ROOT: a file at files_root/<rel>
-    is served as /data/local-files/?d=<rel> once a project has a local storage
-    whose path contains it), log_path.
+    Attributes: url, legacy_token (40 hex, accepted as `Token <key>`: --enable-legacy-api-token), username, password,
+    data_dir, files_root (LOCAL_FILES_DOCUMENT_ROOT: a file at files_root/<rel> is served as
+    /data/local-files/?d=<rel> once a project has a local storage whose path contains it), log_path.
     """
 
     name = "label-studio"
@@ -168,6 +166,7 @@ class LabelStudioServer(ManagedProcess):
         username: str = "isal-test@example.com",
         password: str = "isal-test-password",
         keep_data: bool = False,
+        database: dict[str, str] | None = None,
     ):
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="isal-ls-")).resolve()
@@ -183,7 +182,7 @@ class LabelStudioServer(ManagedProcess):
             creds = json.loads(saved.read_text())
             self.username, self.password, self.legacy_token = creds["username"], creds["password"], creds["token"]
         self.startup_timeout = startup_timeout
-        self.keep_data = keep_data
+        self.keep_data, self.database = keep_data, database or {}  # database: PostgresServer.label_studio_env()
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
         self._pat: str | None = None
@@ -191,7 +190,7 @@ class LabelStudioServer(ManagedProcess):
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> "LabelStudioServer":
         self.files_root.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **_QUIET_LOOPBACK_ENV, "LOCAL_FILES_DOCUMENT_ROOT": str(self.files_root)}
+        env = {**os.environ, **_QUIET_LOOPBACK_ENV, "LOCAL_FILES_DOCUMENT_ROOT": str(self.files_root), **self.database}
         # An API key in the test environment must not leak into the server.
         for k in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL"):
             env.pop(k, None)

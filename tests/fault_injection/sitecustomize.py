@@ -2,8 +2,9 @@
 
 A backend started with this folder on PYTHONPATH (`HOLD_ENV` there) imports this module in every Python
 process it runs (gunicorn, the job workers, RQ workers, torchrun ranks). With TEST_HOLD_AT=<point>, the
-first job to reach the point creates TEST_HOLD_FILE and waits until it is killed; once the file exists no
-job holds again. The points, each wrapped around the product's own step:
+first job to reach the point creates TEST_HOLD_FILE and waits until it is killed, or until
+TEST_HOLD_RELEASE exists when that is set (then it goes on); once the hold file exists no job holds
+again. The points, each wrapped around the product's own step:
 - "checkpoint": Publication.save has written the version's files into staging, nothing else yet;
 - "predictions": Label Studio holds every prediction, the version neither published nor current;
 - "published": the version is current, older versions' predictions not pruned yet;
@@ -11,7 +12,7 @@ job holds again. The points, each wrapped around the product's own step:
 """
 import functools
 import os
-import threading
+import time
 from pathlib import Path
 
 
@@ -20,7 +21,9 @@ def hold(point: str) -> None:
     if os.environ.get("TEST_HOLD_AT") != point or not marker or Path(marker).exists():
         return
     Path(marker).write_text(f"{point} {os.getpid()}")
-    threading.Event().wait()
+    release = os.environ.get("TEST_HOLD_RELEASE")
+    while not (release and Path(release).exists()):
+        time.sleep(0.1)
 
 
 def wrap(owner, name: str, point: str, after: bool) -> None:
