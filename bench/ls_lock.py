@@ -1,23 +1,28 @@
-"""What deleting a version's predictions costs the annotators of a Label Studio on SQLite (its default).
+"""What writing and deleting a version's predictions costs the annotators, on SQLite and on PostgreSQL.
 
-    python -m bench.ls_lock [--sizes 500,1000,2000,5000]
+    python -m bench.ls_lock [--sizes 500,1000,2000,5000] [--db sqlite|postgresql]
 
-Label Studio 1.23 deletes a model version's predictions (`DELETE /api/projects/<id>/model-versions/`,
-what a job's pruning calls) in one database transaction with a counter update per prediction, so
-SQLite's single writer lock is held for the whole deletion, and an annotation submitted meanwhile
-waits for it (measured 2026-12-04: 22 s at 2,000 predictions, then saved; at 5,000 the client's 60 s
-timeout ran out first). For each size N:
-N tasks, a version of N predictions, then the deletion in one thread while annotations are
-submitted from another (the first 0.5 s in, then one after another until the deletion ends);
-prints the deletion's seconds and each annotation's seconds or error. The same for a bulk import of
-N predictions. Ends with one line of JSON (docs/results/bench/ls-lock.json).
+Label Studio 1.23 deletes a model version's predictions (`DELETE /api/projects/<id>/model-versions/`)
+in one database transaction with a counter update per prediction, which locks each task it touches
+until it ends (SQLite: the whole database, PostgreSQL: the task rows), and an annotation of such a
+task waits for all of it. The backend deletes one prediction per request instead
+(LabelStudioAPI.delete_version_predictions). For each size N: N tasks, a version of N predictions,
+then a deletion in one thread while annotations are submitted from another (the first 0.5 s in, then
+one after another until it ends): Label Studio's (`delete_whole`, up to --whole-up-to) and the
+backend's (`delete`); the same for a bulk import of N predictions (`import`). Prints each one's
+seconds and the annotations' p50/p99/worst seconds and errors; ends with one line of JSON
+(docs/results/bench/ls-lock[-postgresql].json). Run `--db postgresql` for Label Studio on a throwaway
+PostgreSQL cluster (backend/tools/postgres.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
+
+import numpy as np
 
 from backend.labelstudio.client import LabelStudioAPI
 from backend.tools.demo import choice_result, label_config
@@ -52,17 +57,35 @@ def during(action, submit, first_after: float = 0.5) -> dict:
             submits.append({"seconds": round(time.perf_counter() - start, 2),
                             "error": f"{getattr(exc, 'status_code', '')} {str(getattr(exc, 'body', exc))[:160]}"})
     thread.join()
+    seconds = [s["seconds"] for s in submits]
     return {**outcome, "annotations": submits, "failed": sum("error" in s for s in submits),
-            "worst_s": max(s["seconds"] for s in submits)}
+            "p50_s": round(float(np.percentile(seconds, 50)), 3), "p99_s": round(float(np.percentile(seconds, 99)), 3),
+            "worst_s": max(seconds)}
+
+
+@contextlib.contextmanager
+def label_studio_on(db: str):
+    """A throwaway Label Studio on SQLite (its default) or on a throwaway PostgreSQL cluster."""
+    if db == "sqlite":
+        with LabelStudioServer() as server:
+            yield server
+        return
+    from backend.tools.postgres import PostgresServer
+
+    with PostgresServer() as pg, LabelStudioServer(database=pg.label_studio_env()) as server:
+        yield server
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="500,1000,2000,5000")
+    ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--whole-up-to", type=int, default=5000,
+                    help="measure Label Studio's own one-transaction deletion of a version up to this size")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
-    with LabelStudioServer() as server:
+    with label_studio_on(args.db) as server:
         ls = server.client()
         api = LabelStudioAPI(server.url, server.legacy_token, timeout=600)
         for n in sizes:
@@ -80,19 +103,25 @@ def main(argv=None) -> dict:
                 return [{"task": t, "result": [], "score": 0.5, "model_version": name} for t in ids]
 
             api.write_predictions(pid, version("old"), request_timeout=600)
-            write = during(lambda: api.write_predictions(pid, version("new"), request_timeout=600), submit)
-            delete = during(lambda: api.delete_version_predictions(pid, "old"), submit)
-            rows.append({"predictions": n, "import": write, "delete": delete})
-            print(f"{n:>6} predictions: import {write['seconds']} s, annotations meanwhile worst "
-                  f"{write['worst_s']} s, {write['failed']} of {len(write['annotations'])} failed; delete "
-                  f"{delete['seconds']} s, annotations meanwhile worst {delete['worst_s']} s, "
-                  f"{delete['failed']} of {len(delete['annotations'])} failed", flush=True)
-    summary = {"bench": "ls_lock", "device": "cpu", "label_studio_db": "sqlite", "rows": rows}
-    print(json.dumps({"rows": [{"n": r["predictions"], "delete_s": r["delete"]["seconds"],
-                                "delete_failed": r["delete"]["failed"], "delete_worst_s": r["delete"]["worst_s"],
-                                "import_s": r["import"]["seconds"], "import_failed": r["import"]["failed"]}
-                               for r in rows]}))
-    write_result("ls-lock", "ls_lock", summary, argv)
+            row = {"predictions": n, "import": during(
+                lambda: api.write_predictions(pid, version("new"), request_timeout=600), submit)}
+            if n <= args.whole_up_to:  # Label Studio's own deletion of a version: one transaction
+                row["delete_whole"] = during(lambda: api.request("DELETE", f"api/projects/{pid}/model-versions/",
+                                                                 json={"model_version": "old"},
+                                                                 request_options={"timeout_in_seconds": 3600}), submit)
+                api.write_predictions(pid, version("old"), request_timeout=600)
+            row["delete"] = during(lambda: api.delete_version_predictions(pid, "old"), submit)  # the backend's
+            rows.append(row)
+            for what, r in row.items():
+                if what != "predictions":
+                    print(f"{args.db} {n:>6} predictions: {what} {r['seconds']} s; {len(r['annotations'])} "
+                          f"annotations meanwhile p50 {r['p50_s']} s, p99 {r['p99_s']} s, worst {r['worst_s']} s, "
+                          f"{r['failed']} failed", flush=True)
+    summary = {"bench": "ls_lock", "device": "cpu", "label_studio_db": args.db, "rows": rows}
+    print(json.dumps({"db": args.db, "rows": [
+        {"n": r["predictions"], **{f"{what}_{k}": r[what][k] for what in r if what != "predictions"
+                                   for k in ("seconds", "failed", "p50_s", "p99_s", "worst_s")}} for r in rows]}))
+    write_result("ls-lock" + ("" if args.db == "sqlite" else f"-{args.db}"), "ls_lock", summary, argv)
     return summary
 
 

@@ -1,12 +1,10 @@
 """The backend's only contact with the Label Studio API.
 
-A thin layer over label-studio-sdk, so that token handling (legacy `Token` keys
-and personal access tokens, which are JWT refresh tokens exchanged for
-short-lived access tokens), pagination and retries stay the SDK's business.
-Raw HTTP is used only where the SDK has no call: `GET /api/projects/<id>/next`
-and downloading task media. The SDK's own media helper
-(`label_studio_tools.core.utils.io.get_local_path`) is not used because it sends
-a personal access token unexchanged (401), has no timeout and writes non-atomically.
+A thin layer over label-studio-sdk, so that token handling (legacy `Token` keys and personal access
+tokens, JWT refresh tokens exchanged for short-lived access tokens), pagination and retries stay the
+SDK's business. Raw HTTP only where the SDK has no call (`/next`, the export, deleting predictions) and
+for task media: the SDK's media helper (`label_studio_tools...get_local_path`) sends a personal access
+token unexchanged (401), has no timeout and writes non-atomically.
 """
 
 from __future__ import annotations
@@ -98,12 +96,10 @@ class LabelStudioAPI:
     def next_task(self, project_id: int) -> dict | None:
         """The task Label Studio gives the calling user next, or None when none is left (HTTP 404).
 
-        It locks the task to the caller (the API key's user): a second call returns
-        the same task until it is annotated or skipped, so two calls are not two
-        choices. With "Uncertainty sampling" and `project.model_version` set, it is
-        the unlabeled task whose prediction of that version has the lowest score
-        (random among the lowest few when the project has more than one annotator).
-        The SDK has no call for this endpoint.
+        It locks the task to the caller (the API key's user): a second call returns the same task until
+        it is annotated or skipped. With "Uncertainty sampling" and `project.model_version` set, it is the
+        unlabeled task whose prediction of that version has the lowest score (random among the lowest
+        few when the project has more than one annotator).
         """
         response = self.request("GET", f"api/projects/{int(project_id)}/next", ok=(200, 404))
         return None if response.status_code == 404 else response.json()
@@ -120,12 +116,10 @@ class LabelStudioAPI:
                           request_timeout: float = 900) -> int:
         """Bulk-write `{task, result, score, model_version}` dicts; returns how many were created.
 
-        The project's bulk import (hundreds per second on SQLite, far faster than one POST per
-        prediction), in chunks that bound request size and memory. Chunks are large because each
-        import request recounts the counters of EVERY task of the project (Label Studio 1.23's
-        default import path): at 50,000 tasks a job's 47,400 took 158 s in chunks of 10,000 and
-        32 s in one request (`python -m bench.job --tasks 50000`). No retries (a retried import
-        would duplicate predictions) and a long timeout. Scores are cast to float.
+        The project's bulk import (far faster than one POST per prediction), in chunks that bound
+        request size and memory; large, because each import recounts the counters of EVERY task of the
+        project (Label Studio 1.23): at 50,000 tasks 47,400 predictions took 158 s in chunks of 10,000
+        and 32 s in one (`bench.job --tasks 50000`). No retries (a retry would duplicate predictions).
         Label Studio 1.23 answers 201 yet silently drops predictions that fail its validation (a
         score outside [0, 1], a result that does not fit the label config); an empty result is
         accepted. So the return value can be smaller than the input; a warning is logged then.
@@ -184,12 +178,25 @@ class LabelStudioAPI:
         data = response.json()
         return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def delete_version_predictions(self, project_id: int, version: str) -> int:
-        """Delete every prediction of `version` in the project; how many went."""
-        response = self.request("DELETE", f"api/projects/{int(project_id)}/model-versions/",
-                                json={"model_version": version})
-        data = _body(response)  # Label Studio 1.23: {"deleted_predictions": n}
-        return int(data.get("deleted_predictions", 0)) if isinstance(data, dict) else 0
+    def delete_version_predictions(self, project_id: int, version: str, workers: int = 4) -> int:
+        """Delete every prediction of `version` in the project, one request each; how many went.
+
+        Label Studio's own deletion of a version (DELETE .../model-versions/) is one transaction that
+        locks every task it touches until it ends (SQLite: the whole database), so an annotation of
+        any of them waits for all of it: 5,000 predictions held annotations 42 s on PostgreSQL and
+        58 s on SQLite (`python -m bench.ls_lock`). One prediction per transaction, an annotation
+        waits for one deletion at most. A prediction already gone (404) counts as deleted.
+        """
+        listed = self.request("GET", "api/predictions/", params={"project": int(project_id)},
+                              request_options={"timeout_in_seconds": max(self.timeout, 600)}).json()
+        ids = [p["id"] for p in listed if p.get("model_version") == version]
+
+        def delete(prediction_id: int) -> int:
+            self.request("DELETE", f"api/predictions/{int(prediction_id)}/", ok=(204, 404))
+            return 1
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="isal-prune") as pool:
+            return sum(pool.map(delete, ids))
 
     # -- projects (the demo sets one up with these) ---------------------------
     def create_project(self, title: str, label_config: str, **fields: Any) -> int:
@@ -203,10 +210,8 @@ class LabelStudioAPI:
         return None
 
     def add_local_storage(self, project_id: int, path: str | os.PathLike, title: str = "local files") -> int:
-        """Let the project's tasks read /data/local-files/?d=<rel> under `path` (else Label Studio answers 404).
-
-        `path` must lie under the server's LOCAL_FILES_DOCUMENT_ROOT. No sync: tasks are imported explicitly.
-        """
+        """Let the project's tasks read /data/local-files/?d=<rel> under `path` (under the server's
+        LOCAL_FILES_DOCUMENT_ROOT; else Label Studio answers 404). No sync: tasks are imported explicitly."""
         return self.ls.import_storage.local.create(project=project_id, path=str(path), title=title).id
 
     def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
@@ -268,11 +273,6 @@ class LabelStudioAPI:
         """The SDK's current Authorization header (`Token <key>`, or `Bearer <access>` for a PAT): the SDK keeps
         the exchanged access token private, and its client wrapper is the one place that refreshes it."""
         return {"Authorization": self.ls._client_wrapper.get_headers()["Authorization"]}
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _suffix(url: str) -> str:
