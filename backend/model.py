@@ -30,8 +30,9 @@ from .scheduling.manager import ANNOTATION_EVENTS, TRAIN_EVENT, JobManager
 from .scheduling.served_queue import served_queue, task_of
 from .settings import Settings
 from .storage.layout import JOBS_DB
-from .storage.projects import ModelDir, parse_project_id
+from .storage.projects import ModelDir
 from .storage.retention import prune_cache, prune_versions
+from .storage.servers import STRIDE, label_studio_reference
 from .storage.versions import ModelVersion
 from .tasktypes import parse_label_config
 
@@ -114,7 +115,12 @@ class ISALModel:
 
     # -- the protocol ----------------------------------------------------------
     def setup(self, data: dict) -> dict:
-        project_id = project_of(data)
+        ls_id, created = _reference(data)
+        conn = {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str) and data[k]}
+        if "hostname" in conn and not self.settings.label_studio_url and not self._allowed_host(conn["hostname"]):
+            raise ApiProblem(403, f"{conn['hostname']} is not in LABEL_STUDIO_HOSTS={self.settings.label_studio_hosts}")
+        server = 0 if self.settings.label_studio_url else self.model_dir.servers.number(conn.get("hostname"))
+        project_id = server * STRIDE + ls_id
         schema = data.get("schema")
         try:
             task_type = parse_label_config(schema)
@@ -123,13 +129,9 @@ class ISALModel:
         project = self.model_dir.get(project_id)
         engine = task_type.engine_settings(self.settings.engine)
         weights = missing_weights(engine.arch, engine.weights)
-        new = project.register(schema, task_type, [weights] if weights else [])
+        new = project.register(schema, task_type, [weights] if weights else [], created)
         for warning in project.info["config_warnings"]:
             log.warning("project %s: %s", project_id, warning)
-        conn = {k: data[k] for k in ("hostname", "access_token") if isinstance(data.get(k), str) and data[k]}
-        if "hostname" in conn and not self.settings.label_studio_url and not self._allowed_host(conn["hostname"]):
-            raise ApiProblem(403, f"{conn['hostname']} is not among LABEL_STUDIO_HOSTS: this backend serves "
-                                  f"{self.settings.label_studio_hosts}")
         if conn:
             self._connections[project_id] = conn
             project.save_connection(conn)
@@ -139,7 +141,7 @@ class ISALModel:
 
     def predict(self, tasks, context: dict) -> dict:
         """`context` is the rest of Label Studio's /predict payload (project, label_config, params)."""
-        project_id = project_of(context)
+        project_id = self.project_of(context)
         if not isinstance(tasks, list):
             raise ApiProblem(400, "`tasks` must be a list of Label Studio tasks")
         project = self.model_dir.known(project_id)
@@ -157,7 +159,7 @@ class ISALModel:
         """A webhook event: annotations count toward a retrain; START_TRAINING asks for one now."""
         if not isinstance(event, str) or not event:
             raise ApiProblem(400, "webhook payload has no `action`")
-        project_id = project_of(data)
+        project_id = self.project_of(data)
         self.model_dir.known(project_id)
         if event in ANNOTATION_EVENTS:
             outcome = self.jobs.annotation_event(project_id)
@@ -175,6 +177,11 @@ class ISALModel:
             number = self.jobs.snapshot(project_id)["jobs_started"] + (0 if outcome == "started" else 1)
             answer.update(job_number=number, message=_job_message(outcome, number, project_id))
         return answer, 202 if queued else 200
+
+    def project_of(self, data: dict) -> int:
+        """The key of the project a request names (backend.storage.servers tells servers apart)."""
+        _reference(data)  # a clear 400 for a missing or malformed reference
+        return self.model_dir.servers.resolve(data["project"])
 
     def served_queue(self, project_id: int, labeled_task: int | None = None) -> dict | None:
         """The served version's queue (backend.scheduling.served_queue), counting `labeled_task` first."""
@@ -246,11 +253,13 @@ class ISALModel:
                 log.warning("project %s: /predict cannot score task %s: %s", project_id, tid, path)
         return usable
 
-def project_of(data: dict) -> int:
+
+def _reference(data: dict) -> tuple[int, int | None]:
+    """(Label Studio's project id, its creation second) of a request; ApiProblem 400 if it names none."""
     if "project" not in data:
         raise ApiProblem(400, "payload has no `project`")
     try:
-        return parse_project_id(data["project"])
+        return label_studio_reference(data["project"])
     except ValueError as exc:
         raise ApiProblem(400, str(exc)) from None
 
@@ -268,8 +277,7 @@ def _job_message(outcome: str, number: int, project_id: int) -> str:
 
 
 def _deferred(version: ModelVersion, budget: float | None) -> dict:
-    """A new task left for the next job: /predict must answer within Label Studio's timeout (`budget`), or the
-    version cannot score a task it did not see (no budget: a cold start, or a strategy without influence)."""
+    """A new task left for the next job: /predict's time (`budget`) ran out, or the version cannot score it."""
     why = (f"/predict's time budget (PREDICT_BUDGET_S={budget:g} s) was spent on other tasks" if budget is not None
            else f"version {version.name} ({version.meta.get('strategy')}) ranks only the tasks of its job")
     return {"result": [], "score": UNTRAINED_SCORE, "model_version": version.name,
@@ -283,8 +291,7 @@ def _unscorable(version: ModelVersion, why: str) -> dict:
 def _untrained(task, project) -> dict:
     entry = {"result": [], "score": UNTRAINED_SCORE, "model_version": UNTRAINED}
     if not isinstance(task, dict):
-        entry["error"] = "not a Label Studio task (a JSON object)"
-        return entry
+        return {**entry, "error": "not a Label Studio task (a JSON object)"}
     try:
         project.task_type().media_url(task)
     except MissingMedia as exc:

@@ -86,7 +86,7 @@ class Publication:
         """Bulk-write the version's predictions, recorded as unpublished first; JobError unless Label Studio
         kept every one (the block then undoes the write)."""
         _write_record(self.project, sorted({*_read_record(self.project), self.version}))
-        created = self.api.write_predictions(self.project.id, predictions)
+        created = self.api.write_predictions(self.project.ls_id, predictions)
         if created < expected:  # a version that serves some tasks and not others would skew the queue
             raise JobError(f"Label Studio kept {created} of the {expected} predictions of {self.version} (it drops "
                            "what fails its validation); the version is not published and its predictions are "
@@ -115,7 +115,7 @@ class Publication:
         self.project.adopt(final)
         self.project.append_history(self.meta)
         if self.api is not None:
-            self.api.set_model_version(self.project.id, self.version)  # Label Studio serves by it from now on
+            self.api.set_model_version(self.project.ls_id, self.version)  # Label Studio serves by it from now on
         _forget(self.project, self.version)
         return False
 
@@ -126,7 +126,7 @@ class Publication:
         if self.api is None or self.version not in _read_record(self.project):
             return
         try:
-            n = self.api.delete_version_predictions(self.project.id, self.version)
+            n = self.api.delete_version_predictions(self.project.ls_id, self.version)
             _forget(self.project, self.version)
             log.info("project %s: deleted the %d predictions of the failed job's version %s", self.project.id, n,
                      self.version)
@@ -141,16 +141,16 @@ class Publication:
         published, done = set(project.versions()), {}
         for version in _read_record(project):
             if version not in published:
-                deleted = api.delete_version_predictions(project.id, version)
+                deleted = api.delete_version_predictions(project.ls_id, version)
                 done.setdefault("deleted_predictions", {})[version] = deleted
                 log.warning("project %s: deleted %d predictions of %s, a version an interrupted job never published",
                             project.id, deleted, version)
             _forget(project, version)
         current = project.current.name if project.current else None
         if current:
-            serving = api.project_model_version(project.id)
+            serving = api.project_model_version(project.ls_id)
             if serving != current and (not serving or serving.startswith(f"isal-{project.id}-")):
-                api.set_model_version(project.id, current)
+                api.set_model_version(project.ls_id, current)
                 done["model_version_set"] = current
                 log.warning("project %s: Label Studio served %r; pointed it at the current version %s",
                             project.id, serving, current)
@@ -162,10 +162,10 @@ class Publication:
         served version's nor another backend's; {version: predictions deleted}. Idempotent."""
         if keep <= 0:
             return {}
-        ours = sorted((v for v in api.model_versions(project.id) if _job_of(project, v) is not None),
+        ours = sorted((v for v in api.model_versions(project.ls_id) if _job_of(project, v) is not None),
                       key=lambda v: (_job_of(project, v), v), reverse=True)
-        kept = set(ours[:keep]) | {api.project_model_version(project.id)}
-        deleted = {v: api.delete_version_predictions(project.id, v) for v in ours[keep:] if v not in kept}
+        kept = set(ours[:keep]) | {api.project_model_version(project.ls_id)}
+        deleted = {v: api.delete_version_predictions(project.ls_id, v) for v in ours[keep:] if v not in kept}
         if deleted:
             log.info("project %s: deleted the Label Studio predictions of %d old version(s) (KEEP_LS_VERSIONS=%d): "
                      "%s", project.id, len(deleted), keep, deleted)
@@ -244,7 +244,7 @@ def _after_publishing(project: ProjectDir, api: LabelStudioAPI, keep: int, revie
     """Publication.prune, and the review's Data Manager tab: a failure is a warning (the next job does it)."""
     try:
         if reviewed:
-            ensure_view(api, project.id, **REVIEW_VIEW)
+            ensure_view(api, project.ls_id, **REVIEW_VIEW)
         return Publication.prune(project, api, keep)
     except Exception as exc:
         log.warning("project %s: could not delete old versions' predictions yet (%s); the next job will",

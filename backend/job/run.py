@@ -46,7 +46,7 @@ class Job:
         set_phase("reading tasks")
         try:
             with reporting(set_phase):  # the long loops' done/total, beside the phase (set_phase(desc, done, total))
-                task_type = project.update_config(api.project_label_config(project.id))
+                task_type = project.update_config(api.project_label_config(project.ls_id))
                 tasks = read_project(api, project, task_type, self.cache_dir, self.engine.download_workers,
                                      self.engine.min_labeled, set_phase, self.engine.cold_starts)
                 read, job = time.time(), project.next_job_number()

@@ -244,7 +244,7 @@ def read_project(api: LabelStudioAPI, project: ProjectDir, task_type: TaskType, 
     """The job's view of the project: tasks sorted and downloaded, R chosen (or, with too few labels and
     `cold_start`, marked cold), skips counted and logged."""
     warnings, start = Warnings(), time.time()
-    tasks = read_tasks(api, project.id, task_type, warnings)
+    tasks = read_tasks(api, project.ls_id, task_type, warnings)
     read = time.time()
     set_phase("downloading images")
     tasks.download(api, cache_dir, workers, warnings)

@@ -2,6 +2,7 @@
 
     MODEL_DIR/
       jobs.sqlite                 job state of every project (backend.scheduling.state; Redis instead with REDIS_URL)
+      servers.json                the Label Studio servers that connected; <project> of the n-th: n * 10**9 + id
       .metrics/                   /metrics' samples of every process of `python -m backend` (backend.metrics)
       images/                     downloaded task files, each decoded before it entered (backend.job.tasks)
       embeddings/                 frozen-feature embeddings (isal_core.tasks.frozen), unless ISAL_EMBEDDING_CACHE
@@ -27,6 +28,7 @@
 from __future__ import annotations
 
 JOBS_DB = "jobs.sqlite"
+SERVERS = "servers.json"  # the Label Studio servers that connected, in order (backend.storage.servers)
 METRICS_DIR = ".metrics"  # prometheus-client's samples of every process (python -m backend)
 IMAGE_CACHE = "images"
 EMBEDDING_CACHE = "embeddings"

@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from isal_core.utils.atomic import write_json
 
@@ -35,27 +33,10 @@ from .layout import (
     PROJECT,
     REFERENCE_L1,
 )
+from .servers import Servers, label_studio_id
 from .versions import ModelVersion, required_files
 
 log = logging.getLogger(__name__)
-
-_PROJECT_ID = re.compile(r"^\s*(\d+)(?:\.\d+)?\s*$")
-MAX_PROJECT_ID = 2**63
-
-
-def parse_project_id(value: Any) -> int:
-    """Label Studio's project reference -> id: "12.1700000000" (/setup, /predict), 12, "12", {"id": 12}.
-    An id is a positive 64-bit integer (Label Studio's primary keys; the job table's too)."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if isinstance(value, bool):
-        raise ValueError(f"not a project id: {value!r}")
-    if isinstance(value, str) and (m := _PROJECT_ID.match(value)):
-        value = int(m.group(1))
-    if isinstance(value, int) and 0 < value < MAX_PROJECT_ID:
-        return value
-    raise ValueError(f"not a Label Studio project reference: {value!r} (expected an id like 12 or \"12.1700000000\")")
-
 
 def new_version_name(project_id: int, job: int) -> str:
     return f"isal-{project_id}-{job}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
@@ -71,13 +52,20 @@ class ProjectDir:
         self.info: dict = {}
         self._seen = None  # the project dir's mtime when versions were last listed
 
-    def register(self, label_config: str, task_type: TaskType, warnings: list[str] = ()) -> bool:
-        """Save the labeling config /setup sent (and what to warn of); True the first time this project is."""
+    @property
+    def ls_id(self) -> int:
+        """The id Label Studio knows the project by (its key differs for a second server's: backend.storage.servers)."""
+        return label_studio_id(self.id)
+
+    def register(self, label_config: str, task_type: TaskType, warnings: list[str] = (),
+                 created: int | None = None) -> bool:
+        """Save the labeling config /setup sent (and what to warn of, and the second Label Studio created the
+        project: it tells servers apart); True the first time this project is."""
         info = {"project": self.id, "label_config": label_config, "task_type": task_type.to_meta(),
-                "config_warnings": task_type.config_warnings() + list(warnings), "updated_at": time.time()}
+                "config_warnings": task_type.config_warnings() + list(warnings), "updated_at": time.time(),
+                "label_studio_created": created or self.info.get("label_studio_created")}
         new = not self.info
-        if info["label_config"] != self.info.get("label_config") or info["config_warnings"] != self.info.get(
-                "config_warnings"):
+        if any(info[k] != self.info.get(k) for k in ("label_config", "config_warnings", "label_studio_created")):
             write_json(self.root / PROJECT, info)
         self.info = info
         return new
@@ -239,6 +227,7 @@ class ModelDir:
         self.root.mkdir(parents=True, exist_ok=True)
         self.device = device
         self.embedding_cache = embedding_cache or str(self.root / EMBEDDING_CACHE)
+        self.servers = Servers(self.root)
         self._lock = threading.Lock()
         self._projects: dict[int, ProjectDir] = {}
         for d in sorted(self.root.iterdir()):

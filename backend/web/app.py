@@ -28,7 +28,7 @@ from ..metrics import REQUESTS, exposition
 from ..model import ISALModel
 from ..scheduling.manager import TRAIN_EVENT
 from ..settings import Settings
-from ..storage.projects import parse_project_id
+from ..storage.servers import parse_project_id
 from . import status as views
 from .openapi import SPEC
 from .page import project_page

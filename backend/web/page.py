@@ -19,6 +19,7 @@ import numpy as np
 from isal_core.forecast import forecast
 
 from ..model import UNTRAINED, ISALModel
+from ..storage.servers import label_studio_id
 
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:62em}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}.warn{color:#a40}h2{margin-top:1.5em}")
@@ -138,7 +139,7 @@ def _before_a_job(backend: ISALModel, project_id: int) -> str:
     """No version yet: the project's task counts as Label Studio has them (the first job sorts them into
     labeled, R and pool)."""
     try:
-        found = backend.api_for(project_id).ls.projects.get(id=project_id)
+        found = backend.api_for(project_id).ls.projects.get(id=label_studio_id(project_id))
         total, annotated = int(found.task_number or 0), int(found.num_tasks_with_annotations or 0)
     except Exception as exc:  # the page still renders: Label Studio may be down or the key refused
         return f"<p class='warn' id='counts'>Label Studio's task counts are unavailable: {html.escape(str(exc))}</p>"

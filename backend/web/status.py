@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import ApiProblem
 from ..model import UNTRAINED, ISALModel
-from ..storage.projects import parse_project_id
+from ..storage.servers import parse_project_id
 from ..storage.versions import read_review, review_signal
 
 
