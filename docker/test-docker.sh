@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make test-docker`: the Docker path end to end. Builds the image, starts docker/docker-compose.yml
-# (Label Studio, the backend's web service, its job worker, Redis) with docker/compose.host.yml (host
+# (Label Studio on PostgreSQL, the backend's web service, its job worker, Redis) with docker/compose.host.yml (host
 # network: all traffic on loopback; Label Studio :18080, backend :19090, Redis :16379), runs
 # tests/docker_e2e.py against it and always tears the stack down (`down -v`), also on failure.
 #
 # On a machine that reaches no image registry, ../shared/tools/docker-local.sh (run when present)
-# installs Docker and builds stand-in base images; the Redis stand-in is built here from
-# docker/redis-standin/ when missing. Elsewhere Docker must be installed and compose pulls the real
+# installs Docker and builds stand-in base images; the Redis and PostgreSQL stand-ins are built here
+# from docker/redis-standin/ and docker/postgres-standin/ when missing. Elsewhere Docker must be installed and compose pulls the real
 # images. Compose: `docker compose` (the plugin), else `docker-compose`, else Debian's docker-compose
 # (v1.29) is installed. Needs root, sudo or the docker group.
 set -euo pipefail
@@ -40,6 +40,10 @@ lap "compose: $("${COMPOSE[@]}" version 2>/dev/null | head -1)"
 if $standins && ! docker image inspect redis:7.4-alpine >/dev/null 2>&1; then
   docker build -q --network host -t redis:7.4-alpine docker/redis-standin >/dev/null
   lap "built the Redis stand-in (Debian's redis-server) as redis:7.4-alpine"
+fi
+if $standins && ! docker image inspect postgres:15 >/dev/null 2>&1; then
+  docker build -q --network host -t postgres:15 docker/postgres-standin >/dev/null
+  lap "built the PostgreSQL stand-in (Debian's postgresql-15) as postgres:15"
 fi
 
 export LABEL_STUDIO_API_KEY=${LABEL_STUDIO_API_KEY:-$($PY -c 'import secrets; print(secrets.token_hex(20))')}

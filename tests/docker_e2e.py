@@ -1,5 +1,5 @@
 """End to end against the running compose stack (docker/docker-compose.yml + docker/compose.host.yml):
-Label Studio, the backend's web container, its worker container and Redis. `make test-docker` starts
+Label Studio on PostgreSQL, the backend's web container, its worker container and Redis. `make test-docker` starts
 the stack, runs this script and tears the stack down. A standalone script (pytest does not collect it).
 
 Over HTTP only: CIFAR-10 JPGs (../shared/data/cifar10-jpg.zip) uploaded to Label Studio as files (its
@@ -9,7 +9,8 @@ split annotated; the backend connected to the project; Label Studio's "Start tra
     web container's log has no training) through Redis (the job row is in Redis' `isal:jobs` hash and
     RQ's `isal` queue finished a job);
   - Label Studio holds one prediction of that version per unlabeled task, and GET /api/projects/<id>/next
-    serves the task whose prediction scores lowest (the backend's top task).
+    serves the task whose prediction scores lowest (the backend's top task); the predictions are rows
+    of the `db` service's PostgreSQL.
 Environment: LABEL_STUDIO_API_KEY (required), LABEL_STUDIO_URL, BACKEND_URL, REDIS_URL, COMPOSE (the
 compose command, for `logs`).
 """
@@ -181,6 +182,13 @@ def main() -> None:
     served = api.next_task(pid)
     assert served is not None and served["id"] == top, (served and served["id"], top)
     lap(f"Label Studio holds {len(scores)} predictions of {version}; /next serves the top task {top}")
+    # ... in PostgreSQL (the compose file's `db` service), not in a SQLite file of its container
+    sql = f"SELECT count(*) FROM prediction WHERE project_id = {int(pid)} AND model_version = '{version}'"
+    held = subprocess.run([*COMPOSE, "exec", "-T", "db", "psql", "-p", os.environ.get("PGPORT", "15432"), "-U",
+                           "labelstudio", "-d", "labelstudio", "-tAc", sql],  # its socket: no password
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert held.returncode == 0 and int(held.stdout.strip()) == len(scores) + reviewed, (held.stdout, held.stderr)
+    lap(f"PostgreSQL's prediction table holds them ({held.stdout.strip()} rows)")
     api.close()
     print("[docker e2e] PASSED", flush=True)
 
