@@ -135,3 +135,36 @@ def test_postgresql_down_mid_job_fails_the_job_clearly_and_the_next_job_sets_lab
     assert api.model_versions(pid) == {held: len(train), new: len(train)}, log[-3000:]
     assert api.project_model_version(pid) == new
     assert version_dirs(model_dir, pid) == (sorted([held, new]), [])
+
+
+def test_annotations_submitted_while_old_predictions_are_deleted_are_stored_meanwhile(label_studio):
+    """The backend deletes an old version's predictions one request each (Label Studio's own deletion of a
+    version holds every task it touches until it ends): annotations submitted meanwhile are stored, one after
+    another while the deletion still runs."""
+    import threading
+
+    from backend.tools.demo import label_config
+
+    ls = label_studio.client()
+    api = LabelStudioAPI(label_studio.url, label_studio.legacy_token)
+    pid = ls.projects.create(title="deleting while annotating", label_config=label_config()).id
+    ls.projects.import_tasks(id=pid, request=[{"image": f"http://127.0.0.1:9/{i}.jpg"} for i in range(300)])
+    ids = [t["id"] for t in api.iter_tasks(pid, fields="task_only", include="id")]
+    old = f"isal-{pid}-1-old"
+    api.write_predictions(pid, [{"task": t, "result": [], "score": 0.5, "model_version": old} for t in ids])
+    deleted = []
+    deleting = threading.Thread(target=lambda: deleted.append(api.delete_version_predictions(pid, old)))
+    deleting.start()
+    annotated, during = [], []
+    for t in ids:
+        ls.annotations.create(id=t, result=choice_result("cat"))
+        annotated.append(t)
+        during.append(deleting.is_alive())
+        if not deleting.is_alive():
+            break
+    deleting.join()
+    assert deleted == [len(ids)] and old not in api.model_versions(pid)
+    # Label Studio's one-transaction deletion would hold the first annotation to its end: one at most "during"
+    assert sum(during) >= 2, f"{sum(during)} annotations were stored while the deletion ran"
+    stored = {t["id"]: len(t["annotations"]) for t in api.tasks_with_annotations(pid)}
+    assert all(stored[t] == 1 for t in annotated) and sum(stored.values()) == len(annotated)
