@@ -13,7 +13,9 @@ the served version's prediction (Label Studio's uncertainty sampling picks at ra
 few: it serves from the backend's order), jobs coalesced (never more than one running and one waiting).
 Reported: annotation latency p50/p99 (Label Studio sends the webhook within the submit, so it
 includes the backend's answer), jobs run, and how many labels the serving version lagged behind.
-Ends with one JSON line (docs/results/bench/annotators-<db>.json); exits 1 if a check fails.
+`--no-backend`: Label Studio alone under the same load (no predictions: it serves at random), the
+baseline the latencies compare with. Ends with one JSON line (docs/results/bench/annotators-<db>[-no-backend].json);
+exits 1 if a check fails.
 """
 from __future__ import annotations
 
@@ -97,29 +99,32 @@ def watch(backend_url: str, pid: int, labeled_now, stop: threading.Event, every_
     return samples
 
 
-def session(ls_url: str, token: str, backend_url: str, pid: int, labels: dict[int, str], reference: list[int],
-            annotators: int, each: int, think_s: float) -> dict:
-    """`annotators` users labeling the project at once; the checks and figures (see the module's doc)."""
+def session(ls_url: str, token: str, backend_url: str | None, pid: int, labels: dict[int, str],
+            reference: list[int], annotators: int, each: int, think_s: float) -> dict:
+    """`annotators` users labeling the project at once; the checks and figures (see the module's doc). No
+    backend_url: Label Studio alone (the baseline of `--no-backend`), no job figures."""
     tokens = [sign_up(ls_url, f"annotator{i}-{secrets.token_hex(3)}@example.com", secrets.token_hex(12))
               for i in range(annotators)]
-    before = requests.get(f"{backend_url}/status", params={"project": pid}, timeout=10).json()["job"]
+    jobs = (lambda: requests.get(f"{backend_url}/status", params={"project": pid}, timeout=10).json()["job"]) \
+        if backend_url else (lambda: {"jobs_started": 0, "requests_coalesced": 0})
+    before = jobs()
     done, submitted, stop = [], [], threading.Event()
     with ThreadPoolExecutor(annotators + 1) as pool:
-        watcher = pool.submit(watch, backend_url, pid, lambda: len(submitted), stop)
+        watcher = pool.submit(watch, backend_url, pid, lambda: len(submitted), stop) if backend_url else None
         t0 = time.perf_counter()
         runs = [pool.submit(annotate, ls_url, tok, pid, labels, each, think_s, submitted) for tok in tokens]
         for run in runs:
             done.append(run.result())
         seconds = time.perf_counter() - t0
         stop.set()
-        samples = watcher.result()
+        samples = watcher.result() if watcher else []
     api = LabelStudioAPI(ls_url, token, timeout=120)
     stored = {t["id"]: len(t.get("annotations") or []) for t in api.tasks_with_annotations(pid)}
     served = [s for d in done for s in d["served"]]
     scores = [s["score"] for s in served if s["score"] is not None]
     latencies = [x for d in done for x in d["latencies"]]
     ours = [s for s in served if any(str(v).startswith(f"isal-{pid}-") for v in s["versions"])]
-    after = requests.get(f"{backend_url}/status", params={"project": pid}, timeout=10).json()["job"]
+    after = jobs()
     lags = [s["labeled"] - s["version_labeled"] for s in samples]
     return {
         "annotators": annotators, "each": each, "think_s": think_s, "seconds": round(seconds, 1),
@@ -147,6 +152,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--retrain-every", type=int, default=40)
     ap.add_argument("--think-s", type=float, default=0.5)
     ap.add_argument("--db", choices=("sqlite", "postgresql"), default="postgresql")
+    ap.add_argument("--no-backend", action="store_true", help="Label Studio alone under the same load: the baseline")
     args = ap.parse_args(argv)
     images = args.annotators * args.each * 11 // 10 + 100
     with tempfile.TemporaryDirectory() as tmp, label_studio_on(args.db) as server:
@@ -155,10 +161,13 @@ def main(argv=None) -> dict:
         env = {"LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.legacy_token,
                "MODEL_DIR": str(Path(tmp) / "models"), "ISAL_RETRAIN_EVERY": str(args.retrain_every),
                "ISAL_SEED": "0", "LOG_LEVEL": "WARNING"}
-        with BackendProcess(env, log_path=Path(tmp) / "backend.log") as backend:
-            api.connect_ml_backend(project.id, backend.url)
-            first_job(backend.url, project.id)
-            result = session(server.url, server.legacy_token, backend.url, project.id, project.labels,
+        with contextlib.ExitStack() as stack:
+            backend = None if args.no_backend else stack.enter_context(
+                BackendProcess(env, log_path=Path(tmp) / "backend.log"))
+            if backend:
+                api.connect_ml_backend(project.id, backend.url)
+                first_job(backend.url, project.id)
+            result = session(server.url, server.legacy_token, backend and backend.url, project.id, project.labels,
                              project.reference, args.annotators, args.each, args.think_s)
     checks = {"no annotation lost": result["lost"] == 0, "none duplicated": result["duplicated"] == 0,
               "no labeled task served": result["served_already_labeled"] == 0,
@@ -167,7 +176,7 @@ def main(argv=None) -> dict:
     summary = {"bench": "annotators", "device": "cpu", "label_studio_db": args.db, "images": images, **result,
                "checks": checks, "ok": all(checks.values())}
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}))
-    write_result(f"annotators-{args.db}", "annotators", summary, argv)
+    write_result(f"annotators-{args.db}" + ("-no-backend" if args.no_backend else ""), "annotators", summary, argv)
     return summary
 
 
