@@ -162,8 +162,10 @@ class Settings(BaseSettings):
                                                        "project, the one it serves by always (0 = all)")
     ls_predictions_per_version: int = Field(
         500, ge=0, description="tasks a version writes a prediction for: the first of the served order, and as many "
-                               "of the review's (0 = every task); Label Studio on SQLite takes no annotation "
-                               "while it deletes a version's predictions, ~11 ms each (python -m bench.ls_lock)")
+                               "of the review's (0 = every task); each one is deleted later with a request of its "
+                               "own, and with several annotators Label Studio serves at random among them")
+    job_nice: int = Field(10, ge=0, le=19, description="niceness of `python -m backend.worker`: its training yields "
+                          "the CPU to the web process and to a Label Studio on the same machine (0 = none)")
     job_runner: Literal["worker", "web", "external"] = Field(
         "web", description="worker: jobs run in `python -m backend.worker` (python -m backend starts it; its "
                            "default); web: on a thread of the process that took the request (in-process apps); "

@@ -11,6 +11,7 @@ is left to be run again, as after a crash (versions are published whole or not a
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,8 @@ def main() -> None:
         sys.exit(f"ISAL job worker: bad setting in the environment:\n{exc}")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    if settings.job_nice:  # background work: annotators' requests to Label Studio and the web come first
+        os.nice(settings.job_nice)
     backend = ISALModel(settings)
     stop = threading.Event()
     if settings.redis_url:  # an RQ worker (it handles SIGTERM itself: finishes or abandons the job)
