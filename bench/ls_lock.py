@@ -133,8 +133,8 @@ def main(argv=None) -> dict:
         {"tasks": r["tasks"], "predictions": r["predictions"], **{
             f"{what}_{k}": r[what][k] for what in r if isinstance(r[what], dict)
             for k in ("seconds", "failed", "p50_s", "p99_s", "worst_s")}} for r in rows]}))
-    name = "ls-lock" + ("" if args.db == "sqlite" else f"-{args.db}") + (f"-{args.predictions}" if args.predictions
-                                                                       else "")
+    name = "ls-lock" + ("" if args.db == "sqlite" else f"-{args.db}") + (
+        f"-{args.sizes.replace(',', '_')}x{args.predictions}" if args.predictions else "")
     write_result(name, "ls_lock", summary, argv)
     return summary
 
