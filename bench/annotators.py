@@ -38,6 +38,7 @@ from backend.tools.demo import choice_result, make_cifar_project
 from backend.tools.servers import BackendProcess
 
 from .common import write_result
+from .load import status, wait_idle
 from .ls_lock import label_studio_on
 
 
@@ -93,7 +94,7 @@ def watch(backend_url: str, pid: int, labeled_now, stop: threading.Event, every_
     samples = []
     while not stop.wait(every_s):
         with contextlib.suppress(requests.RequestException, ValueError, KeyError):
-            st = requests.get(f"{backend_url}/status", params={"project": pid}, timeout=10).json()
+            st = status(backend_url, pid)
             samples.append({"labeled": labeled_now(), "version_labeled": (st.get("counts") or {}).get("labeled", 0),
                             "state": st["job"]["state"], "pending": st["job"]["pending"]})
     return samples
@@ -105,8 +106,8 @@ def session(ls_url: str, token: str, backend_url: str | None, pid: int, labels: 
     backend_url: Label Studio alone (the baseline of `--no-backend`), no job figures."""
     tokens = [sign_up(ls_url, f"annotator{i}-{secrets.token_hex(3)}@example.com", secrets.token_hex(12))
               for i in range(annotators)]
-    jobs = (lambda: requests.get(f"{backend_url}/status", params={"project": pid}, timeout=10).json()["job"]) \
-        if backend_url else (lambda: {"jobs_started": 0, "requests_coalesced": 0})
+    jobs = (lambda: status(backend_url, pid)["job"]) if backend_url else (
+        lambda: {"jobs_started": 0, "requests_coalesced": 0})
     before = jobs()
     done, submitted, stop = [], [], threading.Event()
     with ThreadPoolExecutor(annotators + 1) as pool:
@@ -166,7 +167,7 @@ def main(argv=None) -> dict:
                 BackendProcess(env, log_path=Path(tmp) / "backend.log"))
             if backend:
                 api.connect_ml_backend(project.id, backend.url)
-                first_job(backend.url, project.id)
+                wait_idle(backend.url, project.id, 1)  # the cold start Label Studio's connecting asked for
             result = session(server.url, server.legacy_token, backend and backend.url, project.id, project.labels,
                              project.reference, args.annotators, args.each, args.think_s)
     checks = {"no annotation lost": result["lost"] == 0, "none duplicated": result["duplicated"] == 0,
@@ -178,18 +179,6 @@ def main(argv=None) -> dict:
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}))
     write_result(f"annotators-{args.db}" + ("-no-backend" if args.no_backend else ""), "annotators", summary, argv)
     return summary
-
-
-def first_job(backend_url: str, pid: int, timeout: float = 900) -> dict:
-    """Waits for the job connecting the project started (the cold start) to end; its /status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = requests.get(f"{backend_url}/status", params={"project": pid}, timeout=10)
-        if st.status_code == 200 and st.json()["job"]["jobs_started"] >= 1 and st.json()["job"]["state"] == "idle" \
-                and not st.json()["job"]["pending"]:
-            return st.json()
-        time.sleep(1)
-    raise TimeoutError(f"the first job of project {pid} did not end in {timeout} s")
 
 
 if __name__ == "__main__":

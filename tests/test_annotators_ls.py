@@ -12,7 +12,8 @@ import pytest
 from backend.labelstudio.client import LabelStudioAPI
 from backend.tools.demo import make_cifar_project
 from backend.tools.servers import BackendProcess
-from bench.annotators import first_job, session
+from bench.annotators import session
+from bench.load import wait_idle
 
 try:
     from needs import need
@@ -32,7 +33,7 @@ def test_four_annotators_label_fifty_each_while_jobs_retrain_and_nothing_is_lost
            "MODEL_DIR": str(tmp_path / "models"), "ISAL_RETRAIN_EVERY": "40", "ISAL_SEED": "0", "LOG_LEVEL": "INFO"}
     with BackendProcess(env, log_path=tmp_path / "backend.log") as backend:
         api.connect_ml_backend(project.id, backend.url)
-        first_job(backend.url, project.id)
+        wait_idle(backend.url, project.id, 1)
         result = session(server.url, server.legacy_token, backend.url, project.id, project.labels,
                          project.reference, annotators=4, each=50, think_s=0.0)
         log = backend.log_tail(20000)

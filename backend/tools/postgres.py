@@ -60,12 +60,11 @@ class PostgresServer(ManagedProcess):
         return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
     def _init(self) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres")
         pwfile = self.dir / "pw"
         pwfile.write_text(self.password)
-        if os.geteuid() == 0:
-            shutil.chown(pwfile, "postgres")
+        if os.geteuid() == 0:  # the cluster's files belong to the user that runs it
+            for path in (self.dir, pwfile):
+                shutil.chown(path, "postgres")
         subprocess.run(self._as_owner([self.bin / "initdb", "-D", self.data_dir, "-U", self.user, "--pwfile", pwfile,
                                        "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"]),
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
