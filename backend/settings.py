@@ -54,6 +54,9 @@ class EngineSettings(Engine, BaseSettings):
     review: bool = Field(True, description="each job also ranks the labeled tasks by how likely their annotation "
                                            "is wrong: predictions on them, the Data Manager tab 'ISAL: annotations "
                                            "to review', GET /review")
+    hygiene: bool = Field(True, description="each job also finds near-duplicates, leaks into R and outliers on the "
+                                            "frozen embeddings and serves them last: the Data Manager tab 'ISAL: "
+                                            "duplicates and outliers', GET /hygiene, the map on the project page")
     review_signal: Literal["auto", "combined", "influence", "loss", "oof_loss", "oof_combined"] = Field(
         "auto", description="what the review ranks by: influence on R with the annotated label, the model's "
                             "loss on it (detection: its disagreement with the box), the mean of their ranks "

@@ -1,7 +1,9 @@
-"""The engine's command line: rank a pool (`select`), review labels (`review`), simulate active learning.
+"""The engine's command line: rank a pool (`select`), review labels (`review`), find duplicates, leaks and
+outliers (`hygiene`), simulate active learning.
 
     isal select --labeled data/labeled --reference data/val --pool data/unlabeled \
                 --epochs 30 --budget 100 --out ranked.csv
+    isal hygiene --data data/unlabeled --reference data/val --out hygiene/
     isal simulate --config configs/cifar10-cpu.json
 
 Every engine setting is a flag derived from the settings schema (isal_core.settings).
@@ -28,6 +30,7 @@ from .flags import add_arguments, given
 from .influence.review import SIGNALS, review_order
 from .learner import Learner
 from .selection import INFLUENCE_STRATEGIES, STRATEGIES, check_budget
+from .selection.hygiene import find_hygiene, find_leaks, thumbnail
 from .settings import EngineSettings, TrainSettings, validate
 from .simulation.config import SimulationConfig, load_config
 from .simulation.dataset import only
@@ -188,6 +191,46 @@ def review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hygiene_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("hygiene", help="near-duplicate groups, leaks into a reference set and outliers, as CSVs")
+    p.add_argument("--data", required=True, help="images: folder (class subfolders or not), zip[/prefix], or CSV")
+    p.add_argument("--reference", help="a reference (test) set: its images' near-duplicates in --data are leaks")
+    p.add_argument("--out", default="hygiene", help="folder for duplicates.csv, leaks.csv, outliers.csv")
+    add_arguments(p.add_argument_group("engine settings"), EngineSettings)
+    return p
+
+
+def hygiene(args: argparse.Namespace) -> int:
+    """`isal hygiene`: the frozen embeddings of every image, then isal_core.selection.hygiene's groups, leaks and
+    outliers (the thresholds are in its docstring), each written as a CSV of paths."""
+    settings = validate(EngineSettings, given(args, EngineSettings), "the command line")
+    records = load_records(args.data, labeled=False)[1]
+    reference = load_records(args.reference, labeled=False)[1] if args.reference else []
+    every = records + reference
+    if not every:
+        raise DataError(f"no images found in {args.data}")
+    roles = ["data"] * len(records) + ["reference"] * len(reference)
+    adapter = classification_adapter(settings.model_copy(update={"mode": "frozen"}), 2, settings.device,
+                                     settings.batch_size)
+    found = find_hygiene(adapter.dataset(every).x, lambda row: thumbnail(every[row].path))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    leaks = [(every[leak["reference"]].path, every[c].path, roles[c])
+             for leak in find_leaks(found, roles) for c in leak["copies"]]
+    tables = {"duplicates.csv": (["group", "path", "role"], [(g, every[r].path, roles[r])
+                                                           for g, rows in enumerate(found.groups, 1) for r in rows]),
+              "leaks.csv": (["reference", "copy", "role"], leaks),
+              "outliers.csv": (["path", "role", "distance", "threshold"], [
+                  (every[r].path, roles[r], f"{found.distance[r]:.4f}", f"{found.threshold:.4f}")
+                  for r in found.outliers])}
+    for name, (header, rows) in tables.items():
+        with atomic_write(out / name, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+    print(f"{len(every)} images: {len(found.groups)} near-duplicate groups, {len(tables['leaks.csv'][1])} leaked "
+          f"copies, {len(found.outliers)} outliers -> {out}/")
+    return 0
+
+
 def _simulate_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="offline active-learning simulation: accuracy vs labels per strategy")
     p.add_argument("--config", help="JSON protocol file (configs/*.json); flags override it")
@@ -217,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = {"select": _select_parser(sub), "simulate": _simulate_parser(sub),
-                       "pretrain": _pretrain_parser(sub), "review": _review_parser(sub)}
+                       "pretrain": _pretrain_parser(sub), "review": _review_parser(sub),
+                       "hygiene": _hygiene_parser(sub)}
     return parser
 
 
@@ -229,7 +273,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     try:
         if args.command == "simulate":
             return run_simulate(args, simulate_runner)
-        return {"pretrain": pretrain, "review": review, "select": select}[args.command](args)
+        return {"pretrain": pretrain, "review": review, "select": select, "hygiene": hygiene}[args.command](args)
     except IsalError as exc:
         print(f"isal: error: {exc}", file=sys.stderr)
         return 2

@@ -37,10 +37,11 @@ from ..errors import JobError
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.score_encoding import first_served, place_scores
 from ..labelstudio.views import REVIEW_VIEW, ensure_view
-from ..storage.layout import CENTROIDS, META, MODEL, REVIEW, SCORER, SCORES, STAGING_PREFIX, UNPUBLISHED
+from ..storage.layout import CENTROIDS, HYGIENE, META, MODEL, REVIEW, SCORER, SCORES, STAGING_PREFIX, UNPUBLISHED
 from ..storage.projects import ProjectDir, new_version_name
 from ..storage.versions import ModelVersion, save_review, save_scores
 from ..tasktypes import TaskType
+from .hygiene import publish_tab
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ class Publication:
         return self
 
     def save(self, model, model_meta: dict, scorer, task_ids, influences, predictions, clusters=None, *,
-             scores, reviewed=None) -> None:
+             scores, reviewed=None, hygiene=None) -> None:
         """The model and the scorer (where the strategy has them: none for a cold start, no scorer without
         influence), the job's scores: influence, prediction, served score (and the cluster centroids, the
-        review of the labeled tasks)."""
+        review of the labeled tasks, the hygiene report)."""
         if model is not None:
             save_checkpoint(self.staging / MODEL, model, model_meta)
         if scorer is not None:
@@ -81,6 +82,8 @@ class Publication:
                 torch.save(clusters.centroids, f)
         if reviewed is not None:
             save_review(self.staging / REVIEW, reviewed)
+        if hygiene is not None:
+            write_json(self.staging / HYGIENE, hygiene.report)
 
     def write_predictions(self, predictions: Iterable[dict], expected: int) -> int:
         """Bulk-write the version's predictions, recorded as unpublished first; JobError unless Label Studio
@@ -210,7 +213,8 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
     clusters, reviewed = outcome.clusters, outcome.reviewed
     with Publication(project, api, meta["version"]) as publication:
         publication.save(result.model, outcome.adapter.to_meta(), result.scorer, task_ids, influences,
-                         result.scores.predictions, clusters, scores=scores, reviewed=reviewed)
+                         result.scores.predictions, clusters, scores=scores, reviewed=reviewed,
+                         hygiene=outcome.hygiene)
         set_phase("writing predictions")
         field = clusters.of_pool if clusters and engine.cluster_field else None
         pool, n = _first(task_type, meta["version"], task_ids, result.scores.predictions, scores, per_version,
@@ -223,10 +227,15 @@ def publish(project: ProjectDir, api: LabelStudioAPI, engine, task_type: TaskTyp
         publication.finish(meta)
     set_phase("deleting old predictions")  # the new version serves already; one transaction in Label Studio
     pruned = _after_publishing(project, api, keep_ls_versions, reviewed is not None)
+    if outcome.hygiene is not None:
+        set_phase("listing duplicates and outliers")
+        tab = publish_tab(api, project, outcome.hygiene.flagged, (task_type.from_name, task_type.to_name))
     keys = ("kind", "strategy", "counts", "reference_source", "reference_note", "top_task", "top_score",
-            "top_influence", "top_tasks", "solver_info", "warnings", "reference_metric", "prelabel")
+            "top_influence", "top_tasks", "solver_info", "warnings", "reference_metric", "prelabel", "hygiene")
     report = {"model_version": meta["version"], "predictions_written": publication.written,
               "label_studio_versions_pruned": pruned, **{k: meta[k] for k in keys}}
+    if outcome.hygiene is not None:
+        report["hygiene_tab"] = tab
     return {**report, "reconciled": publication.reconciled} if publication.reconciled else report
 
 
@@ -264,7 +273,7 @@ def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcom
         "strategy": outcome.strategy, "batch": engine.budget, "solver": engine.solver,
         "damping": engine.damping, "params": settings.params, "top_k": engine.top_k, "epochs": engine.epochs,
         "seed": engine.seed, "solver_info": result.scorer.info if result.scorer else None, "learner": settings.learner,
-        "score_encoding": "place", "warnings": outcome.warnings(tasks.warnings),
+        "score_encoding": "place", "warnings": outcome.warnings,
         "counts": {**tasks.counts, "reviewed": len(outcome.reviewed.task_ids) if outcome.reviewed else 0},
         "reference_source": tasks.reference_source, "reference_note": tasks.reference_note,
         "top_task": task_ids[top[0]], "top_score": float(scores[top[0]]), "top_influence": _finite(influences, top[0]),
@@ -274,6 +283,7 @@ def version_meta(project: ProjectDir, engine, task_type: TaskType, tasks, outcom
         "clusters": None if outcome.clusters is None or outcome.clusters.centroids is None
         else len(outcome.clusters.centroids),
         "cluster_source": outcome.clusters and settings.cluster_source, "cluster_field": bool(engine.cluster_field),
+        "hygiene": outcome.hygiene and outcome.hygiene.summary,
     }
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from ..storage.layout import CENTROIDS_OF_PROJECT, GROUP_PREFIX
 from ..storage.projects import ProjectDir
 from ..tasktypes import TaskType
 from .group import run_in_group
+from .hygiene import HygieneReport, check
 from .tasks import REFERENCE_FLAG, ProjectTasks
 
 
@@ -152,12 +153,8 @@ class RoundOutcome:
     review_s: float = 0.0
     training_warnings: tuple[str, ...] = ()  # what the learner recovered from (a diverged training)
     strategy: str = "typiclust"  # what ranked the pool (ISAL_STRATEGY, auto resolved); a cold start's is TypiClust
-
-    def warnings(self, job_warnings: dict) -> dict:
-        """The job's warnings (Warnings.as_dict's shape) with what the learner recovered from."""
-        training = {"training_recovered": {"count": len(self.training_warnings),
-                                           "examples": list(self.training_warnings)}}
-        return {**job_warnings, **training} if self.training_warnings else job_warnings
+    hygiene: HygieneReport | None = None  # near-duplicates, leaks and outliers (frozen features, ISAL_HYGIENE)
+    warnings: dict = field(default_factory=dict)  # the job's (Warnings.as_dict's shape), with the round's own
 
 
 def play_round(task_type: TaskType, engine: EngineSettings, records: dict[str, list],
@@ -185,7 +182,7 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
     adapter = task_type.adapter(engine)
     adapter.prepare(progress=lambda done, total: set_phase(f"downloading the pretrained weights: {done} of {total} MB"))
     if tasks.cold:
-        return _cold_start(engine, adapter, tasks, set_phase)
+        return _cold_start(project, engine, adapter, tasks, set_phase)
     records = tasks.records
     if adapter.cache is not None:  # frozen features: the datasets embed every image not in the cache
         set_phase("embedding images")
@@ -216,9 +213,12 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
             result.scorer = reviewer.prepare("isal", result.model, labeled, reference, labels_only=True)
         device = next(result.model.parameters()).device
         reviewed = review_labeled(result, adapter, tasks, device, engine.review_signal, reviewer)
-    return RoundOutcome(result, adapter, metric, clusters, order, processes=engine.job_procs, embedding_cache=cache,
-                        reviewed=reviewed, review_s=round(time.time() - start, 2), training_warnings=tuple(notes),
-                        strategy=strategy)
+    review_s, warnings = round(time.time() - start, 2), _warnings(tasks.warnings, notes)
+    hygiene = _hygiene(project, engine, adapter, tasks, (labeled, pool, reference), order, set_phase)
+    return RoundOutcome(result, adapter, metric, clusters, hygiene.order if hygiene else order,
+                        processes=engine.job_procs, embedding_cache=cache, reviewed=reviewed, review_s=review_s,
+                        training_warnings=tuple(notes), strategy=strategy, hygiene=hygiene,
+                        warnings={**warnings, **(hygiene.warnings if hygiene else {})})
 
 
 def _datasets(adapter, records: dict[str, list]) -> tuple:
@@ -226,21 +226,43 @@ def _datasets(adapter, records: dict[str, list]) -> tuple:
     return tuple(adapter.dataset(records[part]) for part in ("labeled", "pool", "reference"))
 
 
-def _cold_start(engine: EngineSettings, adapter, tasks: ProjectTasks, set_phase) -> RoundOutcome:
+def _cold_start(project: ProjectDir, engine: EngineSettings, adapter, tasks: ProjectTasks,
+                set_phase) -> RoundOutcome:
     """Too few labels for a model: the pool in TypiClust's order on the frozen embeddings."""
     if adapter.cache is None:
         raise JobError(f"need at least {engine.min_labeled} labeled tasks to train, have {len(tasks.labeled)}: a "
                        "cold start (ISAL_COLD_START) orders the tasks before any label only with pretrained frozen "
                        "features (ISAL_WEIGHTS)")
     set_phase("embedding the tasks (cold start)")
-    pool = adapter.dataset(tasks.records["pool"])
+    datasets = _datasets(adapter, tasks.records)
+    pool = datasets[1]
     order = typiclust_order(pool.x, engine.budget, engine.seed)
+    warnings = _warnings(tasks.warnings, ())
+    hygiene = _hygiene(project, engine, adapter, tasks, datasets, order, set_phase)
+    order = hygiene.order if hygiene else order
     n = len(order)
     places = torch.empty(n, dtype=torch.float64)
     places[torch.tensor(order, dtype=torch.long)] = torch.arange(n, dtype=torch.float64)
     result = RoundResult(None, Ranking(torch.tensor(order, dtype=torch.long), places), None,
                          PoolScores(torch.full((n,), float("nan"), dtype=torch.float64), [None] * n))
-    return RoundOutcome(result, adapter, None, None, order, kind="cold_start", embedding_cache=adapter.cache.summary())
+    return RoundOutcome(result, adapter, None, None, order, kind="cold_start", embedding_cache=adapter.cache.summary(),
+                        hygiene=hygiene, warnings={**warnings, **(hygiene.warnings if hygiene else {})})
+
+
+def _warnings(job_warnings: dict, training: Sequence[str]) -> dict:
+    """The job's warnings (Warnings.as_dict's shape) with what the learner recovered from."""
+    if not training:
+        return dict(job_warnings)
+    return {**job_warnings, "training_recovered": {"count": len(training), "examples": list(training)}}
+
+
+def _hygiene(project: ProjectDir, engine: EngineSettings, adapter, tasks: ProjectTasks, datasets, order,
+             set_phase) -> HygieneReport | None:
+    """Near-duplicates, leaks and outliers on the frozen embeddings (backend.job.hygiene), when on."""
+    if not engine.hygiene or adapter.cache is None:
+        return None
+    set_phase("checking for duplicates and outliers")
+    return check(project, tasks, datasets, order, engine.budget)
 
 
 def _labeled_clusters(tasks: ProjectTasks, labeled, clusters, source) -> list[int]:

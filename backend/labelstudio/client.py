@@ -129,7 +129,7 @@ class LabelStudioAPI:
         options = {"timeout": float(max(self.timeout, request_timeout)), "max_retries": 0}
         while chunk := [_clean_prediction(p) for p in islice(it, chunk_size)]:
             if any("cluster" in p for p in chunk):
-                created += self._create_each(chunk)
+                created += self.create_each(chunk)
             else:
                 response = self.ls.projects.import_predictions(id=project_id, request=chunk, request_options=options)
                 created += response.created if response.created is not None else len(chunk)
@@ -140,9 +140,10 @@ class LabelStudioAPI:
                         created, sent, project_id)
         return created
 
-    def _create_each(self, predictions: list[dict], workers: int = 4) -> int:
-        """One create request per prediction: Label Studio 1.23's bulk import drops `cluster`, which
-        only its predictions API keeps (tens of requests per second on SQLite, not hundreds)."""
+    def create_each(self, predictions: list[dict], workers: int = 4) -> int:
+        """One create request per prediction: Label Studio 1.23's bulk import drops `cluster`, and a result
+        whose choice is not in the config, which only its predictions API keeps (tens of requests per second
+        on SQLite, not hundreds)."""
         def create(p: dict) -> int:
             try:
                 self.ls.predictions.create(**p, request_options={"max_retries": 0})

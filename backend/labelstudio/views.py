@@ -48,3 +48,11 @@ def ensure_view(api: LabelStudioAPI, project_id: int, title: str, ordering: list
     """The tab `title` (create_view's arguments), created once per project."""
     if not any((v.get("data") or {}).get("title") == title for v in views(api, project_id)):
         create_view(api, project_id, title, ordering, visible, filters)
+
+#: Data hygiene's tab: the tasks flagged as near-duplicates or outliers, the reason in the predictions column.
+HYGIENE_VIEW = {"title": "ISAL: duplicates and outliers", "ordering": ["tasks:predictions_results"],
+                "visible": ("tasks:id", "tasks:data.image", "tasks:total_annotations", "tasks:predictions_results"),
+                "filters": {"conjunction": "and", "items": [
+                    # a list: Label Studio 1.23 matches each of its items (each character of a string)
+                    {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
+                     "value": ["isal-hygiene"]}]}}

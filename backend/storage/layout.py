@@ -15,6 +15,7 @@
         unpublished.json          versions whose predictions may be in Label Studio unpublished
         history.jsonl             one line per published version: labels, metric on R (the project page)
         clusters-<backbone>-k<k>-seed<s>.pt   the project's k-means centroids (cluster serving)
+        thumbnails.npz            8x8 thumbnails of its image files, by path (near-duplicates; backend.job.hygiene)
         .tmp-<version>/           a version being built; renamed into place when its job publishes it
         .group-*/                 a torchrun group's records and result, while it runs
         <version>/
@@ -24,6 +25,7 @@
           scores.npz              the job's pool: task ids, influence, predictions (and clusters)
           clusters.pt             the centroids the version's clusters come from (cluster serving)
           review.npz              the labeled tasks ranked by how likely their label is wrong (backend.job.round)
+          hygiene.json            near-duplicate groups, leaks into R, outliers, the map (backend.job.hygiene)
 """
 from __future__ import annotations
 
@@ -52,3 +54,5 @@ REVIEW = "review.npz"
 VERSION_FILES = (META, MODEL, SCORER, SCORES)
 #: A project's k-means centroids of one backbone, k and seed (str.format fields: backbone, k, seed).
 CENTROIDS_OF_PROJECT = "clusters-{backbone}-k{k}-seed{seed}.pt"
+HYGIENE = "hygiene.json"
+THUMBNAILS = "thumbnails.npz"  # a project's images' 8x8 thumbnails, by file (backend.job.hygiene)

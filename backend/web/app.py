@@ -200,6 +200,14 @@ def _view_routes(app: Flask, backend: ISALModel) -> None:
             raise ApiProblem(400, f"limit must be a positive integer, not {limit!r}")
         return json_response(views.review(backend, project_id, int(limit) if limit else None))
 
+    @app.get("/hygiene")
+    def hygiene():
+        try:
+            project_id = parse_project_id(request.args.get("project"))
+        except ValueError as exc:
+            raise ApiProblem(400, f"GET /hygiene?project=<id>: {exc}") from None
+        return json_response(views.hygiene(backend, project_id))
+
     @app.get("/projects/<int:project_id>")
     def project(project_id: int):
         try:

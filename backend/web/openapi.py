@@ -54,6 +54,9 @@ SPEC = {
         "/review": {"get": _op("The labeled tasks, most likely wrong annotation first", query=[
             {"name": "project", "in": "query", "required": True, "schema": {"type": "string"}},
             {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}}])},
+        "/hygiene": {"get": _op("Near-duplicate groups, leaks into the reference set, outliers (current version)",
+                                query=[{"name": "project", "in": "query", "required": True,
+                                        "schema": {"type": "string"}}])},
         "/projects/{project_id}": {"get": {
             "summary": "The project page (HTML): version, job and progress, learning curve and forecast, labels",
             "parameters": [{"name": "project_id", "in": "path", "required": True, "schema": {"type": "integer"}}],

@@ -5,7 +5,8 @@ the last jobs with their durations, warnings and errors; the learning curve (eve
 metric on R against its labels, from the project's history) with the forecast of the labels
 ISAL_TARGET_METRIC takes (isal_core.forecast: a power law and its 80 % band); the labeled
 set's class balance, the reference set's size and class coverage (a class missing from R is
-a warning: influence is only as good as R), the caches, and the review. Plots are inline
+a warning: influence is only as good as R), the caches, the review, and data hygiene (leaks, duplicates,
+outliers, the map of the tasks: backend.web.hygiene_map). Plots are inline
 SVG from matplotlib, each drawn element with an id a test can find.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ from isal_core.forecast import forecast
 
 from ..model import UNTRAINED, ISALModel
 from ..storage.servers import label_studio_id
+from ..storage.versions import read_review
+from .hygiene_map import SUSPECTS, hygiene_section
 
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:62em}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}.warn{color:#a40}h2{margin-top:1.5em}")
@@ -42,7 +45,7 @@ def project_page(backend: ISALModel, project_id: int) -> str:
             _curve_svg(points, fit, target) if history else "<p>No version with a metric on R yet: the curve "
                                                               "starts with the first trained version.</p>",
             "<h2>Labels</h2>", _balance(project, meta) if meta else _before_a_job(backend, project_id),
-            _caches(job), _recent(job)]
+            hygiene_section(project, meta, _suspects(project)), _caches(job), _recent(job)]
     title = f"ISAL project {project_id}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
             f"</head><body>{''.join(body)}</body></html>")
@@ -133,6 +136,14 @@ def _balance(project, meta: dict) -> str:
     return (f"<p>{counts.get('labeled', 0)} labeled tasks, {counts.get('unlabeled', 0)} unlabeled, R: "
             f"{counts.get('reference', 0)} tasks ({meta.get('reference_source', 'none')}).</p>" + warn
             + _table([("class", "labeled", "in R"), *rows], header=True))
+
+
+def _suspects(project) -> list[int]:
+    """The review's most suspicious annotated tasks (the map marks them)."""
+    version = project.current
+    if version is None or not (version.meta.get("counts") or {}).get("reviewed"):
+        return []
+    return [t["task"] for t in read_review(version.path, version.task_type, SUSPECTS)]
 
 
 def _before_a_job(backend: ISALModel, project_id: int) -> str:

@@ -1,9 +1,12 @@
-"""What the backend knows, as the routes answer it: /status, /versions, /review (read-only views of
+"""What the backend knows, as the routes answer it: /status, /versions, /review, /hygiene (read-only views of
 MODEL_DIR and the job table; the Label Studio contract itself is backend.model)."""
 from __future__ import annotations
 
+import json
+
 from ..errors import ApiProblem
 from ..model import UNTRAINED, ISALModel
+from ..storage.layout import HYGIENE
 from ..storage.servers import parse_project_id
 from ..storage.versions import read_review, review_signal
 
@@ -32,6 +35,31 @@ def review(backend: ISALModel, project_id: int, limit: int | None = None) -> dic
     return {"model_version": version.name, "signal": signal, "tasks": tasks, **note}
 
 
+def hygiene(backend: ISALModel, project_id: int) -> dict:
+    """The current version's near-duplicate groups, leaks into R and outliers (backend.job.hygiene), without
+    the map's coordinates (the project page draws them)."""
+    version = backend.model_dir.known(project_id).current
+    if version is None:
+        return {"model_version": UNTRAINED, "note": "no version yet: each job checks the tasks"}
+    path = version.path / HYGIENE
+    if not path.is_file():
+        return {"model_version": version.name, "note": "this version has no hygiene report (ISAL_HYGIENE off, or "
+                                                       "no frozen features: it runs on their embeddings)"}
+    report = json.loads(path.read_text())
+    report.pop("map", None)
+    return {"model_version": version.name, **report, "warnings": leak_warnings(version.meta)}
+
+
+def leak_warnings(meta: dict) -> list[str]:
+    """A sentence per leak: a reference task with a near-duplicate labeled for training or in the pool."""
+    leaked = (meta.get("hygiene") or {}).get("leaked") or []
+    if not leaked:
+        return []
+    return [f"{len(leaked)} reference task(s) have a near-duplicate outside R (labeled or in the pool): the metric "
+            f"on R is optimistic; see /hygiene (reference tasks {', '.join(map(str, leaked[:10]))}"
+            f"{', ...' if len(leaked) > 10 else ''})"]
+
+
 def project_status(backend: ISALModel, project_id: int) -> dict:
     project = backend.model_dir.known(project_id)
     jobs = backend.jobs.snapshot(project_id)
@@ -45,6 +73,7 @@ def project_status(backend: ISALModel, project_id: int) -> dict:
         "warnings": meta.get("warnings", {}), "task_type": project.info.get("task_type"),
         "versions": len(project.versions()), "page": f"/projects/{project_id}", "model": _model(backend, meta),
         "review": f"/review?project={project_id}" if (meta.get("counts") or {}).get("reviewed") else None,
+        "hygiene": meta.get("hygiene"), "hygiene_warnings": leak_warnings(meta),
         "served_queue": backend.served_queue(project_id),
     }
 
