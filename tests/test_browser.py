@@ -100,7 +100,8 @@ def test_the_first_hour_in_the_label_studio_ui(label_studio, browser, tmp_path):
 def test_the_project_page_draws_the_learning_curve_and_the_forecast(label_studio, browser, tmp_path):
     """After a real job, three earlier versions' (labels, metric) are written into the project's history, as if
     it had been trained before (a forecast needs four versions; the fit itself is tests/test_forecast.py): the
-    page in Chromium then shows the curve, the forecast curve, its band and the sentence that states them."""
+    page in Chromium then shows the curve, the forecast curve, its band and the sentence that states them, and the
+    map of the tasks (labeled, reference, the next batch) with data hygiene's counts."""
     import json
 
     from selenium.webdriver.common.by import By
@@ -136,3 +137,6 @@ def test_the_project_page_draws_the_learning_curve_and_the_forecast(label_studio
             assert browser.driver.find_elements(By.ID, gid), gid
         sentence = browser.driver.find_element(By.ID, "forecast").text
         assert "reaches 0.9 at about" in sentence and "80 % band" in sentence, sentence
+        for gid in ("task-map", "map-labeled", "map-reference", "map-next"):  # the map of the tasks (hygiene)
+            assert browser.driver.find_elements(By.ID, gid), gid
+        assert "near-duplicate groups" in browser.driver.find_element(By.ID, "hygiene").text

@@ -128,3 +128,28 @@ def test_a_project_with_no_labels_gets_a_report_and_no_failed_job(label_studio, 
     first = {im.rel: t for t, im in by_task.items()}
     assert [set(g["tasks"]) for g in found["groups"]] == [{first[images[0].rel], first[f"{sub}/copy.png"]}]
     assert found["leaks"] == [] and status["hygiene_warnings"] == []
+
+
+@pytest.mark.parametrize("copies", [1, 4])
+def test_one_task_or_identical_tasks_get_clear_answers(label_studio, tmp_path, copies):
+    """A project of one task, or of four copies of one image (no labels: a cold start): the job succeeds, /hygiene
+    says what it found (nothing; one group of all four, three of them served after the first)."""
+    ls = label_studio.client()
+    sub, images = cifar_images(label_studio.files_root, 1, 0, seed=23)
+    for k in range(1, copies):
+        PILImage.open(label_studio.files_root / images[0].rel).save(label_studio.files_root / sub / f"same-{k}.png")
+    same = images + [Image(f"{sub}/same-{k}.png", images[0].label, "train") for k in range(1, copies)]
+    pid, by_task, _ = create_cifar_project(ls, label_studio.files_root, sub, same, f"identical {copies}")
+    app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
+                   engine={"retrain_every": 0})
+    c = app.test_client()
+    c.post("/setup", json={"project": f"{pid}.0", "schema": ls.projects.get(id=pid).label_config})
+    status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, pid, jobs_started=1, timeout=300)
+    assert status["last_error"] is None, status
+    found = c.get(f"/hygiene?project={pid}").json
+    assert found["tasks"] == copies and found["outliers"] == []
+    if copies == 1:
+        assert found["groups"] == [] and found["deferred"] == {}
+    else:
+        assert [set(g["tasks"]) for g in found["groups"]] == [set(by_task)]
+        assert len(found["deferred"]) == copies - 1

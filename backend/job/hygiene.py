@@ -1,7 +1,8 @@
 """A job's data hygiene: near-duplicates, leaks into R and outliers among the project's tasks (frozen features).
 
-Runs on the embeddings the round already computed (isal_core.selection.hygiene), with 8x8 thumbnails kept
-per image file in MODEL_DIR/<project>/thumbnails.npz so a later job decodes only new images. It moves the
+Runs on the embeddings the round already computed (isal_core.selection.hygiene), with 8x8 thumbnails (the image
+and two centre crops) kept per image file in MODEL_DIR/<project>/thumbnails.npz so a later job decodes only new
+images. It moves the
 pool's deferred tasks behind the rest of the served order (a near-duplicate of a labeled or reference task,
 a duplicate group's second member, an outlier), and gives the version `hygiene.json`: the groups, leaks and
 outliers by task id, the thresholds, and the map (the embeddings' first two principal components, labeled /
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isal_core.selection.hygiene import Hygiene, find_hygiene, find_leaks, hygienic_order, thumbnail
+from isal_core.selection.hygiene import SCALES, Hygiene, find_hygiene, find_leaks, hygienic_order, thumbnail
 from isal_core.utils.atomic import atomic_write
 
 from ..labelstudio.client import LabelStudioAPI
@@ -29,6 +30,7 @@ from ..storage.projects import ProjectDir
 log = logging.getLogger(__name__)
 HYGIENE_VERSION = "isal-hygiene"
 MAP_POINTS = 5000  # the map draws at most this many tasks (evenly spaced beyond)
+SHAPE = (len(SCALES), 8, 8)  # an image's thumbnails
 
 
 @dataclass
@@ -52,7 +54,8 @@ class Thumbnails:
         if path.is_file():
             try:
                 with np.load(path) as z:
-                    self.known = dict(zip(z["paths"].tolist(), z["thumbs"]))
+                    if z["thumbs"].shape[1:] == SHAPE:  # (else made with other scales: recomputed)
+                        self.known = dict(zip(z["paths"].tolist(), z["thumbs"]))
             except (OSError, ValueError, KeyError):  # a torn file: they are recomputed
                 log.warning("%s unreadable; thumbnails are recomputed", path)
 
@@ -67,7 +70,7 @@ class Thumbnails:
             paths = sorted(p for p in self.known if p in keep)
             with atomic_write(self.path, "wb") as f:
                 np.savez(f, paths=np.asarray(paths, dtype=str),
-                         thumbs=np.stack([self.known[p] for p in paths]) if paths else np.zeros((0, 8, 8)))
+                         thumbs=np.stack([self.known[p] for p in paths]) if paths else np.zeros((0, *SHAPE)))
 
 
 def check(project: ProjectDir, tasks, datasets: tuple, order: list[int], budget: int) -> HygieneReport:

@@ -5,13 +5,15 @@
     order = hygienic_order(order, pool_rows, found, roles)   # duplicates and outliers served last
 
 Two images are near-duplicates when their embeddings' cosine is >= `duplicate_cosine`; or when it is >=
-`candidate_cosine` and their 8x8 grey thumbnails (mean-removed, mirrored too) correlate >= `thumbnail_correlation`
-(JPEG re-compression moves the embedding, hardly the thumbnail); or when each is the other's nearest neighbour
-by a margin (a crop). Groups are the connected pairs. An outlier's distance to its k-th nearest neighbour
-(k = 1 % of the images, at least 10: a few dozen strangers of one kind are each other's neighbours at smaller k)
-is more than `outlier_z` robust deviations above the median; outliers join no group. The thresholds were chosen
-with `python -m bench.hygiene_signals` on CIFAR-10 training images with EfficientNet-Lite0 (docs/results.md);
-the outlier rule is relative and holds for any backbone, the cosines are Lite0's.
+`candidate_cosine` and one's 8x8 grey thumbnail (mean removed; mirrored too) correlates >= `thumbnail_correlation`
+with the thumbnail of the other's centre crop at one of SCALES (JPEG re-compression and a crop move the embedding
+more than the thumbnail). Groups are the connected pairs; each image is compared with its 5 nearest. An
+outlier's distance to its k-th nearest neighbour (k = 1 % of the images, at least 10: a few dozen strangers of one
+kind are each other's neighbours at smaller k) is more than `outlier_z` robust deviations (1.4826 x the median
+absolute deviation) above the median; outliers join no group. The thresholds were chosen with
+`python -m bench.hygiene --split explore` (CIFAR-10 training images with planted copies and strangers,
+EfficientNet-Lite0; never the images `bench.hygiene` measures on): the outlier rule is relative and holds for any
+backbone, the cosines are Lite0's.
 """
 from __future__ import annotations
 
@@ -29,9 +31,7 @@ from isal_core.data.images import open_image
 class HygieneThresholds:
     duplicate_cosine: float = 0.92
     candidate_cosine: float = 0.70
-    thumbnail_correlation: float = 0.98
-    mutual_cosine: float = 0.80
-    mutual_margin: float = 0.08
+    thumbnail_correlation: float = 0.985
     outlier_z: float = 4.0
     outlier_k_fraction: float = 0.01
     outlier_min_k: int = 10
@@ -53,16 +53,27 @@ class Hygiene:
         return {row: g for g, rows in enumerate(self.groups) for row in rows}
 
 
+#: The centre crops each thumbnail is also taken of: a copy cropped by up to a fifth matches one of them.
+SCALES = (1.0, 0.9, 0.8)
+
+
 def thumbnail(path: str) -> np.ndarray:
-    """An image's 8x8 grey thumbnail, mean removed, unit norm (JPEG decoded at 1/8 scale where it can be)."""
+    """An image's 8x8 grey thumbnails of its centre crops at SCALES, each mean removed, unit norm (a JPEG is
+    decoded at a reduced scale where it can be): shape (len(SCALES), 8, 8)."""
     image = open_image(path)
-    image.draft("L", (32, 32))
-    a = np.asarray(image.convert("L").resize((8, 8), Image.BILINEAR), dtype=np.float32)
-    a = a - a.mean()
-    return a / (np.linalg.norm(a) + 1e-6)
+    image.draft("L", (64, 64))
+    grey = image.convert("L")
+    w, h = grey.size
+    out = []
+    for scale in SCALES:
+        dx, dy = w * (1 - scale) / 2, h * (1 - scale) / 2
+        a = np.asarray(grey.resize((8, 8), Image.BILINEAR, box=(dx, dy, w - dx, h - dy)), dtype=np.float32)
+        a = a - a.mean()
+        out.append(a / (np.linalg.norm(a) + 1e-6))
+    return np.stack(out)
 
 
-def neighbours(x: torch.Tensor, k: int, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def neighbours(x: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's `k` most similar other rows (cosine, highest first): blockwise, never an N x N matrix."""
     values, indices = [], []
     for start in range(0, len(x), chunk):
@@ -100,30 +111,25 @@ def _duplicate_pairs(sim: torch.Tensor, idx: torch.Tensor, thumbnails, t: Hygien
     pairs, memo = set(), {}
 
     def thumbs(row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(its whole thumbnail and its mirror image, flat: 2 x 64; every scale's: S x 64)."""
         if row not in memo:
-            a = thumbnails(row)
-            memo[row] = (a.ravel(), a[:, ::-1].ravel())
+            a = thumbnails(row).reshape(-1, 8, 8)
+            memo[row] = (np.stack([a[0].ravel(), a[0][:, ::-1].ravel()]), a.reshape(len(a), -1))
         return memo[row]
 
-    first, second = sim[:, 0].tolist(), sim[:, 1].tolist()
-    nearest = idx[:, 0].tolist()
+    def alike(i: int, j: int) -> float:
+        """The best correlation of one's whole thumbnail (or its mirror image) with a crop of the other's."""
+        (whole_i, crops_i), (whole_j, crops_j) = thumbs(i), thumbs(j)
+        return float(max((whole_i @ crops_j.T).max(), (whole_j @ crops_i.T).max()))
+
     for i, (values, rows) in enumerate(zip(sim.tolist(), idx.tolist())):
         for s, j in zip(values, rows):
             if s < t.candidate_cosine:
                 break
             pair = (min(i, j), max(i, j))
-            if pair in pairs:
-                continue
-            if s >= t.duplicate_cosine:
+            if pair not in pairs and (s >= t.duplicate_cosine or (thumbnails is not None
+                                                                  and alike(i, j) >= t.thumbnail_correlation)):
                 pairs.add(pair)
-            elif thumbnails is not None:
-                (a, _), (b, b_mirrored) = thumbs(i), thumbs(j)
-                if max(float(a @ b), float(a @ b_mirrored)) >= t.thumbnail_correlation:
-                    pairs.add(pair)
-        j = nearest[i]
-        if (nearest[j] == i and first[i] >= t.mutual_cosine and first[i] - second[i] >= t.mutual_margin
-                and first[j] - second[j] >= t.mutual_margin):
-            pairs.add((min(i, j), max(i, j)))
     return pairs
 
 
