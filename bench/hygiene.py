@@ -2,12 +2,13 @@
 and what serving them last saves annotators.
 
     python -m bench.hygiene [--pool 5000] [--seeds 0,1,2] [--rounds 9] [--step 40] [--split evaluate|explore]
+                            [--copies 0.05] [--outliers 0.02]
 
 The pool: `--pool` CIFAR-10 training images, none of the 5,000 (random.Random(1)'s) the thresholds were chosen
-on (`--split explore` draws from those instead: where the rules were tried), of which 5 % are replaced by
-near-duplicates of other pool images (a mirror image, a crop of 1-3 px resized back, or JPEG re-compression at
-quality 30, 50 or 75: one each, in turn) and 2 % by outliers (uniform noise, blank frames, BCCD blood-cell photos,
-a third each).
+on (`--split explore` draws from those instead: where the rules were tried), of which 5 % (`--copies`) are
+replaced by near-duplicates of other pool images (a mirror image, a crop of 1-3 px resized back, or JPEG
+re-compression at quality 30, 50 or 75: one each, in turn) and 2 % (`--outliers`) by outliers (uniform noise,
+blank frames, BCCD blood-cell photos, a third each).
 
 1. Detection: precision and recall of the near-duplicates (by image: a copy or its source; and by pair) and of the
    outliers, for isal_core.selection.hygiene and for cleanlab's Datalab (`near_duplicate` and `outlier` issue types,
@@ -69,13 +70,14 @@ def stranger(k: int, rng: random.Random, photos: list[tuple[zipfile.ZipFile, str
     return Image.open(io.BytesIO(z.read(name))).convert("RGB")
 
 
-def build(root: Path, n: int, split: str = "evaluate", seed: int = 7) -> dict:
+def build(root: Path, n: int, split: str = "evaluate", copies: float = 0.05, strangers: float = 0.02,
+          seed: int = 7) -> dict:
     """train/<class>/ (the pool with its planted copies and outliers) and test/<class>/ under root; the truth."""
     rng = random.Random(seed)
     classes, records = load_records(f"{cifar10_root()}/train")
     explored = random.Random(1).sample(records, 5000)  # where the thresholds were chosen
     fresh = explored if split == "explore" else [r for r in records if r.path not in {e.path for e in explored}]
-    n_copies, n_out = round(0.05 * n), round(0.02 * n)
+    n_copies, n_out = round(copies * n), round(strangers * n)
     originals = rng.sample(fresh, n - n_copies - n_out)
     photos = []
     if BCCD.is_file():
@@ -202,9 +204,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--step", type=int, default=40)
     ap.add_argument("--skip-serving", action="store_true")
     ap.add_argument("--split", choices=("evaluate", "explore"), default="evaluate")
+    ap.add_argument("--copies", type=float, default=0.05, help="the pool's fraction replaced by near-duplicates")
+    ap.add_argument("--outliers", type=float, default=0.02, help="the pool's fraction replaced by outliers")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        truth = build(Path(tmp), args.pool, args.split)
+        truth = build(Path(tmp), args.pool, args.split, args.copies, args.outliers)
         config = SimulationConfig(data=tmp, initial=args.step, step=args.step, rounds=args.rounds, reference_size=100,
                                   device="cpu", progress=False, out=str(Path(tmp) / "run"))
         sim = Simulation(config)
@@ -214,8 +218,10 @@ def main(argv=None) -> dict:
         print(json.dumps(report, indent=1), flush=True)
         if not args.skip_serving:
             report["serving"] = serving(sim, truth, [int(s) for s in args.seeds.split(",")])
-    write_result("hygiene" if args.split == "evaluate" else "hygiene-explore", "hygiene", {"device": "cpu", **report},
-                 argv)
+    name = "hygiene" + ("-explore" if args.split == "explore" else "")
+    if (args.copies, args.outliers) != (0.05, 0.02):
+        name += f"-copies{args.copies:g}-outliers{args.outliers:g}"
+    write_result(name, "hygiene", {"device": "cpu", **report}, argv)
     return report
 
 

@@ -98,7 +98,7 @@ def check(project: ProjectDir, tasks, datasets: tuple, order: list[int], budget:
                      for r in found.outliers],
         "deferred": {str(tasks.pool_ids[p]): why for p, why in moved.items()},
         "thresholds": {**vars(found.thresholds), "outlier_distance": round(found.threshold, 4), "k": found.k},
-        "map": _map(x, ids, roles, found, set(served[:budget]), pool_rows, flagged),
+        "map": _map(x, ids, roles, found, set(served[:budget]), pool_rows),
     }
     report["counts"] = {"groups": len(found.groups), "in_groups": sum(map(len, found.groups)), "leaks": len(leaks),
                         "outliers": len(found.outliers), "deferred": len(moved)}
@@ -109,19 +109,21 @@ def check(project: ProjectDir, tasks, datasets: tuple, order: list[int], budget:
 
 
 def _reasons(found: Hygiene, ids: list[int], roles: list[str]) -> dict[int, str]:
-    """{task id: what the tab shows}: its group (number, the other tasks and their roles), or why an outlier."""
+    """{task id: what the tab shows}: its group (named by its first task, which stays while the group does: a
+    later job rewrites only what changed) with the other tasks and their roles, or why an outlier."""
     reasons = {}
-    for g, rows in enumerate(found.groups, 1):
+    for rows in found.groups:
+        first = min(ids[r] for r in rows)
         for r in rows:
             others = ", ".join(f"{ids[o]} ({roles[o]})" for o in rows if o != r)
-            reasons[ids[r]] = f"duplicate group {g:04d}: near-duplicate of {others}"
+            reasons[ids[r]] = f"duplicate group {first}: near-duplicate of {others}"
     for r in found.outliers:
         reasons[ids[r]] = (f"outlier: {found.distance[r]:.2f} from its {found.k}th nearest task "
                            f"(threshold {found.threshold:.2f})")
     return reasons
 
 
-def _map(x: torch.Tensor, ids, roles, found: Hygiene, batch: set[int], pool_rows, flagged) -> dict:
+def _map(x: torch.Tensor, ids, roles, found: Hygiene, batch: set[int], pool_rows) -> dict:
     """The embeddings' first two principal components, of at most MAP_POINTS tasks, with what each task is."""
     n = len(ids)
     rows = np.linspace(0, n - 1, MAP_POINTS).round().astype(int) if n > MAP_POINTS else np.arange(n)
