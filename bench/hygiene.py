@@ -2,7 +2,7 @@
 and what serving them last saves annotators.
 
     python -m bench.hygiene [--pool 5000] [--seeds 0,1,2] [--rounds 9] [--step 40] [--split evaluate|explore]
-                            [--copies 0.05] [--outliers 0.02]
+                            [--copies 0.05] [--outliers 0.02] [--ablation]
 
 The pool: `--pool` CIFAR-10 training images, none of the 5,000 (random.Random(1)'s) the thresholds were chosen
 on (`--split explore` draws from those instead: where the rules were tried), of which 5 % (`--copies`) are
@@ -30,6 +30,7 @@ import random
 import tempfile
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,19 +167,25 @@ def served(sim: Simulation, strategy: str, model, labeled: list[int], seed: int,
     return [order[p] for p in kept[:sim.config.step_at(round_number)]]
 
 
-def serving(sim: Simulation, truth: dict, seeds: list[int]) -> dict:
+def serving(sim: Simulation, truth: dict, seeds: list[int], ablation: bool = False) -> dict:
     names = {sim.data.train[i].id: i for i in range(len(sim.data.train))}
     group = {names[c]: names[s] for c, s in truth["copy_of"].items()} | {names[s]: names[s]
                                                                           for s in truth["copy_of"].values()}
     strange = {names[o] for o in truth["outliers"]}
     runs = {"random": ("random", False), "defaults before hygiene": ("auto", False),
             "defaults (hygiene)": ("auto", True)}
+    if ablation:  # which half of the deferral does what
+        runs = {"defaults before hygiene": ("auto", False), "defaults, nothing deferred (the same, a check)":
+                ("auto", "nothing"), "defaults, outliers deferred only": ("auto", "outliers"),
+                "defaults, duplicates deferred only": ("auto", "duplicates")}
     out = {name: [] for name in runs}
     for seed in seeds:
         universe = sorted(sim.universe(seed))
         row_of = {i: r for r, i in enumerate(universe)}
-        found = find_hygiene(sim.dataset(universe).x, lambda r: thumbnail(sim.data.train[universe[r]].path))
+        every = find_hygiene(sim.dataset(universe).x, lambda r: thumbnail(sim.data.train[universe[r]].path))
         for name, (strategy, hygiene) in runs.items():
+            found = replace(every, groups=[] if hygiene in ("outliers", "nothing") else every.groups,
+                            outliers=[] if hygiene in ("duplicates", "nothing") else every.outliers)
             labeled, dup, odd, start = list(sim.initial(seed)), 0, 0, time.time()
             seen = {group[i] for i in labeled if i in group}
             for round_number in range(1, sim.config.rounds):
@@ -206,6 +213,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--split", choices=("evaluate", "explore"), default="evaluate")
     ap.add_argument("--copies", type=float, default=0.05, help="the pool's fraction replaced by near-duplicates")
     ap.add_argument("--outliers", type=float, default=0.02, help="the pool's fraction replaced by outliers")
+    ap.add_argument("--ablation", action="store_true", help="serve with only the outliers or only the duplicates "
+                                                            "deferred, beside both")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         truth = build(Path(tmp), args.pool, args.split, args.copies, args.outliers)
@@ -217,10 +226,11 @@ def main(argv=None) -> dict:
                   "detection": detection(sim, truth)}
         print(json.dumps(report, indent=1), flush=True)
         if not args.skip_serving:
-            report["serving"] = serving(sim, truth, [int(s) for s in args.seeds.split(",")])
+            report["serving"] = serving(sim, truth, [int(s) for s in args.seeds.split(",")], args.ablation)
     name = "hygiene" + ("-explore" if args.split == "explore" else "")
     if (args.copies, args.outliers) != (0.05, 0.02):
         name += f"-copies{args.copies:g}-outliers{args.outliers:g}"
+    name += "-ablation" if args.ablation else ""
     write_result(name, "hygiene", {"device": "cpu", **report}, argv)
     return report
 
