@@ -64,8 +64,8 @@ class Learner:
         With `learner: semi` and frozen embeddings, refit on the labels and the `pool` items they are
         trusted to reach (isal_core.train.semi)."""
         model = self._train(labeled, self.settings)
-        if self.settings.learner == "semi" and isinstance(labeled, Embeddings) and isinstance(pool, Embeddings) \
-                and len(pool) and len(labeled):
+        if self.settings.learner == "semi" and self.adapter.learns_from_pool and isinstance(labeled, Embeddings) \
+                and isinstance(pool, Embeddings) and len(pool) and len(labeled):
             head_says = self.adapter.probabilities(model(pool.x.to(self.device))).argmax(1).cpu()
             trained_on = semi.training_set(labeled, pool, head_says, self.adapter.num_classes,
                                            self.settings.semi_neighbours, sure=self.settings.semi_sure)

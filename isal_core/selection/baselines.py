@@ -32,11 +32,17 @@ def _probabilities(ctx: SelectionContext) -> Tensor:
 
 
 class Entropy(ScoreStrategy):
+    """Most uncertain first: the adapter's entropy (of the class probabilities; multi-label: mean binary)."""
+
     name = "entropy"
 
     def scores(self, ctx):
-        p = _probabilities(ctx)
-        return (p * p.clamp_min(1e-12).log()).sum(1)  # = -entropy: most uncertain first
+        out = torch.cat([ctx.adapter.entropy(outputs).float().cpu()
+                         for outputs, _, _ in evaluation.outputs(ctx.model, ctx.adapter, ctx.loader(ctx.pool),
+                                                                 ctx.device)])
+        if not torch.isfinite(out).all():
+            raise NonFiniteError("model probabilities are NaN/inf")
+        return -out
 
 
 class Margin(ScoreStrategy):

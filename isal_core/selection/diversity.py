@@ -57,12 +57,12 @@ def _nearest(points: Tensor, centres: Tensor, chunk: int) -> Tensor:
 
 
 def _features_and_residuals(ctx: SelectionContext, dataset) -> tuple[Tensor, Tensor]:
-    """(penultimate features h [N, D], p - onehot(argmax p) [N, C]) over a dataset."""
+    """(penultimate features h [N, D], d loss / d logits at the model's own label [N, C]: p - onehot(argmax p)
+    for classification) over a dataset."""
     hs, rs = [], []
     for inputs, _, _ in evaluation.batches(ctx.model, ctx.adapter, ctx.loader(dataset), ctx.device):
-        p = ctx.adapter.probabilities(ctx.adapter.forward(ctx.model, inputs)).double().cpu()
+        rs.append(ctx.adapter.logit_residual(ctx.adapter.forward(ctx.model, inputs)).double().cpu())
         hs.append(ctx.adapter.embed(ctx.model, inputs).double().cpu())
-        rs.append(p - torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).double())
     return torch.cat(hs), torch.cat(rs)
 
 

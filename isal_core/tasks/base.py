@@ -51,6 +51,8 @@ class TaskAdapter(ABC):
     #: Frozen features: the cache of the images' embeddings (datasets are embeddings, a cold start can order
     #: tasks before any label); None for a model that trains on the images.
     cache = None
+    #: Whether the semi learner (one class per image spread over a kNN graph of the pool) applies to this task.
+    learns_from_pool: bool = False
 
     @abstractmethod
     def forward(self, model: nn.Module, inputs: Any) -> Any:
@@ -111,6 +113,18 @@ class TaskAdapter(ABC):
         """How sure the model is of each sample [B], for least-confidence sampling: the top class
         probability unless the task defines its own."""
         return self.probabilities(outputs).max(1).values
+
+    def entropy(self, outputs: Any) -> Tensor:
+        """The uncertainty of each sample [B], for entropy sampling: the entropy of the class probabilities
+        unless the task defines its own (multi-label: the mean binary entropy of its tags)."""
+        p = self.probabilities(outputs).float()
+        return -(p * p.clamp_min(1e-12).log()).sum(1)
+
+    def logit_residual(self, outputs: Any) -> Tensor:
+        """d loss / d logits [B, C] at the model's own label, for BADGE's gradient embedding: softmax minus the
+        one-hot argmax unless the task defines its own (multi-label: sigmoid minus the thresholded tags)."""
+        p = self.probabilities(outputs).double()
+        return p - torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).double()
 
     def embed(self, model: nn.Module, inputs: Any) -> Tensor:
         """Feature vectors [B, D], for the coreset baseline."""

@@ -157,6 +157,8 @@ class Embeddings(Dataset):
 class FrozenFeatureAdapter(ClassificationAdapter):
     """Classification on cached embeddings of a frozen pretrained backbone; the model is the head."""
 
+    learns_from_pool = True
+
     def __init__(self, arch: str, num_classes: int, weights: str, cache: EmbeddingCache, head: str = "linear",
                  image_size: int = 224, device="auto", batch_size: int = 64):
         super().__init__(arch, num_classes, image_size, weights)
