@@ -67,7 +67,8 @@ def test_health(tmp_path):
      '</RectangleLabels></View>', "no distinct static <Label>"),
     ('<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/>'
      '<Choice value="b"/></Choices></View>', "not one <Image>"),
-    (CONFIG.replace('toName="image"', 'toName="image" choice="multiple"'), "multi-label"),
+    ('<View><Image name="image" value="$image"/><Choices name="t" toName="image" choice="multiple"></Choices>'
+     '</View>', "dynamic or no choices"),
     (CONFIG.replace('<Choice value="dog"/>', ""), "fewer than two choices"),
     ("<View><Image name=", "cannot be parsed"),
     ("", "empty"),

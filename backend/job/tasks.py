@@ -174,10 +174,11 @@ class ProjectTasks:
 
 
 def _label_counts(items: list[Item]) -> dict[str, int]:
-    """How many of each class index (a classification label, or the labels of an image's boxes)."""
+    """How many of each class index (a classification label, an image's tags, or the labels of its boxes)."""
     counts: Counter = Counter()
     for item in items:
-        labels = item.label.get("labels", []) if isinstance(item.label, dict) else [item.label]
+        labels = item.label.get("labels", []) if isinstance(item.label, dict) else \
+            item.label if isinstance(item.label, list) else [item.label]
         counts.update(str(int(label)) for label in labels)
     return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
 

@@ -4,7 +4,7 @@
 
 Configs are parsed with label-studio-sdk's LabelInterface, so the backend reads them
 exactly as Label Studio does. Each task type is a module of its own (`choices`:
-classification, `rectangle_labels`: detection) that imports only `base`; this registry
+classification, `tags`: multi-label tagging, `rectangle_labels`: detection) that imports only `base`; this registry
 sits above them. To add one, write a TaskType subclass and add it to TASK_TYPES.
 """
 from __future__ import annotations
@@ -15,13 +15,15 @@ from ..errors import UnsupportedConfig
 from .base import SUPPORTED, TaskType
 from .choices import ImageClassification, choice_result, classification_config
 from .rectangle_labels import ObjectDetection, rectangle_config
+from .tags import ImageTagging, tagging_config, tags_result
 
-__all__ = ["SUPPORTED", "TASK_TYPES", "ImageClassification", "ObjectDetection", "TaskType", "choice_result",
-           "classification_config", "parse_label_config", "rectangle_config", "task_type_from_meta"]
+__all__ = ["SUPPORTED", "TASK_TYPES", "ImageClassification", "ImageTagging", "ObjectDetection", "TaskType",
+           "choice_result", "classification_config", "parse_label_config", "rectangle_config", "tagging_config",
+           "tags_result", "task_type_from_meta"]
 
 #: Tried in order; the first that matches the config wins (detection first: a <Choices> beside a
-#: <RectangleLabels> is refused there with the reason).
-TASK_TYPES: tuple[type[TaskType], ...] = (ObjectDetection, ImageClassification)
+#: <RectangleLabels> is refused there with the reason; tagging before classification, which refuses the rest).
+TASK_TYPES: tuple[type[TaskType], ...] = (ObjectDetection, ImageTagging, ImageClassification)
 
 
 def parse_label_config(xml: str) -> TaskType:

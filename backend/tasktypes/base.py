@@ -20,6 +20,7 @@ from isal_core.tasks.base import TaskAdapter
 from ..errors import MissingMedia, UnsupportedConfig
 
 SUPPORTED = ("an <Image> with one single-choice <Choices> of at least two <Choice> values (image classification), "
+             "an <Image> with one <Choices choice=\"multiple\"> (multi-label tagging), "
              "or an <Image> with one <RectangleLabels> (object detection)")
 
 

@@ -10,7 +10,8 @@ from .base import SUPPORTED, TaskType, image_of
 
 
 class ImageClassification(TaskType):
-    """`<Image name=I value="$key"/>` + `<Choices name=C toName=I>` with static single choices."""
+    """`<Image name=I value="$key"/>` + `<Choices name=C toName=I>` with static single choices (choice="multiple"
+    is tagging: backend.tasktypes.tags, tried first)."""
 
     kind = "image_classification"
 
@@ -31,10 +32,6 @@ class ImageClassification(TaskType):
                 f"learns from exactly one. Supported: {SUPPORTED}")
         control = choices[0]
         image, value_key = image_of(interface, control, SUPPORTED)
-        if control.attr.get("choice", "single") not in ("single", "single-radio"):
-            raise UnsupportedConfig(
-                f"<Choices name=\"{control.name}\" choice=\"{control.attr['choice']}\"> is multi-label; the ISAL "
-                f"backend trains single-label classifiers. Supported: {SUPPORTED}")
         labels = list(control.labels or [])
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise UnsupportedConfig(

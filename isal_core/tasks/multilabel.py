@@ -15,14 +15,16 @@ sigmoid minus the thresholded tags.
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, ModelError
+from ..settings import ModelSettings
 from .base import Metric
-from .frozen import Embeddings, FrozenFeatureAdapter
+from .frozen import DEFAULT_CACHE, EmbeddingCache, Embeddings, FrozenFeatureAdapter
 
 
 def cheapest_flips(costs: list[float], m: int) -> list[tuple[float, tuple[int, ...]]]:
@@ -85,8 +87,10 @@ class MultiLabelAdapter(FrozenFeatureAdapter):
         return {**super().to_meta(), "adapter": "multilabel"}
 
     def dataset(self, records, train=False) -> Embeddings:
-        found = super().dataset(records, train)
-        return Embeddings(found.x, [self.multi_hot(label) for label in found.labels])
+        """The records' embeddings (the images embedded without their tag lists, which do not batch) and their
+        multi-hot tags."""
+        found = super().dataset([replace(r, label=None) for r in records], train)
+        return Embeddings(found.x, [self.multi_hot(r.label) for r in records])
 
     def multi_hot(self, tags) -> Tensor:
         """[num_classes] of 0/1 (float64); an unlabeled image's is -1 everywhere."""
@@ -147,3 +151,14 @@ class MultiLabelAdapter(FrozenFeatureAdapter):
 
     def logit_residual(self, outputs: Tensor) -> Tensor:
         return outputs.sigmoid() - self.pseudo_targets(outputs)
+
+
+def multilabel_adapter(settings: ModelSettings, num_tags: int, device="auto",
+                       batch_size: int = 64) -> MultiLabelAdapter:
+    """The adapter of a multi-label task: a head on frozen pretrained features (ModelError without weights)."""
+    if not settings.frozen or settings.weights is None:
+        raise ModelError("multi-label tagging trains a head on frozen pretrained features: keep the default "
+                         "weights (ISAL_WEIGHTS) and ISAL_MODE auto or frozen")
+    cache = EmbeddingCache(settings.embedding_cache or DEFAULT_CACHE)
+    return MultiLabelAdapter(settings.arch, num_tags, settings.weights, cache, settings.head, settings.image_size,
+                             device, batch_size)

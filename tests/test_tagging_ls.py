@@ -1,0 +1,90 @@
+"""Multi-label tagging against a real Label Studio: a project of CIFAR-10 2x2 mosaics tagged with the classes they
+show (five of the ten classes are tags: a mosaic of the other five has no tag, a valid answer) connects, trains on
+the default frozen features, publishes tag predictions, and /next serves the backend's order; an annotation naming
+a tag outside the config is skipped and counted, never a failed job."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.labelstudio.client import LabelStudioAPI
+from backend.tasktypes import tagging_config, tags_result
+from isal_core.data.images import load_records, open_image
+
+try:
+    from backend_helpers import CIFAR_ZIP, wait_for_job
+    from needs import need
+    from test_backend_app import make_app
+except ImportError:  # tests/ imported as a package
+    from tests.backend_helpers import CIFAR_ZIP, wait_for_job
+    from tests.needs import need
+    from tests.test_backend_app import make_app
+
+pytestmark = pytest.mark.integration
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+TAGS = CLASSES[:5]
+
+
+def mosaics(root, sub: str, n: int, seed: int) -> list[tuple[str, list[str]]]:
+    """n 64x64 mosaics of four CIFAR-10 training images under root/sub: (path under root, tags shown)."""
+    need("cifar10")
+    rng = random.Random(seed)
+    records = load_records(f"{CIFAR_ZIP}/train")[1]
+    (root / sub).mkdir(parents=True)
+    out = []
+    for k in range(n):
+        four = rng.sample(records, 4)
+        canvas = Image.new("RGB", (64, 64))
+        for j, r in enumerate(four):
+            canvas.paste(open_image(r.path).convert("RGB"), ((j % 2) * 32, (j // 2) * 32))
+        canvas.save(root / sub / f"m{k:03d}.png")
+        out.append((f"{sub}/m{k:03d}.png", sorted({CLASSES[r.label] for r in four} & set(TAGS))))
+    return out
+
+
+def test_a_tagging_project_trains_publishes_tags_and_serves_its_order(label_studio, tmp_path):
+    ls = label_studio.client()
+    made = mosaics(label_studio.files_root, "mosaics-ls", 40, seed=5)
+    project = ls.projects.create(title="tagging", label_config=tagging_config(TAGS))
+    ls.import_storage.local.create(project=project.id, path=str(label_studio.files_root / "mosaics-ls"),
+                                   title="mosaics")
+    data = [{"image": f"/data/local-files/?d={rel}", "isal_reference": k < 8} for k, (rel, _) in enumerate(made)]
+    ids = list(ls.projects.import_tasks(id=project.id, request=data, return_task_ids=True).task_ids)
+    tags = dict(zip(ids, (t for _, t in made)))
+    labeled = ids[:20]  # 8 reference, 12 for training
+    for t in labeled:
+        ls.annotations.create(id=t, result=tags_result(tags[t]))
+    assert any(not tags[t] for t in labeled), "the sample has a mosaic with no tag"
+    bad = ids[20]
+    ls.annotations.create(id=bad, result=[{"from_name": "tags", "to_name": "image", "type": "choices",
+                                           "value": {"choices": ["unicorn"]}}])
+    app = make_app(tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token,
+                   engine={"retrain_every": 0, "prelabel": "always"})
+    c = app.test_client()
+    r = c.post("/setup", json={"project": f"{project.id}.0", "schema": ls.projects.get(id=project.id).label_config})
+    assert r.status_code == 200, r.json
+    status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, project.id, timeout=300)
+    assert status["last_error"] is None and status["kind"] == "round", status
+    assert status["task_type"]["kind"] == "image_tagging" and status["reference_metric"]["name"] == "mAP"
+    assert status["counts"]["labeled"] == 12 and status["counts"]["reference"] == 8
+    assert sum(w["count"] for w in status["warnings"].values()) >= 1  # the unicorn, skipped and counted
+    api = LabelStudioAPI(label_studio.url, label_studio.legacy_token)
+    version = status["model_version"]
+    predictions = [p for p in api.request("GET", "api/predictions/", params={"project": project.id}).json()
+                   if p["model_version"] == version]
+    unlabeled = set(ids[21:])
+    published = {p["task"]: p for p in predictions if p["task"] in unlabeled}
+    assert published, "the version's predictions of the unlabeled tasks"
+    for p in published.values():  # the model's tags, each one of the config's (none ticked: an empty result)
+        assert all(set(r["value"]["choices"]) <= set(TAGS) for r in p["result"])
+    served = api.next_task(project.id)["id"]
+    lowest = min(published.values(), key=lambda p: p["score"])["task"]
+    assert served == lowest and served in unlabeled
+    assert np.isfinite([p["score"] for p in published.values()]).all()
+    review = c.get(f"/review?project={project.id}").json  # the annotated training tasks, their tags by name
+    assert {t["task"] for t in review["tasks"]} == set(ids[8:20])
+    assert all(t["annotated"] == tags[t["task"]] for t in review["tasks"])
+    assert all(set(t["model"]) <= set(TAGS) for t in review["tasks"])
