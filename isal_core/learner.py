@@ -179,18 +179,25 @@ class Learner:
             found.oof_loss = self.cross_fitted_loss(train_set if train_set is not None else labeled)
         return model, found
 
-    def cross_fitted_loss(self, labeled: Dataset, folds: int = 5) -> torch.Tensor:
-        """Each sample's loss under a model fit on the other folds (seeded split), in dataset order: a wrong label
-        a model memorised still costs a model that never saw it (cleanlab's out-of-fold input, as a loss)."""
+    def cross_fitted_outputs(self, labeled: Dataset, folds: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, targets) of each sample, in dataset order, under a model fit on the other folds (seeded
+        split): a wrong label a model memorised still costs a model that never saw it (cleanlab's out-of-fold
+        input)."""
         n = len(labeled)
-        out = torch.full((n,), float("nan"), dtype=torch.float64)
         parts = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).chunk(max(2, min(folds, n)))
+        outputs, targets = [], []
         for part in parts:
             rest = torch.ones(n, dtype=torch.bool)
             rest[part] = False
             model = self.fit(Subset(labeled, rest.nonzero().flatten().tolist()))
             held = Subset(labeled, part.tolist())
-            losses = [self.adapter.loss(o, t).double().cpu() for o, t, _ in
-                      evaluation.outputs(model, self.adapter, self.loader(held), self.device)]
-            out[part] = torch.cat(losses)
-        return out
+            got = [(o.double().cpu(), t.cpu()) for o, t, _ in
+                   evaluation.outputs(model, self.adapter, self.loader(held), self.device)]
+            outputs.append(torch.cat([o for o, _ in got]))
+            targets.append(torch.cat([t for _, t in got]))
+        order = torch.cat(parts).argsort()  # back to dataset order
+        return torch.cat(outputs)[order], torch.cat(targets)[order]
+
+    def cross_fitted_loss(self, labeled: Dataset, folds: int = 5) -> torch.Tensor:
+        """Each sample's loss under a model fit on the other folds (cross_fitted_outputs), in dataset order."""
+        return self.adapter.loss(*self.cross_fitted_outputs(labeled, folds)).double()

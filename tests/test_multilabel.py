@@ -178,3 +178,12 @@ def test_every_baseline_ranks_a_multi_label_pool(strategy):
         assert result.ranking.order[0] == int(task.entropy(outputs).argmax())
     if strategy == "least_confidence":
         assert result.ranking.order[0] == int(task.confidence(outputs).argmin())
+
+
+def test_the_review_names_the_likeliest_wrong_and_missing_tag():
+    logits = torch.tensor([[3.0, -2.0, 0.5, -0.1], [1.0, 1.0, 1.0, 1.0], [-1.0, -3.0, -2.0, -4.0]])
+    ticked = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    found = MultiLabelAdapter.tag_suspects(logits, ticked)
+    assert found[0]["wrong"]["tag"] == 1 and found[0]["missing"]["tag"] == 2  # ticked yet p 0.12; unticked, p 0.62
+    assert found[0]["missing"]["p"] == pytest.approx(float(torch.tensor(0.5).sigmoid()), abs=1e-4)
+    assert found[1]["missing"] is None and found[2]["wrong"] is None and found[2]["missing"]["tag"] == 0

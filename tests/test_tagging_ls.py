@@ -88,3 +88,8 @@ def test_a_tagging_project_trains_publishes_tags_and_serves_its_order(label_stud
     assert {t["task"] for t in review["tasks"]} == set(ids[8:20])
     assert all(t["annotated"] == tags[t["task"]] for t in review["tasks"])
     assert all(set(t["model"]) <= set(TAGS) for t in review["tasks"])
+    for t in review["tasks"]:  # per tag: the ticked tag believed least, the unticked one believed most
+        assert (t["wrong_tag"] is None) == (not tags[t["task"]]) and (t["missing_tag"] is None) == (len(
+            tags[t["task"]]) == len(TAGS))
+        assert t["wrong_tag"] is None or t["wrong_tag"]["tag"] in tags[t["task"]]
+        assert t["missing_tag"] is None or t["missing_tag"]["tag"] not in tags[t["task"]]

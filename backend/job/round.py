@@ -62,6 +62,7 @@ class ReviewedTasks:
     scores: np.ndarray
     signal: str
     boxes: dict | None = None  # detection: per box (arrays, one entry a box), `GET /review`'s list
+    tags: list | None = None  # tagging: each annotation's likeliest wrong and missing tag (heads fit without it)
 
 
 def _box_table(found, items, place) -> dict:
@@ -113,9 +114,11 @@ def review_labeled(result, adapter, tasks, device, signal: str,
         first = per_box.image_order(signal)
         boxed = set(first)
         order = first + [k for k in order if k not in boxed]
-    labels = [_jsonable(i.label) for i in items]
-    return ReviewedTasks([i.task_id for i in items], labels, found.predictions, found.influence.numpy(),
-                         found.loss.numpy(), place_scores(order, len(keep)), signal, boxes)
+    tagged = adapter.review_unit == "tag" and learner is not None  # each tag, by heads fit without the task
+    tags = adapter.tag_suspects(*learner.cross_fitted_outputs(subset)) if tagged else None
+    return ReviewedTasks([i.task_id for i in items], [_jsonable(i.label) for i in items], found.predictions,
+                         found.influence.numpy(), found.loss.numpy(), place_scores(order, len(keep)), signal, boxes,
+                         tags)
 
 
 def _jsonable(label):

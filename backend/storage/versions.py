@@ -181,7 +181,8 @@ def save_review(path: Path, reviewed) -> None:
              loss=reviewed.loss, scores=reviewed.scores,
              annotated=np.asarray([json.dumps(a) for a in reviewed.annotated], dtype=str),
              predictions=np.asarray([json.dumps(p) for p in reviewed.predictions], dtype=str),
-             signal=np.asarray(reviewed.signal), **{f"box_{k}": v for k, v in (reviewed.boxes or {}).items()})
+             signal=np.asarray(reviewed.signal), **{f"box_{k}": v for k, v in (reviewed.boxes or {}).items()},
+             **({"tags": np.asarray([json.dumps(t) for t in reviewed.tags], dtype=str)} if reviewed.tags else {}))
 
 
 def read_review(version_path: Path, task_type, limit: int | None = None) -> list[dict]:
@@ -193,10 +194,16 @@ def read_review(version_path: Path, task_type, limit: int | None = None) -> list
         if "box_scores" in z:
             return _read_box_review(z, task_type, limit)
         order = np.argsort(z["scores"], kind="stable")[:limit]
+        tags = [_named(json.loads(str(t)), task_type) for t in z["tags"]] if "tags" in z else None
         return [{"task": int(z["task_ids"][i]), "annotated": task_type.label_name(json.loads(str(z["annotated"][i]))),
                  "model": task_type.label_name(json.loads(str(z["predictions"][i]))),
                  "review_score": float(z["scores"][i]), "influence": float(z["influence"][i]),
-                 "loss": float(z["loss"][i])} for i in order]
+                 "loss": float(z["loss"][i]), **(tags[i] if tags else {})} for i in order]
+
+
+def _named(suspects: dict, task_type) -> dict:
+    """A tagging review's {"wrong_tag", "missing_tag"}: {"tag": its name, "p": the model's belief} or None."""
+    return {f"{k}_tag": s and {"tag": task_type.classes[s["tag"]], "p": s["p"]} for k, s in suspects.items()}
 
 
 def review_signal(version_path: Path) -> str | None:

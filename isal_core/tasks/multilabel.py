@@ -82,6 +82,7 @@ class MultiLabelAdapter(FrozenFeatureAdapter):
     semi learner spreads one class per image, so a multi-label head learns from its labels alone."""
 
     learns_from_pool = False
+    review_unit = "tag"  # the review also names each annotation's likeliest wrong and missing tag
 
     def to_meta(self) -> dict:
         return {**super().to_meta(), "adapter": "multilabel"}
@@ -151,6 +152,20 @@ class MultiLabelAdapter(FrozenFeatureAdapter):
 
     def logit_residual(self, outputs: Tensor) -> Tensor:
         return outputs.sigmoid() - self.pseudo_targets(outputs)
+
+    @staticmethod
+    def tag_suspects(outputs: Tensor, targets: Tensor) -> list[dict]:
+        """Per annotation, from a model's outputs (the review passes heads fit without it): the ticked tag the
+        model believes least ("wrong": {"tag", "p"}) and the unticked tag it believes most ("missing"); None
+        where the annotation ticks every tag or none."""
+        p = outputs.sigmoid()
+        found = []
+        for row, ticked in zip(p, targets > 0):
+            wrong = int(torch.where(ticked, row, torch.inf).argmin()) if ticked.any() else None
+            missing = int(torch.where(ticked, -torch.inf, row).argmax()) if not ticked.all() else None
+            found.append({k: None if j is None else {"tag": j, "p": round(float(row[j]), 4)}
+                          for k, j in (("wrong", wrong), ("missing", missing))})
+        return found
 
 
 def multilabel_adapter(settings: ModelSettings, num_tags: int, device="auto",
