@@ -17,7 +17,7 @@ except ImportError:  # tests/ imported as a package
 
 ROUTES = [("GET", "/health"), ("GET", "/"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
           ("POST", "/train"), ("GET", "/versions"), ("GET", "/status"), ("GET", "/metrics"), ("GET", "/openapi.json"),
-          ("GET", "/review"), ("GET", "/projects/{project_id}")]
+          ("GET", "/review"), ("GET", "/hygiene"), ("GET", "/projects/{project_id}")]
 
 scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=40)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
