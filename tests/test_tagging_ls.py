@@ -93,3 +93,8 @@ def test_a_tagging_project_trains_publishes_tags_and_serves_its_order(label_stud
             tags[t["task"]]) == len(TAGS))
         assert t["wrong_tag"] is None or t["wrong_tag"]["tag"] in tags[t["task"]]
         assert t["missing_tag"] is None or t["missing_tag"]["tag"] not in tags[t["task"]]
+    asked = [{"id": ids[30], "data": data[30]}, {"id": 10**6, "data": data[31]}]  # a job's task, and one it never saw
+    results = c.post("/predict", json={"project": f"{project.id}.0", "tasks": asked}).json["results"]
+    assert [r["model_version"] for r in results] == [version, version]
+    for r in results:
+        assert 0 <= r["score"] <= 1 and all(set(x["value"]["choices"]) <= set(TAGS) for x in r["result"])
