@@ -169,7 +169,7 @@ def play_round(task_type: TaskType, engine: EngineSettings, records: dict[str, l
     settings = task_type.engine_settings(engine)
     learner = Learner(adapter, settings, engine.seed)
     labeled, pool, reference = datasets or _datasets(adapter, records)
-    result = learner.round(resolve_strategy(engine.strategy, settings), labeled, pool, reference,
+    result = learner.round(resolve_strategy(settings.strategy, settings), labeled, pool, reference,
                            budget=min(engine.budget, len(pool)),
                            train_set=adapter.dataset(records["labeled"], train=True), on_phase=on_phase,
                            round_number=round_number, predict=True)  # the model's predictions whatever the strategy
@@ -197,7 +197,7 @@ def run_round(project: ProjectDir, task_type: TaskType, engine: EngineSettings, 
     if engine.job_procs <= 1:
         result, report = play_round(task_type, engine, records, set_phase, job, adapter, (labeled, pool, reference))
     settings = task_type.engine_settings(engine)
-    strategy = resolve_strategy(engine.strategy, settings)
+    strategy = resolve_strategy(settings.strategy, settings)  # (a task type may choose its own for auto)
     value, cache, notes = report["metric"], report["embedding_cache"], report["training_warnings"]
     source = settings.cluster_source if serves_clusters(strategy, settings) else None
     clusters = _clusters(project, engine, adapter, tasks, labeled, pool, result, source)
