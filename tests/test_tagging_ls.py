@@ -1,7 +1,8 @@
 """Multi-label tagging against a real Label Studio: a project of CIFAR-10 2x2 mosaics tagged with the classes they
-show (five of the ten classes are tags: a mosaic of the other five has no tag, a valid answer) connects, trains on
-the default frozen features, publishes tag predictions, and /next serves the backend's order; an annotation naming
-a tag outside the config is skipped and counted, never a failed job."""
+show (five of the ten classes are tags: a mosaic of the other five has no tag, a valid answer; a sixth tag is never
+used) connects, trains on the default frozen features, publishes tag predictions, /next serves the backend's order,
+the review tab lists the annotated tasks in the review's order with each one's likeliest wrong and missing tag; an
+annotation naming a tag outside the config is skipped and counted, never a failed job."""
 from __future__ import annotations
 
 import random
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.views import REVIEW_VIEW, views
 from backend.tasktypes import tagging_config, tags_result
 from isal_core.data.images import load_records, open_image
 
@@ -48,7 +50,7 @@ def mosaics(root, sub: str, n: int, seed: int) -> list[tuple[str, list[str]]]:
 def test_a_tagging_project_trains_publishes_tags_and_serves_its_order(label_studio, tmp_path):
     ls = label_studio.client()
     made = mosaics(label_studio.files_root, "mosaics-ls", 40, seed=5)
-    project = ls.projects.create(title="tagging", label_config=tagging_config(TAGS))
+    project = ls.projects.create(title="tagging", label_config=tagging_config(TAGS + ["zebra"]))  # zebra: never used
     ls.import_storage.local.create(project=project.id, path=str(label_studio.files_root / "mosaics-ls"),
                                    title="mosaics")
     data = [{"image": f"/data/local-files/?d={rel}", "isal_reference": k < 8} for k, (rel, _) in enumerate(made)]
@@ -85,13 +87,16 @@ def test_a_tagging_project_trains_publishes_tags_and_serves_its_order(label_stud
     lowest = min(published.values(), key=lambda p: p["score"])["task"]
     assert served == lowest and served in unlabeled
     assert np.isfinite([p["score"] for p in published.values()]).all()
+    (view,) = [v for v in views(api, project.id) if (v.get("data") or {}).get("title") == REVIEW_VIEW["title"]]
+    listed = [t.id for t in ls.tasks.list(project=project.id, view=view["id"], page_size=500)]
     review = c.get(f"/review?project={project.id}").json  # the annotated training tasks, their tags by name
+    assert listed == [t["task"] for t in review["tasks"]]  # the review tab: in the review's order
     assert {t["task"] for t in review["tasks"]} == set(ids[8:20])
     assert all(t["annotated"] == tags[t["task"]] for t in review["tasks"])
     assert all(set(t["model"]) <= set(TAGS) for t in review["tasks"])
     for t in review["tasks"]:  # per tag: the ticked tag believed least, the unticked one believed most
         assert (t["wrong_tag"] is None) == (not tags[t["task"]]) and (t["missing_tag"] is None) == (len(
-            tags[t["task"]]) == len(TAGS))
+            tags[t["task"]]) == len(TAGS) + 1)  # (zebra is never ticked)
         assert t["wrong_tag"] is None or t["wrong_tag"]["tag"] in tags[t["task"]]
         assert t["missing_tag"] is None or t["missing_tag"]["tag"] not in tags[t["task"]]
     asked = [{"id": ids[30], "data": data[30]}, {"id": 10**6, "data": data[31]}]  # a job's task, and one it never saw
