@@ -101,8 +101,10 @@ def review_labeled(result, adapter, tasks, device, signal: str,
     # a dataset of its own (not a Subset): the scorer indexes by each item's position in its dataset
     subset = adapter.dataset([tasks.records["labeled"][k] for k in keep])
     found = review(result.model, adapter, subset, result.scorer.s_test, result.scorer.params, device)
-    if signal in ("oof_loss", "oof_combined") and frozen:
-        found.oof_loss = learner.cross_fitted_loss(subset)
+    tagged = adapter.review_unit == "tag" and learner is not None  # each tag, by heads fit without the task
+    fitted = learner.cross_fitted_outputs(subset) if tagged or (frozen and signal.startswith("oof")) else None
+    if signal in ("oof_loss", "oof_combined") and frozen:  # (Learner.cross_fitted_loss, the heads fit once)
+        found.oof_loss = adapter.loss(*fitted).double()
     order = review_order(found, signal)
     items = [tasks.labeled[k] for k in keep]
     boxes = None
@@ -114,8 +116,7 @@ def review_labeled(result, adapter, tasks, device, signal: str,
         first = per_box.image_order(signal)
         boxed = set(first)
         order = first + [k for k in order if k not in boxed]
-    tagged = adapter.review_unit == "tag" and learner is not None  # each tag, by heads fit without the task
-    tags = adapter.tag_suspects(*learner.cross_fitted_outputs(subset)) if tagged else None
+    tags = adapter.tag_suspects(*fitted) if tagged else None
     return ReviewedTasks([i.task_id for i in items], [_jsonable(i.label) for i in items], found.predictions,
                          found.influence.numpy(), found.loss.numpy(), place_scores(order, len(keep)), signal, boxes,
                          tags)

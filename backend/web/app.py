@@ -189,12 +189,15 @@ def _view_routes(app: Flask, backend: ISALModel) -> None:
         except ValueError as exc:
             raise ApiProblem(400, str(exc)) from None
 
+    def project_arg(route: str) -> int:
+        try:
+            return parse_project_id(request.args.get("project"))
+        except ValueError as exc:
+            raise ApiProblem(400, f"GET {route}?project=<id>: {exc}") from None
+
     @app.get("/review")
     def review():
-        try:
-            project_id = parse_project_id(request.args.get("project"))
-        except ValueError as exc:
-            raise ApiProblem(400, f"GET /review?project=<id>: {exc}") from None
+        project_id = project_arg("/review")
         limit = request.args.get("limit")
         if limit is not None and (not limit.isdigit() or int(limit) < 1):
             raise ApiProblem(400, f"limit must be a positive integer, not {limit!r}")
@@ -202,11 +205,7 @@ def _view_routes(app: Flask, backend: ISALModel) -> None:
 
     @app.get("/hygiene")
     def hygiene():
-        try:
-            project_id = parse_project_id(request.args.get("project"))
-        except ValueError as exc:
-            raise ApiProblem(400, f"GET /hygiene?project=<id>: {exc}") from None
-        return json_response(views.hygiene(backend, project_id))
+        return json_response(views.hygiene(backend, project_arg("/hygiene")))
 
     @app.get("/projects/<int:project_id>")
     def project(project_id: int):
