@@ -5,16 +5,13 @@ the review tab lists the annotated tasks in the review's order with each one's l
 annotation naming a tag outside the config is skipped and counted, never a failed job."""
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from backend.labelstudio.client import LabelStudioAPI
 from backend.labelstudio.views import REVIEW_VIEW, views
 from backend.tasktypes import tagging_config, tags_result
-from isal_core.data.images import load_records, open_image
+from isal_core.data.tags import read_tags, write_mosaics
 
 try:
     from backend_helpers import CIFAR_ZIP, wait_for_job
@@ -30,28 +27,20 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 TAGS = CLASSES[:5]
 
 
-def mosaics(root, sub: str, n: int, seed: int) -> list[tuple[str, list[str]]]:
-    """n 64x64 mosaics of four CIFAR-10 training images under root/sub: (path under root, tags shown)."""
+def mosaics(root, sub: str, n: int) -> list[tuple[str, list[str]]]:
+    """n 64x64 mosaics of four CIFAR-10 training images under root/sub (isal_core.data.tags): (path under root,
+    the tags of TAGS shown)."""
     need("cifar10")
-    rng = random.Random(seed)
-    records = load_records(f"{CIFAR_ZIP}/train")[1]
-    (root / sub).mkdir(parents=True)
-    out = []
-    for k in range(n):
-        four = rng.sample(records, 4)
-        canvas = Image.new("RGB", (64, 64))
-        for j, r in enumerate(four):
-            canvas.paste(open_image(r.path).convert("RGB"), ((j % 2) * 32, (j // 2) * 32))
-        canvas.save(root / sub / f"m{k:03d}.png")
-        out.append((f"{sub}/m{k:03d}.png", sorted({CLASSES[r.label] for r in four} & set(TAGS))))
-    return out
+    write_mosaics(CIFAR_ZIP, root / sub, {"train": n})
+    classes, records = read_tags(str(root / sub / "train.csv"))
+    return [(f"{sub}/{r.id}", sorted({classes[t] for t in r.label} & set(TAGS))) for r in records]
 
 
 def test_a_tagging_project_trains_publishes_tags_and_serves_its_order(label_studio, tmp_path):
     ls = label_studio.client()
-    made = mosaics(label_studio.files_root, "mosaics-ls", 40, seed=5)
+    made = mosaics(label_studio.files_root, "mosaics-ls", 40)
     project = ls.projects.create(title="tagging", label_config=tagging_config(TAGS + ["zebra"]))  # zebra: never used
-    ls.import_storage.local.create(project=project.id, path=str(label_studio.files_root / "mosaics-ls"),
+    ls.import_storage.local.create(project=project.id, path=str(label_studio.files_root / "mosaics-ls" / "train"),
                                    title="mosaics")
     data = [{"image": f"/data/local-files/?d={rel}", "isal_reference": k < 8} for k, (rel, _) in enumerate(made)]
     ids = list(ls.projects.import_tasks(id=project.id, request=data, return_task_ids=True).task_ids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from xml.sax.saxutils import quoteattr
 
 from isal_core.settings import ModelSettings
-from isal_core.tasks.multilabel import multilabel_adapter
+from isal_core.tasks.multilabel import AUTO_STRATEGY, multilabel_adapter
 
 from ..errors import LabelError, UnsupportedConfig
 from .base import SUPPORTED, TaskType, image_of
@@ -69,11 +69,10 @@ class ImageTagging(TaskType):
                                   getattr(settings, "batch_size", 64))
 
     def engine_settings(self, settings):
-        """ISAL_STRATEGY=auto is coreset for tagging: on the validation split of the mosaic protocol (`python -m
-        bench.tagging --split validation`, 5 seeds) it reached random's final mAP with the fewest labels (149 of
-        200; isal_batch 162, isal 168, BADGE 174, entropy and TypiClust, the single-label default, not at all)."""
+        """ISAL_STRATEGY=auto is the engine's default for tagging (tasks.multilabel.AUTO_STRATEGY, chosen on the
+        mosaic protocol's validation split)."""
         if getattr(settings, "strategy", None) == "auto":
-            return settings.model_copy(update={"strategy": "coreset"})
+            return settings.model_copy(update={"strategy": AUTO_STRATEGY})
         return settings
 
     def adapter_from_meta(self, meta: dict, embedding_cache: str | None = None):

@@ -43,8 +43,8 @@ from isal_core.errors import ConfigError
 from isal_core.simulation.config import SimulationConfig
 from isal_core.simulation.dataset import SimulationData
 from isal_core.simulation.report import write_report
-from isal_core.simulation.run import Simulation, recorded
-from isal_core.simulation.rundir import ResultsFile, RunState, check_config
+from isal_core.simulation.run import Simulation
+from isal_core.simulation.rundir import ResultsFile, RunState, check_config, recorded
 from isal_core.train.checkpoints import load_checkpoint
 from isal_core.utils.atomic import write_text
 
@@ -255,7 +255,7 @@ def simulate_label_studio(config: SimulationConfig, label_studio: str = "local",
     sim.check_plan()
     out = Path(config.out)
     identity = {**config.identity(), "dataset": sim.data.fingerprint(), "driver": "label-studio"}
-    check_config(out, identity, recorded(sim))
+    check_config(out, identity, recorded(sim.config, sim.adapter))
     local = None
     if label_studio == "local":
         local = LabelStudioServer(data_dir=out / "label-studio", keep_data=True).start()

@@ -21,8 +21,12 @@ def cifar10_root() -> str:
     """The shared CIFAR-10 zip next to the repository, else CIFAR-10 downloaded to ~/.cache/isal."""
     if SHARED_CIFAR10.is_file():
         return str(SHARED_CIFAR10)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "isal"
-    return str(download_cifar10(cache))
+    return str(download_cifar10(cache_dir()))
+
+
+def cache_dir() -> Path:
+    """~/.cache/isal (or $XDG_CACHE_HOME/isal): where made datasets are kept."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "isal"
 
 
 def download_cifar10(cache: Path) -> Path:

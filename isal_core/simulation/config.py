@@ -29,9 +29,12 @@ class SimulationConfig(EngineSettings):
                                                "(none: the shared CIFAR-10 zip, else torchvision's download)")
     classes: list[str] | None = Field(None, description="only these class folders (e.g. the target classes a "
                                                         "pretrained backbone never saw); none = all")
-    task: Literal["classification", "detection"] = Field(
+    task: Literal["classification", "detection", "tagging"] = Field(
         "classification", description="detection: data is a Pascal VOC tree (folder or zip) with "
-                                      "ImageSets/Main/<train_split>.txt and <test_split>.txt; FCOS learns it")
+                                      "ImageSets/Main/<train_split>.txt and <test_split>.txt; FCOS learns it. "
+                                      "tagging (multi-label, a sigmoid per tag on frozen features): data holds "
+                                      "train.csv and test.csv (path,tags; tags separated by ';'); none: 2x2 "
+                                      "mosaics of CIFAR-10 tagged with the classes they show")
     train_split: str = Field("trainval", description="detection: the VOC split the pool comes from")
     test_split: str = Field("test", description="detection: the VOC split R and the evaluation set come from")
     budget: Literal["images", "boxes"] = Field(
@@ -86,10 +89,13 @@ class SimulationConfig(EngineSettings):
         return self
 
     @model_validator(mode="after")
-    def _typiclust_needs_frozen_features(self):
-        if self.initial_strategy == "typiclust" and (self.task != "classification" or not self.frozen):
+    def _frozen_features(self):
+        if self.initial_strategy == "typiclust" and (self.task == "detection" or not self.frozen):
             raise ValueError("initial_strategy: typiclust orders the frozen embeddings of a pretrained backbone: it "
-                             "needs task: classification and weights (frozen features)")
+                             "needs task: classification or tagging and weights (frozen features)")
+        if self.task == "tagging" and not self.frozen:
+            raise ValueError("task: tagging learns a head on frozen features: it needs weights (a pretrained "
+                             "backbone) and mode auto or frozen")
         return self
 
     @model_validator(mode="after")

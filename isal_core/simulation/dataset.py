@@ -1,6 +1,6 @@
 """A simulation's dataset: train/<class>/* and test/<class>/* (detection: a Pascal VOC tree and
-its splits), and the fixed cut of the test split into ISAL's reference set R and the
-evaluation set.
+its splits; tagging: train.csv and test.csv of tag lists, data.tags), and the fixed cut of
+the test split into ISAL's reference set R and the evaluation set.
 
 The cut uses split seed 0 for every seed and strategy alike, so accuracy is never
 measured on the images R steers the selection with. With `validation_size` the "test" split
@@ -16,6 +16,7 @@ import torch
 
 from ..data.cifar10 import cifar10_root
 from ..data.images import ImageRecord, load_records
+from ..data.tags import cifar10_mosaics, read_tags
 from ..errors import DataError
 from .config import SimulationConfig
 
@@ -42,10 +43,14 @@ class SimulationData:
 
             train, classes = load_voc(root, config.train_split)
             test, _ = load_voc(root, config.test_split, classes)
+        elif config.task == "tagging":
+            root = (config.data or cifar10_mosaics()).rstrip("/")
+            classes, train = read_tags(f"{root}/train.csv")
+            _, test = read_tags(f"{root}/test.csv", classes)
         else:
             classes, train = load_records(f"{root}/train")
             _, test = load_records(f"{root}/test", classes)
-        if config.classes and config.task == "detection":
+        if config.classes and config.task != "classification":
             raise DataError("classes (keep some class folders) is for classification datasets")
         if config.classes:
             classes, train, test = only(classes, config.classes, train, test, root)

@@ -42,11 +42,12 @@ from ..selection.serving import assign, kmeans, served_order
 from ..tasks.detection import detection_adapter
 from ..tasks.detection_defaults import detection_settings
 from ..tasks.frozen import classification_adapter
+from ..tasks.multilabel import AUTO_STRATEGY, multilabel_adapter
 from .config import SIM_STRATEGIES, USES_R, SimulationConfig, load_config
 from .costs import per_box_ranking, prefix_by_cost, true_boxes
 from .dataset import SimulationData
 from .report import label_balance, write_report
-from .rundir import Checkpoints, ResultsFile, RunState, check_config
+from .rundir import Checkpoints, ResultsFile, RunState, check_config, recorded
 
 __all__ = ["SIM_STRATEGIES", "Simulation", "SimulationConfig", "SimulationData", "load_config", "simulate"]
 
@@ -64,14 +65,20 @@ class Simulation:
     def __init__(self, config: SimulationConfig, data: SimulationData | None = None):
         self.config = config
         self.data = data or SimulationData.load(config)
+        n, self.settings = len(self.data.classes), config
         if config.task == "detection":
-            self.adapter = detection_adapter(config, len(self.data.classes))
-            self.settings = detection_settings(config)
+            self.adapter, self.settings = detection_adapter(config, n), detection_settings(config)
+        elif config.task == "tagging":
+            self.adapter = multilabel_adapter(config, n, config.device, config.batch_size)
         else:
-            self.adapter = classification_adapter(config, len(self.data.classes), config.device, config.batch_size)
-            self.settings = config
+            self.adapter = classification_adapter(config, n, config.device, config.batch_size)
         self.device = self.learner(0).device
         self._clusters: dict[int, dict[int, int]] = {}
+
+    def resolved(self, strategy: str) -> str:
+        """"auto" -> the task's default (tagging's: tasks.multilabel.AUTO_STRATEGY, as the backend), else itself."""
+        return AUTO_STRATEGY if strategy == "auto" and self.config.task == "tagging" else \
+            resolve_strategy(strategy, self.settings)
 
     def learner(self, seed: int) -> Learner:
         return Learner(self.adapter, self.settings, seed, progress=self.config.progress)
@@ -143,7 +150,7 @@ class Simulation:
         """(the ranked pool, {train index: the model's prediction} when the strategy made them)."""
         pool = self.pool(seed, labeled)
         learner = self.learner(seed)
-        strategy = resolve_strategy(strategy, self.settings)
+        strategy = self.resolved(strategy)
         chosen = learner.strategy("isal" if strategy in ("isal_l1", "isal_labeled") else strategy,
                                   reference="labeled" if strategy == "isal_labeled" else "given")
         result = learner.round(chosen, self.dataset(sorted(labeled)), self.dataset(pool),
@@ -168,7 +175,7 @@ class Simulation:
             return prefix_by_cost(order, [self.adapter.cost(predictions[i]) for i in order],
                                   self.config.step_at(round_number))
         budget = check_budget(self.config.step_at(round_number), len(order))
-        if not serves_clusters(resolve_strategy(strategy, self.settings), self.settings):
+        if not serves_clusters(self.resolved(strategy), self.settings):
             return order[:budget]
         if self.settings.cluster_source == "embeddings":
             clusters = self.clusters(seed)
@@ -202,22 +209,13 @@ class Simulation:
 # the loop
 
 
-def recorded(sim: Simulation) -> dict:
-    """What config.json records of a run: its settings, and the backbone's id (which weights file made the
-    numbers: a remade backbone changes them)."""
-    record = sim.config.model_dump()
-    if backbone := getattr(sim.adapter, "backbone_id", None):
-        record["backbone"] = backbone
-    return record
-
-
 def simulate(config: SimulationConfig, data: SimulationData | None = None) -> Path:
     """Run (or resume) every (seed, strategy) run of `config`; returns the run directory
     holding results.csv, curves.png, savings.md, config.json and state/."""
     sim = Simulation(config, data)
     sim.check_plan()
     out = Path(config.out)
-    check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()}, recorded(sim),
+    check_config(out, {**config.identity(), "dataset": sim.data.fingerprint()}, recorded(config, sim.adapter),
                  SimulationConfig.implied())
     results = ResultsFile(out / "results.csv")
     models = Checkpoints(out / "state", sim.adapter)
@@ -262,8 +260,8 @@ def _run(sim: Simulation, strategy: str, seed: int, out: Path, results: ResultsF
 def pick_balance(sim: Simulation, out: Path) -> dict[str, float]:
     """Per strategy: the label balance of its picks (simreport.label_balance), over every seed run so far."""
     picks: dict[str, list[list[int]]] = {}
-    if sim.config.task == "detection":
-        return picks  # an image holds boxes of several classes
+    if sim.config.task != "classification":
+        return picks  # an image holds boxes, or tags, of several classes
     for strategy in sim.config.strategies:
         for seed in sim.config.seeds:
             path = out / "state" / f"{strategy}-{seed}.json"

@@ -36,6 +36,15 @@ class ConfigMismatch(ConfigError):
     """DIR already holds a run of another protocol."""
 
 
+def recorded(config, adapter: TaskAdapter) -> dict:
+    """What config.json records of a run: its settings, and the backbone's id (which weights file made the
+    numbers: a remade backbone changes them)."""
+    record = config.model_dump()
+    if backbone := getattr(adapter, "backbone_id", None):
+        record["backbone"] = backbone
+    return record
+
+
 def check_config(out: Path, identity: dict, full: dict, defaults: dict | None = None) -> None:
     """Refuse to mix protocols in one DIR; then record the config of this invocation.
 

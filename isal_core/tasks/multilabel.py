@@ -168,6 +168,11 @@ class MultiLabelAdapter(FrozenFeatureAdapter):
         return found
 
 
+#: What ISAL_STRATEGY=auto (and `isal simulate`'s auto) is for tagging: chosen on the validation split of the mosaic
+#: protocol (configs/tagging-validation.json; docs/results.md "Multi-label tagging").
+AUTO_STRATEGY = "coreset"
+
+
 def multilabel_adapter(settings: ModelSettings, num_tags: int, device="auto",
                        batch_size: int = 64) -> MultiLabelAdapter:
     """The adapter of a multi-label task: a head on frozen pretrained features (ModelError without weights)."""
