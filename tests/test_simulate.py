@@ -358,7 +358,7 @@ def test_cli_runs_and_reports_errors(dataset, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("name", ["cifar10-cpu", "cifar10-cpu-2026-11", "cifar10-paper", "cifar10-pretrained-cpu",
                                   "bccd-cpu", "bccd-lite0", "cifar10-lite0-defaults", "cifar10-lite0-baselines",
-                                  "cifar10-lite0-validation", "tagging", "tagging-validation"])
+                                  "cifar10-lite0-validation", "tagging", "tagging-mid", "tagging-validation"])
 def test_protocol_files_load(name):
     from pathlib import Path
 

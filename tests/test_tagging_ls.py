@@ -12,6 +12,7 @@ from backend.labelstudio.client import LabelStudioAPI
 from backend.labelstudio.views import REVIEW_VIEW, views
 from backend.tasktypes import tagging_config, tags_result
 from isal_core.data.tags import read_tags, write_mosaics
+from isal_core.tasks.multilabel import AUTO_STRATEGY
 
 try:
     from backend_helpers import CIFAR_ZIP, wait_for_job
@@ -60,7 +61,7 @@ def test_a_tagging_project_trains_publishes_tags_and_serves_its_order(label_stud
     status = wait_for_job(lambda p: c.get(f"/status?project={p}").json, project.id, timeout=300)
     assert status["last_error"] is None and status["kind"] == "round", status
     assert status["task_type"]["kind"] == "image_tagging" and status["reference_metric"]["name"] == "mAP"
-    assert status["strategy"] == "coreset"  # auto, for tagging (chosen on bench.tagging's validation split)
+    assert status["strategy"] == AUTO_STRATEGY  # auto, for tagging
     assert status["counts"]["labeled"] == 12 and status["counts"]["reference"] == 8
     assert sum(w["count"] for w in status["warnings"].values()) >= 1  # the unicorn, skipped and counted
     api = LabelStudioAPI(label_studio.url, label_studio.legacy_token)
