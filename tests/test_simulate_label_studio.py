@@ -81,6 +81,8 @@ def test_label_studio_run_refuses_what_it_cannot_do(label_studio, tmp_path):
     check_strategies(tiny(data, tmp_path / "a", strategies=["isal", "random", "badge"]))  # the backend has them
     with pytest.raises(ValueError, match="run isal_labeled offline"):  # R = the current labeled set: offline only
         check_strategies(tiny(data, tmp_path / "a", strategies=["isal", "isal_labeled"]))
+    with pytest.raises(ValueError, match="task: tagging runs offline"):
+        check_strategies(tiny(data, tmp_path / "a", task="tagging", weights="auto", arch="efficientnet_lite0"))
     with pytest.raises(ValueError, match="--api-key"):
         simulate_label_studio(tiny(data, tmp_path / "b", **small), "http://127.0.0.1:9", None, None)
     # a run directory whose project the server does not have cannot resume there

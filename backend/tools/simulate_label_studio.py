@@ -69,6 +69,9 @@ JOB_TIMEOUT = 6 * 3600.0
 
 
 def check_strategies(config: SimulationConfig) -> None:
+    if config.task != "classification":
+        raise ConfigError(f"the Label Studio simulation plays an image classification project; task: {config.task} "
+                          f"runs offline (without --label-studio)")
     other = [s for s in config.strategies if s not in LS_STRATEGIES]
     if other:
         raise ConfigError(f"the Label Studio simulation plays the ISAL backend: strategies {', '.join(LS_STRATEGIES)}; "

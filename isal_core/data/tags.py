@@ -79,4 +79,3 @@ def cifar10_mosaics(train: int = 3600, test: int = 600) -> str:
         write_mosaics(cifar10_root(), cache, {"train": train, "test": test})
         (cache / ".complete").touch()
     return str(cache)
-
