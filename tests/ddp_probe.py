@@ -32,6 +32,7 @@ def main(out: str, arch: str) -> None:
     model = Learner(adapter, settings, seed=0).fit(TensorDataset3(x, y))
     if distributed.rank_and_size()[0] == 0:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out)
+    distributed.finish()  # a gloo group left open can abort a rank at exit ("terminate called ...")
 
 
 if __name__ == "__main__":
