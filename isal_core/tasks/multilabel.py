@@ -170,8 +170,8 @@ class MultiLabelAdapter(FrozenFeatureAdapter):
 
 #: What ISAL_STRATEGY=auto (and `isal simulate`'s auto) is for tagging: chosen on the validation split of the mosaic
 #: protocol (configs/tagging-validation.json, 20 to 200 labels and 100 to 1,000; docs/results.md "Multi-label
-#: tagging"), the one strategy among the first three of both ranges: least confidence (the mean probability of the
-#: model's own answers), served through clusters.
+#: tagging"): least confidence (the mean probability of the model's own answers), served through clusters; with isal
+#: the only strategy in the first three of both ranges, and the one that saves more over both.
 AUTO_STRATEGY = "least_confidence"
 
 
