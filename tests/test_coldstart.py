@@ -38,5 +38,5 @@ def test_typicality_is_the_inverse_mean_distance_to_the_nearest_neighbours():
 
 
 def test_a_typiclust_initial_set_needs_frozen_features():
-    with pytest.raises(ConfigError, match="typiclust .* needs task: classification and weights"):
+    with pytest.raises(ConfigError, match="typiclust .* needs task: classification or tagging and weights"):
         load_config(None, initial_strategy="typiclust", arch="small_cnn", weights=None)
