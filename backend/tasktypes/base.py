@@ -106,6 +106,24 @@ class TaskType(ABC):
         return settings
 
 
+class ImageControl(TaskType):
+    """A task type of one control (`from_name`) labeling one <Image> (`to_name`, reading data[value_key]) with a
+    static list of classes: what a model version's meta.json saves of it, and restores."""
+
+    def __init__(self, from_name: str, to_name: str, value_key: str, classes: list[str]):
+        self.from_name, self.to_name, self.value_key = from_name, to_name, value_key
+        self.classes = list(classes)
+        self.index = {c: i for i, c in enumerate(self.classes)}
+
+    def to_meta(self):
+        return {"kind": self.kind, "from_name": self.from_name, "to_name": self.to_name,
+                "value_key": self.value_key, "classes": self.classes}
+
+    @classmethod
+    def from_meta(cls, meta):
+        return cls(meta["from_name"], meta["to_name"], meta["value_key"], meta["classes"])
+
+
 def image_of(interface: LabelInterface, control, supported: str) -> tuple[str, str]:
     """(name, data key) of the one <Image value="$key"> a control labels; UnsupportedConfig saying why not."""
     objects = {o.name: o for o in interface.objects}

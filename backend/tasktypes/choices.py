@@ -6,19 +6,17 @@ from xml.sax.saxutils import quoteattr
 from isal_core.tasks.frozen import classification_adapter
 
 from ..errors import LabelError, UnsupportedConfig
-from .base import SUPPORTED, TaskType, image_of
+from .base import SUPPORTED, ImageControl, image_of
 
 
-class ImageClassification(TaskType):
+class ImageClassification(ImageControl):
     """`<Image name=I value="$key"/>` + `<Choices name=C toName=I>` with static single choices (choice="multiple"
     is tagging: backend.tasktypes.tags, tried first)."""
 
     kind = "image_classification"
 
     def __init__(self, from_name: str, to_name: str, value_key: str, classes: list[str], required: bool = True):
-        self.from_name, self.to_name, self.value_key = from_name, to_name, value_key
-        self.classes = list(classes)
-        self.index = {c: i for i, c in enumerate(self.classes)}
+        super().__init__(from_name, to_name, value_key, classes)
         self.required = required
 
     @classmethod
@@ -41,8 +39,7 @@ class ImageClassification(TaskType):
         return cls(control.name, image, value_key, labels, required)
 
     def to_meta(self):
-        return {"kind": self.kind, "from_name": self.from_name, "to_name": self.to_name,
-                "value_key": self.value_key, "classes": self.classes, "required": self.required}
+        return {**super().to_meta(), "required": self.required}
 
     def config_warnings(self):
         if self.required:

@@ -13,20 +13,16 @@ from isal_core.tasks.detection import DetectionAdapter, detection_adapter
 from isal_core.tasks.detection_defaults import detection_settings
 
 from ..errors import UnsupportedConfig
-from .base import TaskType, image_of
+from .base import ImageControl, image_of
 from .rectangles import boxes_of, rectangle_results
 
 SUPPORTED = "an <Image> with one <RectangleLabels> of at least one <Label> (object detection)"
 
 
-class ObjectDetection(TaskType):
+class ObjectDetection(ImageControl):
     """`<Image name=I value="$key"/>` + `<RectangleLabels name=R toName=I>` with static labels."""
 
     kind = "object_detection"
-
-    def __init__(self, from_name: str, to_name: str, value_key: str, classes: list[str]):
-        self.from_name, self.to_name, self.value_key = from_name, to_name, value_key
-        self.classes = list(classes)
 
     @classmethod
     def match(cls, interface):
@@ -46,14 +42,6 @@ class ObjectDetection(TaskType):
             raise UnsupportedConfig(f"<RectangleLabels name=\"{control.name}\"> has no distinct static <Label> "
                                     f"values ({labels}). Supported: {SUPPORTED}")
         return cls(control.name, image, value_key, labels)
-
-    def to_meta(self):
-        return {"kind": self.kind, "from_name": self.from_name, "to_name": self.to_name,
-                "value_key": self.value_key, "classes": self.classes}
-
-    @classmethod
-    def from_meta(cls, meta):
-        return cls(meta["from_name"], meta["to_name"], meta["value_key"], meta["classes"])
 
     def target(self, result):
         return self.target_with_problems(result)[0]

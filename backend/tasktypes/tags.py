@@ -12,18 +12,13 @@ from isal_core.settings import ModelSettings
 from isal_core.tasks.multilabel import AUTO_STRATEGY, multilabel_adapter
 
 from ..errors import LabelError, UnsupportedConfig
-from .base import SUPPORTED, TaskType, image_of
+from .base import SUPPORTED, ImageControl, image_of
 
 
-class ImageTagging(TaskType):
+class ImageTagging(ImageControl):
     """`<Image name=I value="$key"/>` + `<Choices name=C toName=I choice="multiple">` with static choices."""
 
     kind = "image_tagging"
-
-    def __init__(self, from_name: str, to_name: str, value_key: str, classes: list[str]):
-        self.from_name, self.to_name, self.value_key = from_name, to_name, value_key
-        self.classes = list(classes)
-        self.index = {c: i for i, c in enumerate(self.classes)}
 
     @classmethod
     def match(cls, interface):
@@ -38,14 +33,6 @@ class ImageTagging(TaskType):
                 f"<Choices name=\"{control.name}\" choice=\"multiple\"> has {len(labels)} distinct static <Choice> "
                 f"value(s) {labels}; dynamic or no choices cannot be learned. Supported: {SUPPORTED}")
         return cls(control.name, image, value_key, labels)
-
-    def to_meta(self):
-        return {"kind": self.kind, "from_name": self.from_name, "to_name": self.to_name,
-                "value_key": self.value_key, "classes": self.classes}
-
-    @classmethod
-    def from_meta(cls, meta):
-        return cls(meta["from_name"], meta["to_name"], meta["value_key"], meta["classes"])
 
     def target(self, result):
         picked = [r for r in result or [] if r.get("from_name") == self.from_name and r.get("type") == "choices"]

@@ -23,11 +23,12 @@ class Random(ScoreStrategy):
         return torch.rand(len(ctx.pool), generator=generator)
 
 
-def _probabilities(ctx: SelectionContext) -> Tensor:
-    out = torch.cat([ctx.adapter.probabilities(outputs).float().cpu()
+def _over_pool(ctx: SelectionContext, measure, what: str) -> Tensor:
+    """`measure(outputs)` of every pool sample, in pool order; NonFiniteError naming `what` if one is NaN/inf."""
+    out = torch.cat([measure(outputs).float().cpu()
                      for outputs, _, _ in evaluation.outputs(ctx.model, ctx.adapter, ctx.loader(ctx.pool), ctx.device)])
     if not torch.isfinite(out).all():
-        raise NonFiniteError("model probabilities are NaN/inf")
+        raise NonFiniteError(f"model {what} are NaN/inf")
     return out
 
 
@@ -37,19 +38,14 @@ class Entropy(ScoreStrategy):
     name = "entropy"
 
     def scores(self, ctx):
-        out = torch.cat([ctx.adapter.entropy(outputs).float().cpu()
-                         for outputs, _, _ in evaluation.outputs(ctx.model, ctx.adapter, ctx.loader(ctx.pool),
-                                                                 ctx.device)])
-        if not torch.isfinite(out).all():
-            raise NonFiniteError("model probabilities are NaN/inf")
-        return -out
+        return -_over_pool(ctx, ctx.adapter.entropy, "probabilities")
 
 
 class Margin(ScoreStrategy):
     name = "margin"
 
     def scores(self, ctx):
-        top2 = _probabilities(ctx).topk(2, dim=1).values
+        top2 = _over_pool(ctx, ctx.adapter.probabilities, "probabilities").topk(2, dim=1).values
         return top2[:, 0] - top2[:, 1]
 
 
@@ -60,9 +56,4 @@ class LeastConfidence(ScoreStrategy):
     name = "least_confidence"
 
     def scores(self, ctx):
-        out = torch.cat([ctx.adapter.confidence(outputs).float().cpu()
-                         for outputs, _, _ in evaluation.outputs(ctx.model, ctx.adapter, ctx.loader(ctx.pool),
-                                                                 ctx.device)])
-        if not torch.isfinite(out).all():
-            raise NonFiniteError("model confidences are NaN/inf")
-        return out
+        return _over_pool(ctx, ctx.adapter.confidence, "confidences")
